@@ -1,0 +1,122 @@
+//! The configuration file format, exactly as a human writes it. `deny_unknown_fields`
+//! everywhere so a typo is an error, not a silently ignored setting. Validation into the
+//! runtime model lives in `model.rs`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub server: ServerSection,
+    #[serde(default)]
+    pub clusters: Vec<ClusterSection>,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Client-facing listen addresses (`ip:port`).
+    pub listen: Vec<Spanned<String>>,
+    /// Admin listener (`/metrics`, `/admin/*`); loopback by default.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Spanned<String>,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: Spanned<usize>,
+    #[serde(default = "default_max_request_body_bytes")]
+    pub max_request_body_bytes: Spanned<u64>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: Spanned<u64>,
+    /// Bounds the wait for the response header (time to first token) and each later read.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: Spanned<u64>,
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: Spanned<u64>,
+    /// How long to wait for a slow client to send its request body.
+    #[serde(default = "default_client_body_timeout_ms")]
+    pub client_body_timeout_ms: Spanned<u64>,
+    /// Idle pooled upstream connections are closed after this; keep it under the replicas'
+    /// own keep-alive (vLLM / trtllm-serve: 5 s) so we never write into a closing socket.
+    #[serde(default = "default_upstream_idle_timeout_ms")]
+    pub upstream_idle_timeout_ms: Spanned<u64>,
+    /// Attempts on other replicas after a connect failure.
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: Spanned<usize>,
+    /// SIGTERM: seconds to keep serving in-flight requests before runtimes shut down.
+    #[serde(default = "default_grace_period_seconds")]
+    pub grace_period_seconds: Spanned<u64>,
+    #[serde(default = "default_graceful_shutdown_timeout_seconds")]
+    pub graceful_shutdown_timeout_seconds: Spanned<u64>,
+    /// Client keep-alive idle timeout.
+    #[serde(default = "default_client_keepalive_seconds")]
+    pub client_keepalive_seconds: Spanned<u64>,
+    #[serde(default)]
+    pub pid_file: Option<String>,
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    pub name: Spanned<String>,
+    pub flavour: Spanned<String>,
+    pub replicas: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The public name clients send in `model`.
+    pub alias: Spanned<String>,
+    pub cluster: Spanned<String>,
+    /// The name the replicas serve (`--served-model-name`); defaults to the alias.
+    #[serde(default)]
+    pub served_name: Option<Spanned<String>>,
+    /// Owner shown in `GET /v1/models`.
+    #[serde(default)]
+    pub owned_by: Option<String>,
+}
+
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+fn default_admin_listen() -> Spanned<String> {
+    spanned("127.0.0.1:9090".to_string())
+}
+fn default_threads() -> Spanned<usize> {
+    spanned(2)
+}
+fn default_max_request_body_bytes() -> Spanned<u64> {
+    spanned(16 * 1024 * 1024)
+}
+fn default_connect_timeout_ms() -> Spanned<u64> {
+    spanned(2_000)
+}
+fn default_read_timeout_ms() -> Spanned<u64> {
+    spanned(120_000)
+}
+fn default_write_timeout_ms() -> Spanned<u64> {
+    spanned(30_000)
+}
+fn default_client_body_timeout_ms() -> Spanned<u64> {
+    spanned(30_000)
+}
+fn default_upstream_idle_timeout_ms() -> Spanned<u64> {
+    spanned(4_000)
+}
+fn default_connect_retries() -> Spanned<usize> {
+    spanned(2)
+}
+fn default_grace_period_seconds() -> Spanned<u64> {
+    spanned(10)
+}
+fn default_graceful_shutdown_timeout_seconds() -> Spanned<u64> {
+    spanned(5)
+}
+fn default_client_keepalive_seconds() -> Spanned<u64> {
+    spanned(60)
+}

@@ -1,0 +1,498 @@
+//! Configuration: the TOML file format (`file`), the validated model (`model`), and the
+//! loader that turns one into the other, reporting every problem with file, line and field.
+
+pub mod file;
+pub mod model;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use toml::Spanned;
+
+pub use model::{Cluster, Config, Flavour, Replica, Route, ServerSettings};
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub file: PathBuf,
+    /// 1-based; `None` when the value was defaulted or the location is unknown.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted path of the field, e.g. `models[2].cluster`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Every problem found in one load; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(
+            f,
+            "configuration rejected ({n} error{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            writeln!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(e) => Err(ConfigError {
+            issues: vec![ConfigIssue {
+                file: path.to_path_buf(),
+                line: None,
+                column: None,
+                field: String::new(),
+                message: format!("cannot read file: {e}"),
+            }],
+        }),
+    }
+}
+
+/// Validate config text; `path` only names the source in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let located = Locator { text, path };
+    let raw: file::ConfigFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let (line, column) = match e.span() {
+                Some(span) => located.line_col(span.start),
+                None => (None, None),
+            };
+            return Err(ConfigError {
+                issues: vec![ConfigIssue {
+                    file: path.to_path_buf(),
+                    line,
+                    column,
+                    field: String::new(),
+                    message: e.message().trim().to_string(),
+                }],
+            });
+        }
+    };
+    let mut v = Validator {
+        at: located,
+        issues: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError { issues: v.issues })
+    }
+}
+
+struct Locator<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Locator<'_> {
+    fn line_col(&self, offset: usize) -> (Option<usize>, Option<usize>) {
+        let Some(before) = self.text.get(..offset) else {
+            return (None, None);
+        };
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (Some(line), Some(col))
+    }
+
+    fn issue(&self, span: Range<usize>, field: String, message: String) -> ConfigIssue {
+        // Defaulted values carry an empty span at 0: no location to point at.
+        let (line, column) = if span == (0..0) {
+            (None, None)
+        } else {
+            self.line_col(span.start)
+        };
+        ConfigIssue {
+            file: self.path.to_path_buf(),
+            line,
+            column,
+            field,
+            message,
+        }
+    }
+}
+
+struct Validator<'a> {
+    at: Locator<'a>,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Validator<'_> {
+    fn fail<T>(
+        &mut self,
+        value: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let issue = self.at.issue(value.span(), field.into(), message.into());
+        self.issues.push(issue);
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>, field: String) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.fail(
+                    value,
+                    field,
+                    format!(
+                        "`{}` is not an `ip:port` socket address (e.g. 127.0.0.1:8080)",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive_ms(&mut self, value: &Spanned<u64>, field: &str) -> Duration {
+        if *value.get_ref() == 0 {
+            self.fail(value, field, "must be greater than 0");
+        }
+        Duration::from_millis(*value.get_ref())
+    }
+
+    fn config(&mut self, raw: file::ConfigFile) -> Config {
+        let server = self.server(&raw.server);
+        let clusters = self.clusters(&raw.clusters);
+        let (routes, model_order) = self.models(&raw.models, &clusters);
+        Config {
+            server,
+            clusters,
+            routes,
+            model_order,
+            loaded_at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+
+    fn server(&mut self, s: &file::ServerSection) -> ServerSettings {
+        let mut listen = Vec::new();
+        if s.listen.is_empty() {
+            self.issues.push(self.at.issue(
+                0..0,
+                "server.listen".into(),
+                "at least one listen address is required".into(),
+            ));
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            if let Some(a) = self.socket_addr(addr, format!("server.listen[{i}]")) {
+                listen.push(a);
+            }
+        }
+        let admin_listen = self
+            .socket_addr(&s.admin_listen, "server.admin_listen".into())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+        if listen.contains(&admin_listen) {
+            self.fail(
+                &s.admin_listen,
+                "server.admin_listen",
+                "must differ from every client listen address (admin is never served publicly)",
+            );
+        }
+        let threads = *s.threads.get_ref();
+        if threads == 0 || threads > 1024 {
+            self.fail(&s.threads, "server.threads", "must be between 1 and 1024");
+        }
+        let max_body = *s.max_request_body_bytes.get_ref();
+        if max_body == 0 || max_body > 1024 * 1024 * 1024 {
+            self.fail(
+                &s.max_request_body_bytes,
+                "server.max_request_body_bytes",
+                "must be between 1 and 1073741824 (1 GiB)",
+            );
+        }
+        let upstream_idle_timeout = self.positive_ms(
+            &s.upstream_idle_timeout_ms,
+            "server.upstream_idle_timeout_ms",
+        );
+        if upstream_idle_timeout >= Duration::from_secs(5) {
+            self.fail(
+                &s.upstream_idle_timeout_ms,
+                "server.upstream_idle_timeout_ms",
+                "must be under 5000: vLLM and trtllm-serve close idle connections after 5 s",
+            );
+        }
+        ServerSettings {
+            listen,
+            admin_listen,
+            threads: threads.max(1),
+            max_request_body_bytes: max_body,
+            connect_timeout: self.positive_ms(&s.connect_timeout_ms, "server.connect_timeout_ms"),
+            read_timeout: self.positive_ms(&s.read_timeout_ms, "server.read_timeout_ms"),
+            write_timeout: self.positive_ms(&s.write_timeout_ms, "server.write_timeout_ms"),
+            client_body_timeout: self
+                .positive_ms(&s.client_body_timeout_ms, "server.client_body_timeout_ms"),
+            upstream_idle_timeout,
+            connect_retries: *s.connect_retries.get_ref(),
+            grace_period_seconds: *s.grace_period_seconds.get_ref(),
+            graceful_shutdown_timeout_seconds: *s.graceful_shutdown_timeout_seconds.get_ref(),
+            client_keepalive_seconds: *s.client_keepalive_seconds.get_ref(),
+            pid_file: s
+                .pid_file
+                .clone()
+                .unwrap_or_else(|| "/tmp/tokengate.pid".to_string()),
+            upgrade_sock: s
+                .upgrade_sock
+                .clone()
+                .unwrap_or_else(|| "/tmp/tokengate_upgrade.sock".to_string()),
+        }
+    }
+
+    fn clusters(&mut self, raw: &[file::ClusterSection]) -> Vec<Arc<Cluster>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, c) in raw.iter().enumerate() {
+            let name = c.name.get_ref();
+            if !valid_name(name) {
+                self.fail(
+                    &c.name,
+                    format!("clusters[{i}].name"),
+                    format!("`{name}` is not a valid name (use letters, digits, `-`, `_`, `.`)"),
+                );
+            }
+            if !seen.insert(name.clone()) {
+                self.fail(
+                    &c.name,
+                    format!("clusters[{i}].name"),
+                    format!("duplicate cluster name `{name}`"),
+                );
+            }
+            let flavour = Flavour::parse(c.flavour.get_ref()).unwrap_or_else(|| {
+                self.fail(
+                    &c.flavour,
+                    format!("clusters[{i}].flavour"),
+                    format!(
+                        "unknown flavour `{}`; expected one of: {}",
+                        c.flavour.get_ref(),
+                        Flavour::NAMES
+                    ),
+                );
+                Flavour::Vllm
+            });
+            // An empty list is valid: a cluster scaled to zero answers 503 with Retry-After.
+            let mut replicas: Vec<Replica> = Vec::new();
+            for (j, r) in c.replicas.get_ref().iter().enumerate() {
+                let field = format!("clusters[{i}].replicas[{j}]");
+                if let Some(addr) = self.socket_addr(r, field.clone()) {
+                    if replicas.iter().any(|x| x.addr == addr) {
+                        self.fail(r, field, format!("duplicate replica `{addr}`"));
+                        continue;
+                    }
+                    replicas.push(Replica {
+                        addr,
+                        authority: r.get_ref().clone(),
+                    });
+                }
+            }
+            out.push(Arc::new(Cluster {
+                name: name.clone(),
+                flavour,
+                replicas,
+                cursor: Default::default(),
+            }));
+        }
+        out
+    }
+
+    fn models(
+        &mut self,
+        raw: &[file::ModelSection],
+        clusters: &[Arc<Cluster>],
+    ) -> (HashMap<String, Route>, Vec<String>) {
+        let mut routes = HashMap::new();
+        let mut order = Vec::new();
+        for (i, m) in raw.iter().enumerate() {
+            let alias = m.alias.get_ref();
+            if alias.is_empty() || alias.chars().any(|ch| ch.is_control()) {
+                self.fail(
+                    &m.alias,
+                    format!("models[{i}].alias"),
+                    "must be a non-empty name without control characters",
+                );
+                continue;
+            }
+            let Some(cluster) = clusters.iter().find(|c| &c.name == m.cluster.get_ref()) else {
+                let known: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+                self.fail(
+                    &m.cluster,
+                    format!("models[{i}].cluster"),
+                    format!(
+                        "unknown cluster `{}` (defined clusters: {})",
+                        m.cluster.get_ref(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+                continue;
+            };
+            let served_name = match &m.served_name {
+                Some(s) if s.get_ref().is_empty() => {
+                    self.fail(s, format!("models[{i}].served_name"), "must not be empty");
+                    continue;
+                }
+                Some(s) => s.get_ref().clone(),
+                None => alias.clone(),
+            };
+            if routes.contains_key(alias) {
+                self.fail(
+                    &m.alias,
+                    format!("models[{i}].alias"),
+                    format!("duplicate model alias `{alias}`"),
+                );
+                continue;
+            }
+            order.push(alias.clone());
+            routes.insert(
+                alias.clone(),
+                Route {
+                    alias: alias.clone(),
+                    cluster: cluster.clone(),
+                    served_name,
+                    owned_by: m
+                        .owned_by
+                        .clone()
+                        .unwrap_or_else(|| "tokengate".to_string()),
+                },
+            );
+        }
+        (routes, order)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[[clusters]]
+name = "a"
+flavour = "vllm"
+replicas = ["127.0.0.1:8101", "127.0.0.1:8102"]
+
+[[models]]
+alias = "m"
+cluster = "a"
+served_name = "org/model"
+"#;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn parses_a_valid_config_with_defaults() {
+        let c = p(GOOD).unwrap();
+        assert_eq!(c.server.max_request_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+        let r = c.route("m").unwrap();
+        assert_eq!(r.served_name, "org/model");
+        assert_eq!(r.cluster.replicas.len(), 2);
+        assert_eq!(r.cluster.flavour, Flavour::Vllm);
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text = GOOD.replace("flavour = \"vllm\"", "flavour = \"vllm\"\nflavor = \"x\"");
+        let e = p(&text).unwrap_err();
+        assert_eq!(e.issues.len(), 1);
+        let msg = e.to_string();
+        assert!(msg.contains("t.toml:8:1"), "{msg}");
+        assert!(msg.contains("flavor"), "{msg}");
+    }
+
+    #[test]
+    fn every_semantic_error_is_listed_with_location() {
+        let text = r#"
+[server]
+listen = ["nonsense"]
+upstream_idle_timeout_ms = 6000
+
+[[clusters]]
+name = "a"
+flavour = "sglang"
+replicas = []
+
+[[models]]
+alias = "m"
+cluster = "missing"
+"#;
+        let e = p(text).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.issues.len(), 4, "{msg}");
+        assert!(msg.contains("t.toml:3:11: server.listen[0]"), "{msg}");
+        assert!(msg.contains("server.upstream_idle_timeout_ms"), "{msg}");
+        assert!(
+            msg.contains("t.toml:8:11: clusters[0].flavour: unknown flavour `sglang`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("t.toml:13:11: models[0].cluster: unknown cluster `missing`"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn duplicates_are_rejected() {
+        let text = format!("{GOOD}\n[[models]]\nalias = \"m\"\ncluster = \"a\"\n");
+        let e = p(&text).unwrap_err();
+        assert!(e.to_string().contains("duplicate model alias `m`"));
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = p("[server\nlisten=1").unwrap_err();
+        assert!(e.issues[0].line.is_some());
+    }
+}

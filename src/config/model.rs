@@ -1,0 +1,115 @@
+//! The validated runtime model. Built once per load from `file::ConfigFile`; the request path
+//! only ever reads these types.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which server software a cluster runs: decides health paths, error shapes and usage defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Vllm,
+    Trtllm,
+    TritonOpenai,
+}
+
+impl Flavour {
+    pub const NAMES: &'static str = "vllm, trtllm, triton-openai";
+
+    pub fn parse(name: &str) -> Option<Flavour> {
+        match name {
+            "vllm" => Some(Flavour::Vllm),
+            "trtllm" => Some(Flavour::Trtllm),
+            "triton-openai" => Some(Flavour::TritonOpenai),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavour::Vllm => "vllm",
+            Flavour::Trtllm => "trtllm",
+            Flavour::TritonOpenai => "triton-openai",
+        }
+    }
+}
+
+impl fmt::Display for Flavour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub max_request_body_bytes: u64,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub client_body_timeout: Duration,
+    pub upstream_idle_timeout: Duration,
+    pub connect_retries: usize,
+    pub grace_period_seconds: u64,
+    pub graceful_shutdown_timeout_seconds: u64,
+    pub client_keepalive_seconds: u64,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub addr: SocketAddr,
+    /// As written in the config; used for the upstream `Host` header.
+    pub authority: String,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: String,
+    pub flavour: Flavour,
+    pub replicas: Vec<Replica>,
+    /// Round-robin position; a reload starts a new rotation, which is harmless.
+    pub cursor: AtomicUsize,
+}
+
+/// What a public model alias resolves to.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub alias: String,
+    pub cluster: Arc<Cluster>,
+    pub served_name: String,
+    pub owned_by: String,
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Alias → route. Aliases are listed in config order by `model_order`.
+    pub routes: HashMap<String, Route>,
+    pub model_order: Vec<String>,
+    /// Unix seconds when this config was loaded (the `created` of `/v1/models`).
+    pub loaded_at_unix: u64,
+}
+
+impl Config {
+    pub fn route(&self, alias: &str) -> Option<&Route> {
+        self.routes.get(alias)
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// Routes in config order.
+    pub fn routes_in_order(&self) -> impl Iterator<Item = &Route> {
+        self.model_order.iter().filter_map(|a| self.routes.get(a))
+    }
+}

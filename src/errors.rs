@@ -1,0 +1,220 @@
+//! The one error type the proxy answers clients with, and its OpenAI-shaped JSON body.
+//!
+//! Every status, `type` and `code` lives in the exhaustive `match`es below (no catch-all arm),
+//! so a new variant cannot ship without deciding how a client sees it.
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::routing::body::BodyError;
+
+/// An error answered to the client by tokengate itself (not relayed from a replica).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Request body is {size} bytes, over this gateway's limit of {limit} bytes.")]
+    BodyTooLarge { size: u64, limit: u64 },
+    #[error("Request body exceeds this gateway's limit of {limit} bytes.")]
+    BodyTooLargeStreaming { limit: u64 },
+    #[error("{0}")]
+    InvalidBody(#[from] BodyError),
+    #[error("The model `{model}` does not exist or you do not have access to it.")]
+    ModelNotFound { model: String },
+    #[error("Method {method} is not allowed on {path}; use {allowed}.")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("Invalid URL ({method} {path}).")]
+    UnknownPath { method: String, path: String },
+    #[error("Timed out reading the request body from the client.")]
+    ClientBodyTimeout,
+    #[error("The request could not be read: {0}.")]
+    InvalidRequestFraming(String),
+    #[error("No healthy replica is available for model `{model}` (cluster `{cluster}`); try again shortly.")]
+    NoReplicaAvailable { model: String, cluster: String },
+    #[error("Could not connect to an upstream replica for model `{model}`: {detail}.")]
+    UpstreamUnreachable { model: String, detail: String },
+    #[error("The upstream replica did not answer in time for model `{model}`.")]
+    UpstreamTimeout { model: String },
+    #[error("The upstream replica failed while answering for model `{model}`: {detail}.")]
+    UpstreamFailed { model: String, detail: String },
+    #[error("The upstream replica for model `{model}` answered HTTP {status} with an empty body.")]
+    UpstreamEmptyError { model: String, status: u16 },
+    #[error("Internal gateway error: {0}.")]
+    Internal(String),
+}
+
+/// Seconds a client should wait before retrying a 503 from us (within every SDK major's range).
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => 413,
+            ApiError::InvalidBody(_) | ApiError::InvalidRequestFraming(_) => 400,
+            ApiError::ModelNotFound { .. } | ApiError::UnknownPath { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::ClientBodyTimeout => 408,
+            ApiError::NoReplicaAvailable { .. } => 503,
+            ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamFailed { .. } => 502,
+            ApiError::UpstreamTimeout { .. } => 504,
+            ApiError::UpstreamEmptyError { status, .. } => *status,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::BodyTooLarge { .. }
+            | ApiError::BodyTooLargeStreaming { .. }
+            | ApiError::InvalidBody(_)
+            | ApiError::InvalidRequestFraming(_)
+            | ApiError::ModelNotFound { .. }
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::UnknownPath { .. }
+            | ApiError::ClientBodyTimeout => "invalid_request_error",
+            ApiError::UpstreamEmptyError { status, .. } if *status < 500 => "invalid_request_error",
+            ApiError::NoReplicaAvailable { .. }
+            | ApiError::UpstreamUnreachable { .. }
+            | ApiError::UpstreamTimeout { .. }
+            | ApiError::UpstreamFailed { .. }
+            | ApiError::UpstreamEmptyError { .. }
+            | ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`: a string or null.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => {
+                Some("request_too_large")
+            }
+            ApiError::InvalidBody(e) => Some(e.code()),
+            ApiError::ModelNotFound { .. } => Some("model_not_found"),
+            ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
+            ApiError::UnknownPath { .. } => Some("unknown_url"),
+            ApiError::ClientBodyTimeout => Some("request_timeout"),
+            ApiError::InvalidRequestFraming(_) => Some("invalid_request"),
+            ApiError::NoReplicaAvailable { .. } => Some("no_replica_available"),
+            ApiError::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
+            ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
+            ApiError::UpstreamFailed { .. } | ApiError::UpstreamEmptyError { .. } => {
+                Some("upstream_error")
+            }
+            ApiError::Internal(_) => Some("internal_error"),
+        }
+    }
+
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidBody(e) => e.param(),
+            ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::BodyTooLarge { .. }
+            | ApiError::BodyTooLargeStreaming { .. }
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::UnknownPath { .. }
+            | ApiError::ClientBodyTimeout
+            | ApiError::InvalidRequestFraming(_)
+            | ApiError::NoReplicaAvailable { .. }
+            | ApiError::UpstreamUnreachable { .. }
+            | ApiError::UpstreamTimeout { .. }
+            | ApiError::UpstreamFailed { .. }
+            | ApiError::UpstreamEmptyError { .. }
+            | ApiError::Internal(_) => None,
+        }
+    }
+
+    /// Extra response headers this error needs (e.g. `Retry-After` on a 503, `Allow` on a 405).
+    pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::NoReplicaAvailable { .. } => {
+                vec![
+                    ("retry-after", RETRY_AFTER_SECONDS.to_string()),
+                    ("retry-after-ms", (RETRY_AFTER_SECONDS * 1000).to_string()),
+                ]
+            }
+            ApiError::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).to_string())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The JSON body: `{"error":{"message","type","param","code"}}`.
+    pub fn to_json(&self) -> Bytes {
+        error_body(
+            &self.to_string(),
+            self.error_type(),
+            self.param(),
+            self.code(),
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+/// Serialise an OpenAI-shaped error body. The one place that shape is written.
+pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Bytes {
+    let envelope = ErrorEnvelope {
+        error: ErrorObject {
+            message,
+            kind,
+            param,
+            code,
+        },
+    };
+    // Serialising plain strings into a Vec cannot fail.
+    Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_openai_shape() {
+        let err = ApiError::ModelNotFound {
+            model: "nope".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert_eq!(err.status(), 404);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`nope`"));
+    }
+
+    #[test]
+    fn no_replica_carries_retry_after() {
+        let err = ApiError::NoReplicaAvailable {
+            model: "m".into(),
+            cluster: "c".into(),
+        };
+        assert_eq!(err.status(), 503);
+        assert!(err.extra_headers().iter().any(|(k, _)| *k == "retry-after"));
+    }
+
+    #[test]
+    fn message_escapes_are_json_safe() {
+        let err = ApiError::ModelNotFound {
+            model: "a\"b\\c\n".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&err.to_json()).unwrap();
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a\"b\\c\n"));
+    }
+}

@@ -1,0 +1,104 @@
+//! `tokengate`: run the proxy, check a config, or start the self-contained demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use tokengate::server::{self, RunFlags};
+
+#[derive(Parser)]
+#[command(name = "tokengate", version, about = "LLM edge proxy on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Config file.
+    #[arg(short = 'c', long = "config", default_value = "conf/tokengate.toml")]
+    config: PathBuf,
+    /// Daemonize (Pingora `-d`).
+    #[arg(short = 'd', long)]
+    daemon: bool,
+    /// Take over the listeners of a running instance (Pingora `-u`).
+    #[arg(short = 'u', long)]
+    upgrade: bool,
+    /// Validate and exit (Pingora `-t`).
+    #[arg(short = 't', long)]
+    test: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run(RunArgs),
+    /// Validate a config file; prints every error and exits non-zero if any.
+    Check {
+        #[arg(short = 'c', long = "config", default_value = "conf/tokengate.toml")]
+        config: PathBuf,
+    },
+    /// Run one simulated replica (the demo's and the tests' upstream; same as `tokengate-sim`).
+    Sim(tokengate::sim::SimConfig),
+    /// Start simulated replicas and the proxy on this machine (see README).
+    Demo {
+        #[arg(short = 'c', long = "config", default_value = "conf/demo.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::Check { config }) => match tokengate::config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} clusters, {} models)",
+                    config.display(),
+                    c.clusters.len(),
+                    c.routes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Sim(config)) => match tokengate::sim::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tokengate sim: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Demo { config }) => match tokengate::demo::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("demo failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let flags = RunFlags {
+        daemon: args.daemon,
+        upgrade: args.upgrade,
+        test: args.test,
+    };
+    match server::run(&args.config, flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The Pingora `ProxyHttp` implementation: a thin switchboard. Each hook calls into the module
+//! that owns the concern and maps the outcome; the logic lives elsewhere.
+
+pub mod admission;
+pub mod body;
+pub mod ctx;
+pub mod failure;
+pub mod replay;
+pub mod respond;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::state::AppState;
+pub use ctx::RequestCtx;
+
+pub struct TokenGate {
+    state: Arc<AppState>,
+}
+
+impl TokenGate {
+    pub fn new(state: Arc<AppState>) -> TokenGate {
+        TokenGate { state }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for TokenGate {
+    type CTX = RequestCtx;
+
+    /// One config snapshot per request, kept for its whole life.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.state.snapshot())
+    }
+
+    /// Admission: classify, answer local endpoints, read + validate + rewrite the body.
+    /// `Ok(true)` means we already answered.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        admission::admit(session, ctx).await
+    }
+
+    /// Start of every attempt: the next untried replica of the route's cluster.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        upstream::choose_peer(ctx)
+    }
+
+    /// A refused or timed-out connect is retried on another replica while any is untried.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        upstream::on_connect_failure(ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        upstream::on_proxy_error(peer, ctx, e, client_reused)
+    }
+
+    /// Every attempt: Host, framing for the rewritten body, ids; the client's credentials
+    /// never reach a replica.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::prepare_request(request, ctx)
+    }
+
+    /// Substitute the rewritten body for whatever Pingora replays (once per attempt).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::substitute_body(body, end_of_stream, ctx);
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream::on_upstream_response_header(response, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let http11 = session.req_header().version == http::Version::HTTP_11;
+        upstream::on_response_header(response, ctx, http11)
+    }
+
+    /// Synchronous, per piece: bytes pass through as they land.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        upstream::on_response_body(body, end_of_stream, ctx);
+        Ok(None)
+    }
+
+    /// The final error of any phase, as an OpenAI-shaped JSON error.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        failure::answer(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        failure::log_request(session, e, ctx);
+    }
+}

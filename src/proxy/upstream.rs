@@ -1,0 +1,180 @@
+//! The upstream side of one request: which replica, what it is sent, and how its answer is
+//! passed back.
+
+use bytes::{Bytes, BytesMut};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::ctx::RequestCtx;
+use crate::balance;
+use crate::errors::ApiError;
+
+/// Upstream error bodies are small; anything beyond this is cut before normalising.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let Some(route) = ctx.route.as_ref() else {
+        return Err(Error::explain(
+            ErrorType::InternalError,
+            "upstream_peer without a route",
+        ));
+    };
+    let cluster = &route.cluster;
+    let Some(index) =
+        balance::next_round_robin(cluster.replicas.len(), &cluster.cursor, &ctx.tried)
+    else {
+        let error = ApiError::NoReplicaAvailable {
+            model: route.alias.clone(),
+            cluster: cluster.name.clone(),
+        };
+        ctx.failure = Some(error);
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(503),
+            "no replica available",
+        ));
+    };
+    let replica = &cluster.replicas[index];
+    ctx.tried.push(index);
+    ctx.attempts += 1;
+    ctx.replica = Some(replica.authority.clone());
+
+    let server = &ctx.config.server;
+    let mut peer = HttpPeer::new(replica.addr, false, String::new());
+    peer.options.connection_timeout = Some(server.connect_timeout);
+    peer.options.total_connection_timeout = Some(server.connect_timeout);
+    peer.options.read_timeout = Some(server.read_timeout);
+    peer.options.write_timeout = Some(server.write_timeout);
+    peer.options.idle_timeout = Some(server.upstream_idle_timeout);
+    Ok(Box::new(peer))
+}
+
+/// Retry a failed connect on another replica while the budget and untried replicas last.
+/// Nothing reached the replica, so this is always safe.
+pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    let replicas = ctx.route.as_ref().map_or(0, |r| r.cluster.replicas.len());
+    let budget_left = ctx.attempts <= ctx.config.server.connect_retries;
+    e.set_retry(budget_left && ctx.tried.len() < replicas);
+    e
+}
+
+/// A failure after connecting. A POST may already be generating on a GPU, so it is replayed
+/// only in the one case where the replica cannot have seen it: a pooled connection the replica
+/// had closed (idle keep-alive race), failing before any response byte.
+pub fn on_proxy_error(
+    peer: &HttpPeer,
+    ctx: &mut RequestCtx,
+    e: Box<Error>,
+    client_reused: bool,
+) -> Box<Error> {
+    let mut e = e.more_context(format!("replica {peer}"));
+    let stale_pool = client_reused
+        && ctx.upstream_status.is_none()
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
+        );
+    let replicas = ctx.route.as_ref().map_or(0, |r| r.cluster.replicas.len());
+    if stale_pool && ctx.attempts <= ctx.config.server.connect_retries {
+        // The same replica is fine here (a fresh connection); allow it again.
+        if ctx.tried.len() >= replicas {
+            ctx.tried.pop();
+        }
+        e.set_retry(true);
+    } else {
+        e.set_retry(false);
+    }
+    e
+}
+
+pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    if let Some(replica) = ctx.replica.as_deref() {
+        request.insert_header(http::header::HOST, replica)?;
+    }
+    // Never forward the client's credentials to a replica.
+    request.remove_header(&http::header::AUTHORIZATION);
+    request.remove_header("x-api-key");
+    request.remove_header(&http::header::EXPECT);
+    request.remove_header(&http::header::TRANSFER_ENCODING);
+    request.remove_header(&http::header::ACCEPT_ENCODING);
+    if let Some(body) = ctx.upstream_body.as_ref() {
+        request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        request.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    }
+    request.insert_header("x-request-id", ctx.attempt_request_id())?;
+    Ok(())
+}
+
+/// Pingora replays what it holds of the client body (or our wrapper's copy); we send the
+/// rewritten body instead. Never `None` mid-body: that would mean end of body.
+pub fn substitute_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &RequestCtx) {
+    if let Some(rewritten) = ctx.upstream_body.as_ref() {
+        *body = Some(if end_of_stream {
+            rewritten.clone()
+        } else {
+            Bytes::new()
+        });
+    }
+}
+
+/// Before anything reaches the client. An error answer with an empty body ends the response
+/// with its header, leaving no body piece to put the OpenAI-shaped error into; so it becomes
+/// our own error (same status) through `fail_to_proxy`.
+pub fn on_upstream_response_header(response: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let status = response.status.as_u16();
+    ctx.upstream_status = Some(status);
+    let empty = response
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    if status >= 400 && empty {
+        ctx.failure = Some(ApiError::UpstreamEmptyError {
+            model: ctx.model_label().to_string(),
+            status,
+        });
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(status),
+            "upstream error with an empty body",
+        ));
+    }
+    Ok(())
+}
+
+pub fn on_response_header(
+    response: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+    http11: bool,
+) -> Result<()> {
+    let status = response.status.as_u16();
+    ctx.upstream_status = Some(status);
+    response.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if status >= 400 {
+        // The replica's error shape differs by server; the client gets OpenAI's, so the
+        // length changes.
+        ctx.error_body = Some(BytesMut::new());
+        response.remove_header(&http::header::CONTENT_LENGTH);
+        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        if http11 {
+            response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    if let Some(buf) = ctx.error_body.as_mut() {
+        if let Some(piece) = body.as_ref() {
+            let room = MAX_ERROR_BODY.saturating_sub(buf.len());
+            buf.extend_from_slice(&piece[..piece.len().min(room)]);
+        }
+        *body = if end_of_stream {
+            let status = ctx.upstream_status.unwrap_or(502);
+            Some(crate::upstream_error::normalize_error_body(status, buf))
+        } else {
+            Some(Bytes::new())
+        };
+    }
+    if let Some(piece) = body.as_ref() {
+        ctx.response_bytes += piece.len();
+    }
+}

@@ -1,0 +1,147 @@
+//! Which endpoint a request is for, and what a public model alias resolves to.
+//! The body scanner and byte-exact rewriter live in `body`.
+
+pub mod body;
+
+use crate::config::{Config, Route};
+use crate::errors::ApiError;
+
+/// The client-facing API surface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    ListModels,
+    /// `GET /v1/models/{id}`
+    RetrieveModel,
+    /// The proxy's own liveness.
+    Health,
+}
+
+impl Endpoint {
+    /// Endpoints answered by a replica (and so routed by the body's `model`).
+    pub fn is_proxied(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+        )
+    }
+
+    /// Stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::ListModels => "list_models",
+            Endpoint::RetrieveModel => "retrieve_model",
+            Endpoint::Health => "health",
+        }
+    }
+}
+
+/// Classify a request by method and path (without query string).
+pub fn classify(method: &str, path: &str) -> Result<Endpoint, ApiError> {
+    let path = path
+        .strip_suffix('/')
+        .filter(|p| !p.is_empty())
+        .unwrap_or(path);
+    let (endpoint, allowed) = match path {
+        "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
+        "/v1/completions" => (Endpoint::Completions, "POST"),
+        "/v1/embeddings" => (Endpoint::Embeddings, "POST"),
+        "/v1/models" => (Endpoint::ListModels, "GET"),
+        "/health" => (Endpoint::Health, "GET"),
+        p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
+            (Endpoint::RetrieveModel, "GET")
+        }
+        _ => {
+            return Err(ApiError::UnknownPath {
+                method: method.to_string(),
+                path: path.to_string(),
+            })
+        }
+    };
+    let method_ok = method == allowed || (allowed == "GET" && method == "HEAD");
+    if method_ok {
+        Ok(endpoint)
+    } else {
+        Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: path.to_string(),
+            allowed,
+        })
+    }
+}
+
+/// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.
+pub fn resolve<'c>(config: &'c Config, alias: &str) -> Result<&'c Route, ApiError> {
+    config.route(alias).ok_or_else(|| ApiError::ModelNotFound {
+        model: alias.to_string(),
+    })
+}
+
+/// `GET /v1/models`, in OpenAI's list shape, from config.
+pub fn models_list_json(config: &Config) -> bytes::Bytes {
+    let data: Vec<serde_json::Value> = config
+        .routes_in_order()
+        .map(|r| model_card(config, r))
+        .collect();
+    let list = serde_json::json!({ "object": "list", "data": data });
+    bytes::Bytes::from(list.to_string())
+}
+
+/// `GET /v1/models/{id}`.
+pub fn model_json(config: &Config, alias: &str) -> Result<bytes::Bytes, ApiError> {
+    let route = resolve(config, alias)?;
+    Ok(bytes::Bytes::from(model_card(config, route).to_string()))
+}
+
+fn model_card(config: &Config, route: &Route) -> serde_json::Value {
+    serde_json::json!({
+        "id": route.alias,
+        "object": "model",
+        "created": config.loaded_at_unix,
+        "owned_by": route.owned_by,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_api_routes() {
+        assert_eq!(
+            classify("POST", "/v1/chat/completions").unwrap(),
+            Endpoint::ChatCompletions
+        );
+        assert_eq!(
+            classify("POST", "/v1/completions/").unwrap(),
+            Endpoint::Completions
+        );
+        assert_eq!(
+            classify("POST", "/v1/embeddings").unwrap(),
+            Endpoint::Embeddings
+        );
+        assert_eq!(classify("GET", "/v1/models").unwrap(), Endpoint::ListModels);
+        assert_eq!(
+            classify("GET", "/v1/models/x").unwrap(),
+            Endpoint::RetrieveModel
+        );
+        assert_eq!(classify("GET", "/health").unwrap(), Endpoint::Health);
+    }
+
+    #[test]
+    fn wrong_method_is_405_and_unknown_path_404() {
+        let e = classify("GET", "/v1/chat/completions").unwrap_err();
+        assert_eq!(e.status(), 405);
+        let e = classify("POST", "/v1/models").unwrap_err();
+        assert_eq!(e.status(), 405);
+        let e = classify("POST", "/v2/anything").unwrap_err();
+        assert_eq!(e.status(), 404);
+        let e = classify("GET", "/metrics").unwrap_err();
+        assert_eq!(e.status(), 404, "admin paths are never served publicly");
+    }
+}

@@ -1,0 +1,70 @@
+//! Building and running the Pingora server from a validated config.
+
+use std::path::Path;
+
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::{self, ConfigError};
+use crate::proxy::TokenGate;
+use crate::state::AppState;
+
+/// Process-level switches, with Pingora's letters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFlags {
+    pub daemon: bool,
+    pub upgrade: bool,
+    pub test: bool,
+}
+
+/// Load the config and serve until a signal ends the process.
+pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
+    let config = config::load(config_path)?;
+    let server_settings = config.server.clone();
+    let state = AppState::new(config, config_path);
+
+    let opt = Opt {
+        upgrade: flags.upgrade,
+        daemon: flags.daemon,
+        nocapture: false,
+        test: flags.test,
+        conf: None,
+    };
+    let conf = ServerConf {
+        threads: server_settings.threads,
+        grace_period_seconds: Some(server_settings.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(server_settings.graceful_shutdown_timeout_seconds),
+        pid_file: server_settings.pid_file.clone(),
+        upgrade_sock: server_settings.upgrade_sock.clone(),
+        upstream_keepalive_pool_size: 128,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        TokenGate::new(state.clone()),
+        "tokengate proxy",
+    );
+    for addr in &server_settings.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    let mut admin = Service::new(
+        "tokengate admin".to_string(),
+        HttpServer::new_app(AdminApp::new(state.clone())),
+    );
+    admin.add_tcp(&server_settings.admin_listen.to_string());
+
+    server.add_service(proxy);
+    server.add_service(admin);
+    log::info!(
+        "tokengate listening on {:?}, admin on {}",
+        server_settings.listen,
+        server_settings.admin_listen
+    );
+    server.run_forever()
+}

@@ -1,0 +1,219 @@
+//! `tokengate-sim`: a replica simulator that behaves on the wire like vLLM,
+//! trtllm-serve or Triton's OpenAI frontend (see `/work/shared/UPSTREAMS.md`).
+//!
+//! It is the upstream for the demo and the integration tests: deterministic text,
+//! exact SSE shapes, real in-flight metrics, injectable faults and a `/sim/` control API
+//! that records every request it received.
+
+mod control;
+pub mod faults;
+pub mod generate;
+mod json;
+mod metrics;
+pub mod request;
+mod responses;
+mod server;
+#[cfg(test)]
+mod server_tests;
+pub mod state;
+mod stream;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use faults::Faults;
+pub use state::SimState;
+
+/// Which upstream server to imitate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavour {
+    /// vLLM 0.11 OpenAI server.
+    Vllm,
+    /// TensorRT-LLM's trtllm-serve.
+    Trtllm,
+    /// Triton Inference Server's OpenAI-compatible frontend.
+    TritonOpenai,
+}
+
+/// Command line and start-up configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "tokengate-sim",
+    version,
+    about = "LLM replica simulator (vLLM / trtllm-serve / Triton OpenAI) for tokengate tests"
+)]
+pub struct SimConfig {
+    /// Address to listen on; port 0 picks a free port (printed as `LISTENING <addr>`).
+    #[arg(long, default_value = "127.0.0.1:8101")]
+    pub listen: SocketAddr,
+    /// Upstream server to imitate.
+    #[arg(long, value_enum, default_value_t = Flavour::Vllm)]
+    pub flavour: Flavour,
+    /// Served model name; repeatable. The first is the one responses carry (vLLM).
+    #[arg(long = "served-model-name", num_args = 1.., default_value = "sim-model")]
+    pub served_model_names: Vec<String>,
+    /// Completion tokens when the request sets no max_tokens / max_completion_tokens.
+    #[arg(long, default_value_t = 16)]
+    pub tokens: u64,
+    /// Delay before the first content token (header x-sim-ttft-ms overrides).
+    #[arg(long, default_value_t = 0)]
+    pub ttft_ms: u64,
+    /// Delay between tokens (header x-sim-itl-ms overrides).
+    #[arg(long, default_value_t = 0)]
+    pub itl_ms: u64,
+    /// Seed of the generated text (a request's `seed` field overrides).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Scheduler slots: requests beyond this count as waiting in the metrics.
+    #[arg(long, default_value_t = 8)]
+    pub max_running: u64,
+    /// Length of embedding vectors.
+    #[arg(long, default_value_t = 16)]
+    pub embedding_dim: usize,
+    /// Label echoed in the `x-sim-replica` header and in records; default: the bound address.
+    #[arg(long)]
+    pub replica_name: Option<String>,
+    #[command(flatten)]
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        <Self as clap::Parser>::parse_from(["tokengate-sim"])
+    }
+}
+
+/// Errors that stop the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Per-process settings shared by all connections.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub config: SimConfig,
+    pub replica: String,
+    pub state: Arc<SimState>,
+}
+
+/// A running simulator (for in-process use; the binary uses [`run`]).
+#[derive(Debug)]
+pub struct SimServer {
+    addr: SocketAddr,
+    state: Arc<SimState>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl SimServer {
+    /// The bound address (the real port when `--listen` used port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Records, counters and faults, as the `/sim/` API sees them.
+    pub fn state(&self) -> &Arc<SimState> {
+        &self.state
+    }
+
+    /// Stops accepting and closes every open connection.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds (after `slow_start_ms`, like vLLM loading weights) and serves in the background.
+pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
+    if let Some(delay) = config.faults.slow_start_ms {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    let replica = config
+        .replica_name
+        .clone()
+        .unwrap_or_else(|| addr.to_string());
+    let state = SimState::new(config.faults.clone());
+    let app = Arc::new(App {
+        config,
+        replica,
+        state: Arc::clone(&state),
+    });
+    let (shutdown, shutdown_requested) = watch::channel(false);
+    let task = tokio::spawn(server::serve(listener, app, shutdown_requested));
+    Ok(SimServer {
+        addr,
+        state,
+        shutdown,
+        task,
+    })
+}
+
+/// Runs the simulator until Ctrl-C or SIGTERM. Prints `LISTENING <addr>` once bound.
+pub fn run(config: SimConfig) -> Result<(), SimError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let server = tokio::select! {
+            started = start(config) => started?,
+            _ = shutdown_signal() => return Ok(()),
+        };
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "LISTENING {}", server.local_addr())?;
+        stdout.flush()?;
+        drop(stdout);
+        log::info!("tokengate-sim listening on {}", server.local_addr());
+        shutdown_signal().await;
+        log::info!("shutting down");
+        server.shutdown().await;
+        Ok(())
+    });
+    // Streams still sleeping in background tasks must not delay the exit.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                log::warn!("cannot listen for SIGTERM: {error}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

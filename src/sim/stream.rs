@@ -1,0 +1,241 @@
+//! The streaming (SSE) response: a body fed by a generator task through a channel.
+//!
+//! Each event is sent as its own body frame, so hyper writes it as soon as it is produced.
+//! When hyper drops the body (the client went away) the channel closes, the generator
+//! notices at its next send or while sleeping, and stops at once.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame};
+use tokio::sync::{mpsc, watch};
+
+use super::generate::token_text;
+use super::request::{Endpoint, InferenceRequest};
+use super::responses::{done_event, midstream_error_event, StreamShape, Usage};
+use super::state::{Outcome, RequestTracker};
+use super::Flavour;
+
+/// Events buffered between the generator and hyper; small, so a slow reader slows us down.
+const CHANNEL_CAPACITY: usize = 16;
+
+/// Message of the injected mid-stream error event.
+pub const MIDSTREAM_ERROR_MESSAGE: &str =
+    "Simulated mid-stream failure: the engine aborted this request.";
+
+/// The body error that makes hyper abort the connection without the final chunk.
+#[derive(Debug, thiserror::Error)]
+#[error("simulated connection cut")]
+pub struct ConnectionCut;
+
+type StreamItem = Result<Bytes, ConnectionCut>;
+
+/// A response body whose frames come from a channel.
+#[derive(Debug)]
+pub struct ChannelBody {
+    receiver: mpsc::Receiver<StreamItem>,
+    delivered: u64,
+    /// Frames handed to hyper before it last found the channel empty. hyper flushes its
+    /// write buffer right after such a `Pending`, so those frames are on the wire.
+    flushed: watch::Sender<Option<u64>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = ConnectionCut;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ConnectionCut>>> {
+        match self.receiver.poll_recv(cx) {
+            Poll::Ready(Some(Ok(event))) => {
+                self.delivered += 1;
+                Poll::Ready(Some(Ok(Frame::data(event))))
+            }
+            Poll::Ready(Some(Err(cut))) => Poll::Ready(Some(Err(cut))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let delivered = Some(self.delivered);
+                self.flushed.send_if_modified(|flushed| {
+                    let changed = *flushed != delivered;
+                    *flushed = delivered;
+                    changed
+                });
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Everything the generator needs to produce one stream.
+#[derive(Debug, Clone)]
+pub struct StreamPlan {
+    pub shape: StreamShape,
+    pub request: InferenceRequest,
+    pub ttft: Duration,
+    pub itl: Duration,
+    /// Abort the connection after this many token steps.
+    pub cut_after_tokens: Option<u64>,
+    /// Send the mid-stream error event after this many token steps.
+    pub midstream_error_after: Option<u64>,
+}
+
+/// Starts generating in a background task and returns the body that carries it.
+pub fn start_stream(plan: StreamPlan, tracker: RequestTracker) -> ChannelBody {
+    let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+    let (flushed, flushed_watch) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut tracker = tracker;
+        let mut writer = EventWriter {
+            sender,
+            sent: 0,
+            flushed: flushed_watch,
+        };
+        match generate(&plan, &mut tracker, &mut writer).await {
+            Ok(outcome) => tracker.finish(outcome),
+            // Dropping the tracker unfinished records the abandonment.
+            Err(ClientGone) => drop(tracker),
+        }
+    });
+    ChannelBody {
+        receiver,
+        delivered: 0,
+        flushed,
+    }
+}
+
+/// The receiving side (the client's connection) is gone.
+#[derive(Debug)]
+struct ClientGone;
+
+struct EventWriter {
+    sender: mpsc::Sender<StreamItem>,
+    sent: u64,
+    flushed: watch::Receiver<Option<u64>>,
+}
+
+impl EventWriter {
+    async fn send(&mut self, event: Bytes) -> Result<(), ClientGone> {
+        self.sender.send(Ok(event)).await.map_err(|_| ClientGone)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Makes hyper drop the connection mid-body. hyper discards unflushed output when a
+    /// body fails, so first wait until everything sent so far is flushed.
+    async fn abort_connection(&mut self) -> Result<(), ClientGone> {
+        let sent = self.sent;
+        let Self {
+            sender, flushed, ..
+        } = self;
+        let all_flushed = tokio::select! {
+            waited = flushed.wait_for(|flushed| flushed.is_some_and(|n| n >= sent)) => waited.is_ok(),
+            _ = sender.closed() => false,
+        };
+        if !all_flushed {
+            return Err(ClientGone);
+        }
+        self.sender
+            .send(Err(ConnectionCut))
+            .await
+            .map_err(|_| ClientGone)
+    }
+
+    /// Sleeps, but returns early if the client goes away meanwhile.
+    async fn pause(&mut self, duration: Duration) -> Result<(), ClientGone> {
+        if duration.is_zero() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => Ok(()),
+            _ = self.sender.closed() => Err(ClientGone),
+        }
+    }
+}
+
+async fn generate(
+    plan: &StreamPlan,
+    tracker: &mut RequestTracker,
+    writer: &mut EventWriter,
+) -> Result<Outcome, ClientGone> {
+    let request = &plan.request;
+    let shape = &plan.shape;
+    let mut sent_tokens = 0u64;
+    let running_usage = |completion_tokens| {
+        request.usage.every_chunk.then_some(Usage {
+            prompt_tokens: request.prompt_tokens,
+            completion_tokens,
+        })
+    };
+
+    if request.endpoint == Endpoint::Chat {
+        for choice in 0..request.choices {
+            writer
+                .send(shape.role_chunk(choice, running_usage(0)))
+                .await?;
+        }
+    }
+    writer.pause(plan.ttft).await?;
+
+    for step in 0..=request.tokens_per_choice {
+        if plan.cut_after_tokens == Some(step) {
+            writer.abort_connection().await?;
+            return Ok(Outcome::Cut);
+        }
+        if plan.midstream_error_after == Some(step) {
+            return fail_midstream(shape.flavour, writer).await;
+        }
+        if step == request.tokens_per_choice {
+            break;
+        }
+        if step > 0 {
+            writer.pause(plan.itl).await?;
+        }
+        for choice in 0..request.choices {
+            let text = token_text(request.seed, choice, step);
+            sent_tokens += 1;
+            tracker.add_completion_tokens(1);
+            writer
+                .send(shape.content_chunk(choice, text, None, running_usage(sent_tokens)))
+                .await?;
+        }
+    }
+
+    for choice in 0..request.choices {
+        let finish = Some(request.finish_reason);
+        writer
+            .send(shape.content_chunk(choice, "", finish, running_usage(sent_tokens)))
+            .await?;
+    }
+    if request.usage.final_chunk {
+        writer
+            .send(shape.usage_chunk(Usage {
+                prompt_tokens: request.prompt_tokens,
+                completion_tokens: sent_tokens,
+            }))
+            .await?;
+    }
+    writer.send(done_event()).await?;
+    Ok(Outcome::Ok)
+}
+
+/// vLLM (and Triton's frontend) report the failure in-band then end with `[DONE]`;
+/// trtllm-serve just drops the connection.
+async fn fail_midstream(flavour: Flavour, writer: &mut EventWriter) -> Result<Outcome, ClientGone> {
+    match flavour {
+        Flavour::Trtllm => {
+            writer.abort_connection().await?;
+            Ok(Outcome::Cut)
+        }
+        Flavour::Vllm | Flavour::TritonOpenai => {
+            writer
+                .send(midstream_error_event(MIDSTREAM_ERROR_MESSAGE))
+                .await?;
+            writer.send(done_event()).await?;
+            Ok(Outcome::MidstreamError)
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Integration-test harness: real `tokengate` and `tokengate-sim` processes on 127.0.0.1
+//! ephemeral ports, owned by the test and killed on drop. Every wait has a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SIM_BIN: &str = env!("CARGO_BIN_EXE_tokengate-sim");
+pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+/// A running simulator.
+pub struct Sim {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Sim {
+    /// Start a simulator with extra flags; `--listen 127.0.0.1:0` is added.
+    pub fn start(args: &[&str]) -> Sim {
+        let mut child = Command::new(SIM_BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tokengate-sim");
+        let stdout = child.stdout.take().expect("sim stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("simulator printed LISTENING in time");
+        let addr = line
+            .strip_prefix("LISTENING ")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected simulator output: {line}"));
+        Sim { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn requests(&self) -> Vec<Value> {
+        let v: Value = reqwest::get(self.url("/sim/requests"))
+            .await
+            .expect("sim requests")
+            .json()
+            .await
+            .expect("sim requests json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn stats(&self) -> Value {
+        reqwest::get(self.url("/sim/stats"))
+            .await
+            .expect("sim stats")
+            .json()
+            .await
+            .expect("sim stats json")
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        let r = reqwest::Client::new()
+            .post(self.url("/sim/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .expect("sim faults");
+        assert!(
+            r.status().is_success(),
+            "setting faults failed: {}",
+            r.status()
+        );
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// An address where nothing listens (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A cluster for [`ProxyConfig`].
+pub struct ClusterSpec {
+    pub name: &'static str,
+    pub flavour: &'static str,
+    pub replicas: Vec<SocketAddr>,
+}
+
+/// A model route for [`ProxyConfig`].
+pub struct ModelSpec {
+    pub alias: &'static str,
+    pub cluster: &'static str,
+    pub served_name: &'static str,
+}
+
+#[derive(Default)]
+pub struct ProxyConfig {
+    pub clusters: Vec<ClusterSpec>,
+    pub models: Vec<ModelSpec>,
+    /// Extra `key = value` lines for `[server]`.
+    pub server_extra: Vec<String>,
+}
+
+impl ProxyConfig {
+    pub fn cluster(
+        mut self,
+        name: &'static str,
+        flavour: &'static str,
+        replicas: &[SocketAddr],
+    ) -> Self {
+        self.clusters.push(ClusterSpec {
+            name,
+            flavour,
+            replicas: replicas.to_vec(),
+        });
+        self
+    }
+
+    pub fn model(
+        mut self,
+        alias: &'static str,
+        cluster: &'static str,
+        served_name: &'static str,
+    ) -> Self {
+        self.models.push(ModelSpec {
+            alias,
+            cluster,
+            served_name,
+        });
+        self
+    }
+
+    pub fn server(mut self, line: &str) -> Self {
+        self.server_extra.push(line.to_string());
+        self
+    }
+
+    fn render(&self, listen: SocketAddr, admin: SocketAddr, dir: &std::path::Path) -> String {
+        let mut out = format!(
+            "[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+             grace_period_seconds = 0\ngraceful_shutdown_timeout_seconds = 1\n\
+             pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n",
+            pid = dir.join("tokengate.pid").display(),
+            sock = dir.join("upgrade.sock").display(),
+        );
+        for line in &self.server_extra {
+            out.push_str(line);
+            out.push('\n');
+        }
+        for c in &self.clusters {
+            let replicas: Vec<String> = c.replicas.iter().map(|r| format!("\"{r}\"")).collect();
+            out.push_str(&format!(
+                "\n[[clusters]]\nname = \"{}\"\nflavour = \"{}\"\nreplicas = [{}]\n",
+                c.name,
+                c.flavour,
+                replicas.join(", ")
+            ));
+        }
+        for m in &self.models {
+            out.push_str(&format!(
+                "\n[[models]]\nalias = \"{}\"\ncluster = \"{}\"\nserved_name = \"{}\"\n",
+                m.alias, m.cluster, m.served_name
+            ));
+        }
+        out
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Proxy {
+    pub fn start(config: &ProxyConfig) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config_path = dir.path().join("tokengate.toml");
+        std::fs::write(&config_path, config.render(addr, admin, dir.path())).expect("write config");
+        let child = Command::new(PROXY_BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tokengate");
+        let proxy = Proxy {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        wait_for_port(addr);
+        wait_for_port(admin);
+        proxy
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listening on {addr} within 20 s");
+}
+
+/// A chat body with `model` as the last key (how the OpenAI Python SDK sends it), padded so
+/// the whole body is exactly `total_len` bytes.
+pub fn chat_body_model_last(model: &str, total_len: usize) -> Vec<u8> {
+    let head = r#"{"messages":[{"role":"user","content":""#;
+    let tail = format!(r#""}}],"max_tokens":4,"model":"{model}"}}"#);
+    let fill = total_len
+        .checked_sub(head.len() + tail.len())
+        .expect("body too small for the template");
+    let mut body = Vec::with_capacity(total_len);
+    body.extend_from_slice(head.as_bytes());
+    body.extend(std::iter::repeat_n(b'a', fill));
+    body.extend_from_slice(tail.as_bytes());
+    assert_eq!(body.len(), total_len);
+    body
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// POST JSON bytes; returns status, headers and parsed body (or `Value::Null`).
+pub async fn post(url: &str, body: Vec<u8>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.expect("response body");
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, value)
+}
+
+/// Assert the OpenAI error shape and return `error`.
+pub fn assert_openai_error(body: &Value) -> &Value {
+    let e = body
+        .get("error")
+        .unwrap_or_else(|| panic!("no `error` object in {body}"));
+    assert!(e["message"].is_string(), "message: {body}");
+    assert!(e["type"].is_string(), "type: {body}");
+    assert!(e.get("param").is_some(), "param: {body}");
+    assert!(e["code"].is_string() || e["code"].is_null(), "code: {body}");
+    e
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test tokengate has: format and lint checks, Rust unit + integration tests (real
+# processes on 127.0.0.1), and the official OpenAI Python SDK against the demo.
+# Installs what it needs (cmake for Pingora's zlib-ng; a local .venv with the SDK) and fails
+# loudly when it cannot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
+
+install_debian_packages() {
+    local missing=()
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+    command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+            || die "apt-get install ${missing[*]} failed"
+    else
+        die "missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]})"
+    fi
+}
+
+install_debian_packages
+command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs)"
+
+say "python venv with the OpenAI SDK (.venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv || die "cannot create .venv"
+.venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt \
+    || die "pip install of tests/sdk/requirements.txt failed"
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+say "cargo test"
+cargo test --locked 2>&1 | tee target/cargo-test.log
+grep -q '^test result: ' target/cargo-test.log || die "cargo test ran no test"
+
+say "OpenAI Python SDK tests (tests/sdk)"
+cargo build --locked --bins
+.venv/bin/python -m pytest -q tests/sdk
