@@ -21,6 +21,18 @@ pub enum UsageSource {
     None,
 }
 
+impl UsageSource {
+    /// Stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::UpstreamUsage => "upstream_usage",
+            UsageSource::Continuous => "continuous",
+            UsageSource::Estimated => "estimated",
+            UsageSource::None => "none",
+        }
+    }
+}
+
 /// Summary of the gaps between successive token-bearing events (bounded memory, no Vec).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct GapSummary {

@@ -10,7 +10,7 @@ use super::ctx::RequestCtx;
 use super::replay;
 use super::respond::{write_error, write_json};
 use crate::errors::ApiError;
-use crate::routing::body::{BodyScan, RewritePlan};
+use crate::routing::body::{BodyScan, RewritePlan, StreamUsage};
 use crate::routing::{self, Endpoint};
 
 /// Returns `Ok(true)` when the response was written here.
@@ -109,7 +109,14 @@ async fn prepare_upstream(session: &mut Session, ctx: &mut RequestCtx) -> Result
         Err(e) => return reject(session, ctx, e, false).await,
     };
     ctx.stream = facts.stream == Some(true);
-    let upstream_body = RewritePlan::new(&scan).model(&route.served_name).apply();
+    ctx.prompt_bytes = facts.prompt_bytes;
+    // Streams are metered from the upstream's own usage chunk: ask for it, and strip it again
+    // unless the client asked for it itself.
+    let plan = RewritePlan::new(&scan)
+        .model(&route.served_name)
+        .ensure_stream_usage(ctx.stream);
+    ctx.strip_usage = plan.stream_usage() == StreamUsage::Injected;
+    let upstream_body = plan.apply();
     ctx.route = Some(route);
 
     // Bodies beyond Pingora's replay buffer are served to the proxy loop by our wrapper;

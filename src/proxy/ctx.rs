@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::config::{Config, Route};
 use crate::errors::ApiError;
+use crate::metering::{ResponseMeter, UsageRecord};
 use crate::routing::Endpoint;
 
 pub struct RequestCtx {
@@ -34,6 +35,17 @@ pub struct RequestCtx {
     /// Status we answered with ourselves (for the log).
     pub local_status: Option<u16>,
     pub response_bytes: usize,
+    /// Streaming with usage the proxy switched on: remove the usage chunk from the client's
+    /// stream.
+    pub strip_usage: bool,
+    /// Raw bytes of `messages` / `prompt` / `input`: the prompt-size estimate.
+    pub prompt_bytes: usize,
+    /// When the current attempt's request went upstream (TTFT origin).
+    pub upstream_sent_at: Option<Instant>,
+    /// Meters the response body as it passes.
+    pub meter: Option<ResponseMeter>,
+    /// The request's one usage record, settled in `logging`.
+    pub usage: Option<UsageRecord>,
 }
 
 impl RequestCtx {
@@ -55,6 +67,11 @@ impl RequestCtx {
             failure: None,
             local_status: None,
             response_bytes: 0,
+            strip_usage: false,
+            prompt_bytes: 0,
+            upstream_sent_at: None,
+            meter: None,
+            usage: None,
         }
     }
 

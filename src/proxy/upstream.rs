@@ -1,6 +1,8 @@
 //! The upstream side of one request: which replica, what it is sent, and how its answer is
 //! passed back.
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
@@ -9,6 +11,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use super::ctx::RequestCtx;
 use crate::balance;
 use crate::errors::ApiError;
+use crate::metering::{BodyAction, MeterConfig, ResponseMeter, StreamProtocol};
 
 /// Upstream error bodies are small; anything beyond this is cut before normalising.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -102,6 +105,7 @@ pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Res
         request.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     }
     request.insert_header("x-request-id", ctx.attempt_request_id())?;
+    ctx.upstream_sent_at = Some(Instant::now());
     Ok(())
 }
 
@@ -148,17 +152,42 @@ pub fn on_response_header(
     let status = response.status.as_u16();
     ctx.upstream_status = Some(status);
     response.insert_header("x-request-id", ctx.request_id.as_str())?;
-    if status >= 400 {
-        // The replica's error shape differs by server; the client gets OpenAI's, so the
-        // length changes.
+    let sent_at = ctx.upstream_sent_at.unwrap_or(ctx.started);
+    let body_changes = if status >= 400 {
+        // The replica's error shape differs by server; the client gets OpenAI's.
         ctx.error_body = Some(BytesMut::new());
-        response.remove_header(&http::header::CONTENT_LENGTH);
         response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        true
+    } else if is_event_stream(response) {
+        let mut config = MeterConfig::sse(StreamProtocol::OpenAi, ctx.strip_usage);
+        config.prompt_tokens_hint = estimate_prompt_tokens(ctx.prompt_bytes);
+        ctx.meter = Some(ResponseMeter::new(config, sent_at));
+        // Events may be removed (usage chunk), rewritten (error events) or appended
+        // (truncation), so the length is not known up front.
+        true
+    } else {
+        ctx.meter = Some(ResponseMeter::new(MeterConfig::json(status), sent_at));
+        false
+    };
+    if body_changes {
+        response.remove_header(&http::header::CONTENT_LENGTH);
         if http11 {
             response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
     }
     Ok(())
+}
+
+fn is_event_stream(response: &ResponseHeader) -> bool {
+    response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Prompt tokens when the replica reports none (a cut stream): ~4 bytes per token.
+fn estimate_prompt_tokens(prompt_bytes: usize) -> u64 {
+    (prompt_bytes as u64).div_ceil(4)
 }
 
 pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
@@ -173,8 +202,36 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
         } else {
             Some(Bytes::new())
         };
+    } else if let Some(meter) = ctx.meter.as_mut() {
+        let now = Instant::now();
+        if let Some(piece) = body.as_ref() {
+            if let BodyAction::Replace(replacement) = meter.on_body(piece, now) {
+                *body = Some(replacement);
+            }
+        }
+        if end_of_stream {
+            if let Some(tail) = meter.on_end(now) {
+                *body = Some(match body.take() {
+                    Some(piece) if !piece.is_empty() => {
+                        let mut joined = BytesMut::with_capacity(piece.len() + tail.len());
+                        joined.extend_from_slice(&piece);
+                        joined.extend_from_slice(&tail);
+                        joined.freeze()
+                    }
+                    _ => tail,
+                });
+            }
+        }
     }
     if let Some(piece) = body.as_ref() {
         ctx.response_bytes += piece.len();
     }
+}
+
+/// The upstream failed after the response started (connection cut): what the client still
+/// needs to see the stream end as a failure — the truncation error event.
+pub fn tail_after_upstream_failure(ctx: &mut RequestCtx) -> Option<Bytes> {
+    let tail = ctx.meter.as_mut()?.on_end(Instant::now())?;
+    ctx.response_bytes += tail.len();
+    Some(tail)
 }

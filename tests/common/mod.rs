@@ -312,3 +312,58 @@ pub fn assert_openai_error(body: &Value) -> &Value {
     assert!(e["code"].is_string() || e["code"].is_null(), "code: {body}");
     e
 }
+
+/// Sum of a Prometheus counter over the series whose labels include every `(name, value)`.
+pub async fn metric_sum(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = reqwest::get(proxy.admin_url("/metrics"))
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name {
+                return None;
+            }
+            let ok = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Stream a request and return the raw SSE text the client received (also on an error).
+pub async fn stream_text(url: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.expect("sent");
+    let status = r.status().as_u16();
+    let mut out = Vec::new();
+    let mut stream = r.bytes_stream();
+    use futures_util::StreamExt;
+    while let Some(piece) = stream.next().await {
+        match piece {
+            Ok(p) => out.extend_from_slice(&p),
+            Err(_) => break,
+        }
+    }
+    (status, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The `data:` payloads of an SSE text, parsed where JSON.
+pub fn sse_events(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data:"))
+        .map(|d| d.trim().to_string())
+        .collect()
+}

@@ -130,3 +130,25 @@ def client(demo, recorder):
     demo.reset_sims()
     yield c
     http_client.close()
+
+
+def metric_sum(demo, name: str, **labels) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{demo.admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, value = line.rsplit(" ", 1)
+        metric = series.split("{", 1)[0]
+        if metric == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def wait_settled(demo, model: str, count: float) -> None:
+    """The proxy settles a request's usage in its logging phase, just after the last byte."""
+    end = time.monotonic() + 5
+    while metric_sum(demo, "tokengate_requests_total", model=model) < count:
+        assert time.monotonic() < end, "request not settled in time"
+        time.sleep(0.02)

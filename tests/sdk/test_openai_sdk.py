@@ -107,3 +107,64 @@ def test_oversized_body_is_413(client):
         )
     assert err.value.status_code == 413
     assert err.value.code == "request_too_large"
+
+
+from conftest import metric_sum, wait_settled  # noqa: E402
+
+
+def test_stream_without_usage_sees_no_usage_chunk_and_is_metered(client, demo):
+    before = metric_sum(demo, "tokengate_requests_total", model=CHAT)
+    completion_before = metric_sum(demo, "tokengate_tokens_total", model=CHAT, kind="completion")
+    prompt_before = metric_sum(demo, "tokengate_tokens_total", model=CHAT, kind="prompt")
+    chunks = list(
+        client.chat.completions.create(
+            model=CHAT, messages=[{"role": "user", "content": "count to ten"}], max_tokens=9, stream=True
+        )
+    )
+    assert all(c.choices for c in chunks), "no `choices: []` event reaches the client"
+    assert all(c.usage is None for c in chunks), "no usage chunk reaches the client"
+    truth = demo.all_sim_requests()
+    assert truth[0]["include_usage"] is True, "the proxy asked the replica for usage"
+    wait_settled(demo, CHAT, before + 1)
+    assert metric_sum(demo, "tokengate_tokens_total", model=CHAT, kind="completion") - completion_before == truth[0]["completion_tokens"] == 9
+    assert metric_sum(demo, "tokengate_tokens_total", model=CHAT, kind="prompt") - prompt_before == truth[0]["prompt_tokens"]
+
+
+def test_stream_with_include_usage_sees_exactly_one(client, demo):
+    before = metric_sum(demo, "tokengate_requests_total", model=CHAT)
+    completion_before = metric_sum(demo, "tokengate_tokens_total", model=CHAT, kind="completion")
+    chunks = list(
+        client.chat.completions.create(
+            model=CHAT,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    with_usage = [c for c in chunks if c.usage is not None]
+    assert len(with_usage) == 1
+    truth = demo.all_sim_requests()[0]
+    assert with_usage[0].usage.completion_tokens == truth["completion_tokens"] == 6
+    assert with_usage[0].usage.prompt_tokens == truth["prompt_tokens"]
+    wait_settled(demo, CHAT, before + 1)
+    assert metric_sum(demo, "tokengate_tokens_total", model=CHAT, kind="completion") - completion_before == 6
+
+
+def test_cut_stream_raises_in_the_sdk(client, demo):
+    truncated_before = metric_sum(demo, "tokengate_truncated_streams_total", model=CHAT)
+    before = metric_sum(demo, "tokengate_requests_total", model=CHAT)
+    for replica in (8101, 8102):
+        demo.sim_post(replica, "/sim/faults", {"cut_after_tokens": 3})
+    try:
+        with pytest.raises(openai.APIError) as err:
+            for _ in client.chat.completions.create(
+                model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=20, stream=True
+            ):
+                pass
+        assert "truncated" in str(err.value)
+    finally:
+        for replica in (8101, 8102):
+            demo.sim_post(replica, "/sim/faults", {"cut_after_tokens": None})
+    wait_settled(demo, CHAT, before + 1)
+    assert metric_sum(demo, "tokengate_truncated_streams_total", model=CHAT) == truncated_before + 1
