@@ -6,6 +6,7 @@
 //! - adapters: [`proxy`] (the only module that sees a Pingora `Session`), [`admin`]
 //! - wiring: [`server`], [`demo`]; the replica simulator [`sim`] is a test and demo tool.
 
+pub mod accesslog;
 pub mod admin;
 pub mod balance;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod errors;
 pub mod metering;
 pub mod metrics;
 pub mod proxy;
+pub mod reload_signal;
 pub mod routing;
 pub mod server;
 pub mod sim;

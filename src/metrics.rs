@@ -1,86 +1,132 @@
-//! Prometheus series. Registered once in the default registry; label values are bounded
-//! (model aliases and cluster names from config, status classes).
+//! Prometheus series, registered once in the default registry. Label values are bounded:
+//! model aliases and cluster names come from config (anything else is `other`), key *names*
+//! (never secrets), fixed enums for kinds and classes.
 
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, HistogramVec, IntCounterVec, TextEncoder,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    TextEncoder,
 };
 
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tokengate_requests_total",
-        "Requests answered, by model alias, cluster and status class.",
-        &["model", "cluster", "status_class"]
-    )
-    .expect("metric registers once")
-});
-
-pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "tokengate_request_duration_seconds",
-        "Whole-request duration, from the request header to the last response byte.",
-        &["model"],
-        vec![
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
-        ]
-    )
-    .expect("metric registers once")
-});
-
-pub static TOKENS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tokengate_tokens_total",
-        "Tokens metered, by model alias, kind (prompt|completion) and source \
-         (upstream_usage|continuous|estimated).",
-        &["model", "kind", "source"]
-    )
-    .expect("metric registers once")
-});
-
-pub static TRUNCATED_STREAMS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!(
-        "tokengate_truncated_streams_total",
-        "Streams that ended without [DONE] (replica died or cut the connection).",
-        &["model"]
-    )
-    .expect("metric registers once")
-});
-
-pub static TIME_TO_FIRST_TOKEN: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register_histogram_vec!(
-        "tokengate_time_to_first_token_seconds",
-        "From sending the request upstream to the first content token of a stream.",
-        &["model"],
-        vec![0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]
-    )
-    .expect("metric registers once")
-});
-
-/// Record one request's metered usage.
-pub fn record_usage(model: &str, usage: &crate::metering::UsageRecord) {
-    let source = usage.source.as_str();
-    if usage.prompt_tokens > 0 {
-        TOKENS
-            .with_label_values(&[model, "prompt", source])
-            .inc_by(usage.prompt_tokens);
-    }
-    if usage.completion_tokens > 0 {
-        TOKENS
-            .with_label_values(&[model, "completion", source])
-            .inc_by(usage.completion_tokens);
-    }
-    if usage.truncated {
-        TRUNCATED_STREAMS.with_label_values(&[model]).inc();
-    }
-    if let Some(ttft) = usage.ttft {
-        TIME_TO_FIRST_TOKEN
-            .with_label_values(&[model])
-            .observe(ttft.as_secs_f64());
-    }
+macro_rules! counter_vec {
+    ($name:ident, $metric:literal, $help:literal, $labels:expr) => {
+        pub static $name: LazyLock<IntCounterVec> = LazyLock::new(|| {
+            register_int_counter_vec!($metric, $help, $labels).expect("metric registers once")
+        });
+    };
 }
 
-/// `2xx`, `4xx`, ...; `0` means no response was written (client gone).
+macro_rules! histogram_vec {
+    ($name:ident, $metric:literal, $help:literal, $labels:expr, $buckets:expr) => {
+        pub static $name: LazyLock<HistogramVec> = LazyLock::new(|| {
+            register_histogram_vec!($metric, $help, $labels, $buckets.to_vec())
+                .expect("metric registers once")
+        });
+    };
+}
+
+counter_vec!(
+    REQUESTS,
+    "tokengate_requests_total",
+    "Requests answered, by model alias, cluster and status class (2xx, 4xx, 5xx, none).",
+    &["model", "cluster", "status_class"]
+);
+histogram_vec!(
+    REQUEST_DURATION,
+    "tokengate_request_duration_seconds",
+    "Whole-request duration, from the request header to the last response byte.",
+    &["model"],
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
+);
+histogram_vec!(
+    TIME_TO_FIRST_TOKEN,
+    "tokengate_time_to_first_token_seconds",
+    "From sending the request upstream to the first content token of a stream.",
+    &["model"],
+    [0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]
+);
+histogram_vec!(
+    INTER_TOKEN_LATENCY,
+    "tokengate_inter_token_latency_seconds",
+    "Mean gap between token-bearing events of one stream (observed once per stream).",
+    &["model"],
+    [0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5]
+);
+histogram_vec!(
+    PROXY_OVERHEAD,
+    "tokengate_proxy_overhead_seconds",
+    "Time spent in tokengate itself per request: admission (without waiting for the client's \
+     body), upstream preparation and response filtering.",
+    &["endpoint"],
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]
+);
+counter_vec!(
+    TOKENS,
+    "tokengate_tokens_total",
+    "Tokens metered, by key name, model alias, kind (prompt|completion) and source \
+     (upstream_usage|continuous|estimated).",
+    &["key", "model", "kind", "source"]
+);
+counter_vec!(
+    TRUNCATED_STREAMS,
+    "tokengate_truncated_streams_total",
+    "Streams that ended without [DONE] (replica died or cut the connection).",
+    &["model"]
+);
+counter_vec!(
+    RATE_LIMITED,
+    "tokengate_rate_limited_total",
+    "Requests refused with 429, by the limit that refused them.",
+    &["limit"]
+);
+counter_vec!(
+    UPSTREAM_ERRORS,
+    "tokengate_upstream_errors_total",
+    "Upstream failures by cluster and kind (connect_refused, connect_timeout, read_timeout, \
+     closed, http_5xx, http_4xx, other).",
+    &["cluster", "kind"]
+);
+counter_vec!(
+    RETRIES,
+    "tokengate_retries_total",
+    "Upstream attempts beyond the first, by cluster.",
+    &["cluster"]
+);
+counter_vec!(
+    RELOADS,
+    "tokengate_config_reloads_total",
+    "Configuration reloads by trigger (admin, signal) and result (ok, rejected).",
+    &["trigger", "result"]
+);
+
+pub static IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tokengate_in_flight_requests",
+        "Requests currently proxied, by cluster.",
+        &["cluster"]
+    )
+    .expect("metric registers once")
+});
+
+pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tokengate_config_generation",
+        "Generation of the configuration in force (1 at start, +1 per successful reload)."
+    )
+    .expect("metric registers once")
+});
+
+pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tokengate_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind."
+    )
+    .expect("metric registers once")
+});
+
+/// `2xx`, `4xx`, ...; `none` when no response was written (client gone).
 pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -101,14 +147,51 @@ pub fn record_request(model: &str, cluster: &str, status: u16, seconds: f64) {
         .observe(seconds);
 }
 
-/// The text exposition of every registered series.
+/// Record one request's metered usage.
+pub fn record_usage(key: &str, model: &str, usage: &crate::metering::UsageRecord) {
+    let source = usage.source.as_str();
+    if usage.prompt_tokens > 0 {
+        TOKENS
+            .with_label_values(&[key, model, "prompt", source])
+            .inc_by(usage.prompt_tokens);
+    }
+    if usage.completion_tokens > 0 {
+        TOKENS
+            .with_label_values(&[key, model, "completion", source])
+            .inc_by(usage.completion_tokens);
+    }
+    if usage.truncated {
+        TRUNCATED_STREAMS.with_label_values(&[model]).inc();
+    }
+    if let Some(ttft) = usage.ttft {
+        TIME_TO_FIRST_TOKEN
+            .with_label_values(&[model])
+            .observe(ttft.as_secs_f64());
+    }
+    if let Some(mean) = usage.inter_token.mean() {
+        INTER_TOKEN_LATENCY
+            .with_label_values(&[model])
+            .observe(mean.as_secs_f64());
+    }
+}
+
+/// The text exposition of every registered series. Every family is touched first so it is
+/// listed (with HELP/TYPE) before its first sample.
 pub fn render() -> String {
-    // Touch the lazies so the series exist (with HELP/TYPE) before the first request.
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&TIME_TO_FIRST_TOKEN);
+    LazyLock::force(&INTER_TOKEN_LATENCY);
+    LazyLock::force(&PROXY_OVERHEAD);
     LazyLock::force(&TOKENS);
     LazyLock::force(&TRUNCATED_STREAMS);
-    LazyLock::force(&TIME_TO_FIRST_TOKEN);
+    LazyLock::force(&RATE_LIMITED);
+    LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&RETRIES);
+    LazyLock::force(&RELOADS);
+    LazyLock::force(&IN_FLIGHT);
+    LazyLock::force(&CONFIG_GENERATION);
+    LazyLock::force(&ACCESS_LOG_DROPPED);
     TextEncoder::new()
         .encode_to_string(&prometheus::gather())
         .unwrap_or_default()

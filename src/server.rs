@@ -5,6 +5,7 @@ use std::path::Path;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApp;
@@ -24,6 +25,7 @@ pub struct RunFlags {
 pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     let config = config::load(config_path)?;
     let server_settings = config.server.clone();
+    crate::accesslog::configure(server_settings.access_log.clone());
     let state = AppState::new(config, config_path);
 
     let opt = Opt {
@@ -61,6 +63,12 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "sighup reload",
+        crate::reload_signal::SighupReload {
+            state: state.clone(),
+        },
+    ));
     log::info!(
         "tokengate listening on {:?}, admin on {}",
         server_settings.listen,

@@ -32,7 +32,7 @@ fn final_usage(text: &str) -> Value {
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
         .filter(|v| v["choices"].as_array().is_some_and(|c| c.is_empty()))
         .map(|v| v["usage"].clone())
-        .last()
+        .next_back()
         .expect("a usage chunk")
 }
 
@@ -45,12 +45,35 @@ fn without_usage_chunk(text: &str) -> String {
 #[tokio::test]
 async fn simulator_streams_meter_identically_at_every_split() {
     let vllm = Sim::start(&["--served-model-name", "s", "--seed", "7"]);
-    let trt = Sim::start(&["--flavour", "trtllm", "--served-model-name", "s", "--seed", "9"]);
+    let trt = Sim::start(&[
+        "--flavour",
+        "trtllm",
+        "--served-model-name",
+        "s",
+        "--seed",
+        "9",
+    ]);
     let bodies = [
-        (&vllm, "/v1/chat/completions", r#"{"model":"s","stream":true,"n":2,"max_tokens":12,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"café 日本 🙂"}]}"#),
-        (&vllm, "/v1/chat/completions", r#"{"model":"s","stream":true,"max_tokens":9,"stream_options":{"include_usage":true,"continuous_usage_stats":true},"messages":[{"role":"user","content":"x y"}]}"#),
-        (&vllm, "/v1/completions", r#"{"model":"s","stream":true,"max_tokens":10,"stream_options":{"include_usage":true},"prompt":"naïve"}"#),
-        (&trt, "/v1/chat/completions", r#"{"model":"s","stream":true,"max_tokens":8,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#),
+        (
+            &vllm,
+            "/v1/chat/completions",
+            r#"{"model":"s","stream":true,"n":2,"max_tokens":12,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"café 日本 🙂"}]}"#,
+        ),
+        (
+            &vllm,
+            "/v1/chat/completions",
+            r#"{"model":"s","stream":true,"max_tokens":9,"stream_options":{"include_usage":true,"continuous_usage_stats":true},"messages":[{"role":"user","content":"x y"}]}"#,
+        ),
+        (
+            &vllm,
+            "/v1/completions",
+            r#"{"model":"s","stream":true,"max_tokens":10,"stream_options":{"include_usage":true},"prompt":"naïve"}"#,
+        ),
+        (
+            &trt,
+            "/v1/chat/completions",
+            r#"{"model":"s","stream":true,"max_tokens":8,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#,
+        ),
     ];
     for (sim, path, body) in bodies {
         let (status, text) = stream_text(&sim.url(path), body, &[]).await;
@@ -58,8 +81,15 @@ async fn simulator_streams_meter_identically_at_every_split() {
         let usage = final_usage(&text);
         let raw = text.as_bytes();
         let (whole, _) = meter_split(raw, raw.len(), false);
-        assert_eq!(whole.completion_tokens, usage["completion_tokens"].as_u64().unwrap(), "{path} {body}");
-        assert_eq!(whole.prompt_tokens, usage["prompt_tokens"].as_u64().unwrap());
+        assert_eq!(
+            whole.completion_tokens,
+            usage["completion_tokens"].as_u64().unwrap(),
+            "{path} {body}"
+        );
+        assert_eq!(
+            whole.prompt_tokens,
+            usage["prompt_tokens"].as_u64().unwrap()
+        );
         assert_eq!(whole.total_tokens, usage["total_tokens"].as_u64().unwrap());
         assert!(whole.done_seen && !whole.truncated);
         let stripped_expected = without_usage_chunk(&text);

@@ -53,6 +53,13 @@ pub struct ServerSection {
     /// Client keep-alive idle timeout.
     #[serde(default = "default_client_keepalive_seconds")]
     pub client_keepalive_seconds: Spanned<u64>,
+    /// File holding the admin API bearer token (env `TOKENGATE_ADMIN_TOKEN` overrides).
+    /// Without a token the `/admin/*` endpoints answer 401.
+    #[serde(default)]
+    pub admin_token_file: Option<Spanned<String>>,
+    /// `stdout`, `off`, or a file path: one JSON line per request.
+    #[serde(default = "default_access_log")]
+    pub access_log: Spanned<String>,
     #[serde(default)]
     pub pid_file: Option<String>,
     #[serde(default)]
@@ -116,6 +123,9 @@ fn default_grace_period_seconds() -> Spanned<u64> {
 }
 fn default_graceful_shutdown_timeout_seconds() -> Spanned<u64> {
     spanned(5)
+}
+fn default_access_log() -> Spanned<String> {
+    spanned("stdout".to_string())
 }
 fn default_client_keepalive_seconds() -> Spanned<u64> {
     spanned(60)

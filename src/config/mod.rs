@@ -1,6 +1,7 @@
 //! Configuration: the TOML file format (`file`), the validated model (`model`), and the
 //! loader that turns one into the other, reporting every problem with file, line and field.
 
+pub mod diff;
 pub mod file;
 pub mod model;
 
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use toml::Spanned;
 
-pub use model::{Cluster, Config, Flavour, Replica, Route, ServerSettings};
+pub use model::{AccessLogTarget, Cluster, Config, Flavour, Replica, Route, ServerSettings};
 
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +183,19 @@ impl Validator<'_> {
         }
     }
 
+    /// Relative paths in a config file are relative to that file's directory.
+    fn relative_to_config(&self, path: &str) -> PathBuf {
+        let p = Path::new(path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.at
+                .path
+                .parent()
+                .map_or_else(|| p.to_path_buf(), |dir| dir.join(p))
+        }
+    }
+
     fn positive_ms(&mut self, value: &Spanned<u64>, field: &str) -> Duration {
         if *value.get_ref() == 0 {
             self.fail(value, field, "must be greater than 0");
@@ -274,6 +288,26 @@ impl Validator<'_> {
                 .upgrade_sock
                 .clone()
                 .unwrap_or_else(|| "/tmp/tokengate_upgrade.sock".to_string()),
+            admin_token_file: s.admin_token_file.as_ref().map(|p| {
+                let path = self.relative_to_config(p.get_ref());
+                if p.get_ref().is_empty() {
+                    self.fail(p, "server.admin_token_file", "must not be empty");
+                }
+                path
+            }),
+            access_log: match s.access_log.get_ref().as_str() {
+                "stdout" => AccessLogTarget::Stdout,
+                "off" => AccessLogTarget::Off,
+                "" => {
+                    self.fail(
+                        &s.access_log,
+                        "server.access_log",
+                        "use `stdout`, `off` or a file path",
+                    );
+                    AccessLogTarget::Off
+                }
+                path => AccessLogTarget::File(self.relative_to_config(path)),
+            },
         }
     }
 

@@ -60,6 +60,16 @@ pub struct ServerSettings {
     pub client_keepalive_seconds: u64,
     pub pid_file: String,
     pub upgrade_sock: String,
+    pub admin_token_file: Option<std::path::PathBuf>,
+    pub access_log: AccessLogTarget,
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Off,
+    File(std::path::PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

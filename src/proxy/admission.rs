@@ -86,13 +86,15 @@ fn may_have_body(session: &Session) -> bool {
 /// Read the body, resolve the alias and rewrite the body for the chosen cluster.
 async fn prepare_upstream(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     let server = &ctx.config.server;
-    let client_body = match body::read_bounded(
+    let read_started = std::time::Instant::now();
+    let read = body::read_bounded(
         session,
         server.max_request_body_bytes,
         server.client_body_timeout,
     )
-    .await
-    {
+    .await;
+    ctx.body_wait = read_started.elapsed();
+    let client_body = match read {
         Ok(b) => b,
         Err(BodyReadError::Reject(e)) => return reject(session, ctx, e, true).await,
         Err(BodyReadError::Client(e)) => return Err(e),
@@ -117,6 +119,10 @@ async fn prepare_upstream(session: &mut Session, ctx: &mut RequestCtx) -> Result
         .ensure_stream_usage(ctx.stream);
     ctx.strip_usage = plan.stream_usage() == StreamUsage::Injected;
     let upstream_body = plan.apply();
+    crate::metrics::IN_FLIGHT
+        .with_label_values(&[&route.cluster.name])
+        .inc();
+    ctx.in_flight_cluster = Some(route.cluster.name.clone());
     ctx.route = Some(route);
 
     // Bodies beyond Pingora's replay buffer are served to the proxy loop by our wrapper;

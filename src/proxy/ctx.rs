@@ -1,7 +1,7 @@
 //! The per-request context: plain data that every phase hook reads and writes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -46,6 +46,16 @@ pub struct RequestCtx {
     pub meter: Option<ResponseMeter>,
     /// The request's one usage record, settled in `logging`.
     pub usage: Option<UsageRecord>,
+    /// The authenticated key's name (never the secret); `None` when auth is off.
+    pub key_name: Option<String>,
+    /// Tags from rules, for the access log.
+    pub tags: Vec<String>,
+    /// Time spent in tokengate's own code (not waiting on the client or a replica).
+    pub overhead: Duration,
+    /// Time spent waiting for the client to send its body (excluded from overhead).
+    pub body_wait: Duration,
+    /// Cluster whose in-flight gauge this request holds.
+    pub in_flight_cluster: Option<String>,
 }
 
 impl RequestCtx {
@@ -72,7 +82,17 @@ impl RequestCtx {
             upstream_sent_at: None,
             meter: None,
             usage: None,
+            key_name: None,
+            tags: Vec::new(),
+            overhead: Duration::ZERO,
+            body_wait: Duration::ZERO,
+            in_flight_cluster: None,
         }
+    }
+
+    /// Key label for logs and metrics.
+    pub fn key_label(&self) -> &str {
+        self.key_name.as_deref().unwrap_or("-")
     }
 
     /// The model alias for messages, or `-` before it is known.

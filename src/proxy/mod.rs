@@ -7,10 +7,11 @@ pub mod ctx;
 pub mod failure;
 pub mod replay;
 pub mod respond;
+pub mod settle;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -44,7 +45,11 @@ impl ProxyHttp for TokenGate {
     /// Admission: classify, answer local endpoints, read + validate + rewrite the body.
     /// `Ok(true)` means we already answered.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        admission::admit(session, ctx).await
+        let started = Instant::now();
+        let answered = admission::admit(session, ctx).await;
+        // Waiting for the client's body is not our time.
+        ctx.overhead += started.elapsed().saturating_sub(ctx.body_wait);
+        answered
     }
 
     /// Start of every attempt: the next untried replica of the route's cluster.
@@ -53,7 +58,10 @@ impl ProxyHttp for TokenGate {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        upstream::choose_peer(ctx)
+        let started = Instant::now();
+        let peer = upstream::choose_peer(ctx);
+        ctx.overhead += started.elapsed();
+        peer
     }
 
     /// A refused or timed-out connect is retried on another replica while any is untried.
@@ -86,7 +94,10 @@ impl ProxyHttp for TokenGate {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::prepare_request(request, ctx)
+        let started = Instant::now();
+        let prepared = upstream::prepare_request(request, ctx);
+        ctx.overhead += started.elapsed();
+        prepared
     }
 
     /// Substitute the rewritten body for whatever Pingora replays (once per attempt).
@@ -116,8 +127,11 @@ impl ProxyHttp for TokenGate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let started = Instant::now();
         let http11 = session.req_header().version == http::Version::HTTP_11;
-        upstream::on_response_header(response, ctx, http11)
+        let filtered = upstream::on_response_header(response, ctx, http11);
+        ctx.overhead += started.elapsed();
+        filtered
     }
 
     /// Synchronous, per piece: bytes pass through as they land.
@@ -128,7 +142,9 @@ impl ProxyHttp for TokenGate {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        let started = Instant::now();
         upstream::on_response_body(body, end_of_stream, ctx);
+        ctx.overhead += started.elapsed();
         Ok(None)
     }
 
@@ -143,6 +159,6 @@ impl ProxyHttp for TokenGate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        failure::log_request(session, e, ctx);
+        settle::settle(session, e, ctx);
     }
 }

@@ -13,6 +13,8 @@ use serde_json::Value;
 
 pub const SIM_BIN: &str = env!("CARGO_BIN_EXE_tokengate-sim");
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+/// The admin token every test proxy is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// A running simulator.
 pub struct Sim {
@@ -167,7 +169,8 @@ impl ProxyConfig {
         let mut out = format!(
             "[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              grace_period_seconds = 0\ngraceful_shutdown_timeout_seconds = 1\n\
-             pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n",
+             pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n\
+             admin_token_file = \"admin-token\"\naccess_log = \"access.log\"\n",
             pid = dir.join("tokengate.pid").display(),
             sock = dir.join("upgrade.sock").display(),
         );
@@ -210,6 +213,7 @@ impl Proxy {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config_path = dir.path().join("tokengate.toml");
         std::fs::write(&config_path, config.render(addr, admin, dir.path())).expect("write config");
+        std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("write admin token");
         let child = Command::new(PROXY_BIN)
             .arg("run")
             .arg("--config")
@@ -241,6 +245,30 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Replace the config file (same listeners) with a new rendering.
+    pub fn rewrite_config(&self, config: &ProxyConfig) {
+        let tmp = self.dir.path().join("tokengate.toml.tmp");
+        std::fs::write(&tmp, config.render(self.addr, self.admin, self.dir.path()))
+            .expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("swap config");
+    }
+
+    /// An authorised admin request.
+    pub fn admin_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        client()
+            .request(method, self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// The access log lines written so far.
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 }
 

@@ -1,0 +1,143 @@
+//! The admin listener (loopback by default; never the client listener). `/metrics` and
+//! `/health` are open for scrapers and probes; every `/admin/*` endpoint requires the admin
+//! bearer token, compared in constant time. JSON everywhere, errors in the OpenAI shape.
+
+mod config_api;
+mod reply;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
+
+use crate::state::AppState;
+pub use reply::{error_reply, json_reply};
+
+/// Largest admin request body (config documents, key definitions).
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+pub struct AdminApp {
+    state: Arc<AppState>,
+}
+
+impl AdminApp {
+    pub fn new(state: Arc<AppState>) -> AdminApp {
+        AdminApp { state }
+    }
+
+    /// `Err` carries the 401 to send.
+    fn authorized(&self, session: &ServerSession) -> Result<(), Box<Response<Vec<u8>>>> {
+        let token = self.state.admin_token();
+        let Some(expected) = token.as_deref() else {
+            return Err(Box::new(error_reply(
+                StatusCode::UNAUTHORIZED,
+                "The admin API is disabled: no admin token is configured (server.admin_token_file or TOKENGATE_ADMIN_TOKEN).",
+                "admin_disabled",
+            )));
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .unwrap_or("");
+        if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Box::new(error_reply(
+                StatusCode::UNAUTHORIZED,
+                "Missing or wrong admin token: send `Authorization: Bearer <admin token>`.",
+                "invalid_admin_token",
+            )))
+        }
+    }
+}
+
+/// Read a request body up to `MAX_ADMIN_BODY`.
+/// `Err` carries the reply to send.
+async fn read_body(session: &mut ServerSession) -> Result<Bytes, Box<Response<Vec<u8>>>> {
+    let mut buf = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(piece)) => {
+                if buf.len() + piece.len() > MAX_ADMIN_BODY {
+                    return Err(Box::new(error_reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "Admin request body over 1 MiB.",
+                        "request_too_large",
+                    )));
+                }
+                buf.extend_from_slice(&piece);
+            }
+            Ok(None) => return Ok(Bytes::from(buf)),
+            Err(e) => {
+                return Err(Box::new(error_reply(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Could not read the request body: {e}."),
+                    "invalid_request",
+                )))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.as_str().to_string();
+        let path = session.req_header().uri.path().to_string();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/metrics") => Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                .body(crate::metrics::render().into_bytes())
+                .unwrap_or_default(),
+            ("GET", "/health") => json_reply(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok", "generation": self.state.generation()}),
+            ),
+            (_, p) if p.starts_with("/admin/") => {
+                if let Err(denied) = self.authorized(session) {
+                    return *denied;
+                }
+                self.admin(session, &method, &path).await
+            }
+            _ => not_found(&method, &path),
+        }
+    }
+}
+
+impl AdminApp {
+    async fn admin(
+        &self,
+        session: &mut ServerSession,
+        method: &str,
+        path: &str,
+    ) -> Response<Vec<u8>> {
+        match (method, path) {
+            ("GET", "/admin/config") => config_api::show(&self.state),
+            ("POST", "/admin/config/validate") => match read_body(session).await {
+                Ok(body) => config_api::validate(&body),
+                Err(reply) => *reply,
+            },
+            ("POST", "/admin/reload") => config_api::reload(&self.state),
+            _ => not_found(method, path),
+        }
+    }
+}
+
+fn not_found(method: &str, path: &str) -> Response<Vec<u8>> {
+    error_reply(
+        StatusCode::NOT_FOUND,
+        &format!("Invalid URL ({method} {path})."),
+        "unknown_url",
+    )
+}

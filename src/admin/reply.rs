@@ -1,0 +1,40 @@
+//! JSON replies for the admin API, errors in the same OpenAI shape as the client API.
+
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::errors::error_body;
+
+pub fn json_reply(status: StatusCode, value: &impl Serialize) -> Response<Vec<u8>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+pub fn error_reply(status: StatusCode, message: &str, code: &str) -> Response<Vec<u8>> {
+    let kind = if status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    let body = error_body(message, kind, None, Some(code)).to_vec();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+/// A 400 with every field error listed: `{"error":{…}, "errors":[…]}`.
+pub fn field_errors_reply(message: &str, code: &str, errors: &impl Serialize) -> Response<Vec<u8>> {
+    let value = serde_json::json!({
+        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": code},
+        "errors": errors,
+    });
+    json_reply(StatusCode::BAD_REQUEST, &value)
+}

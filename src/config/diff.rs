@@ -1,0 +1,107 @@
+//! What changed between two configurations: the summary a reload reports.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use super::Config;
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct NameChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+}
+
+impl NameChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ConfigDiff {
+    pub clusters: NameChanges,
+    /// Replicas as `cluster/ip:port`.
+    pub replicas: NameChanges,
+    pub models: NameChanges,
+    pub server_changed: bool,
+}
+
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let cluster_names =
+        |c: &Config| -> BTreeSet<String> { c.clusters.iter().map(|c| c.name.clone()).collect() };
+    let replica_ids = |c: &Config| -> BTreeSet<String> {
+        c.clusters
+            .iter()
+            .flat_map(|cl| {
+                cl.replicas
+                    .iter()
+                    .map(move |r| format!("{}/{}", cl.name, r.addr))
+            })
+            .collect()
+    };
+    let mut out = ConfigDiff::default();
+    let (old_c, new_c) = (cluster_names(old), cluster_names(new));
+    out.clusters.added = new_c.difference(&old_c).cloned().collect();
+    out.clusters.removed = old_c.difference(&new_c).cloned().collect();
+    out.clusters.changed = old_c
+        .intersection(&new_c)
+        .filter(|name| {
+            let (a, b) = (old.cluster(name), new.cluster(name));
+            match (a, b) {
+                (Some(a), Some(b)) => a.flavour != b.flavour || a.replicas != b.replicas,
+                _ => false,
+            }
+        })
+        .cloned()
+        .collect();
+    let (old_r, new_r) = (replica_ids(old), replica_ids(new));
+    out.replicas.added = new_r.difference(&old_r).cloned().collect();
+    out.replicas.removed = old_r.difference(&new_r).cloned().collect();
+
+    let old_m: BTreeSet<&String> = old.routes.keys().collect();
+    let new_m: BTreeSet<&String> = new.routes.keys().collect();
+    out.models.added = new_m.difference(&old_m).map(|s| s.to_string()).collect();
+    out.models.removed = old_m.difference(&new_m).map(|s| s.to_string()).collect();
+    out.models.changed = old_m
+        .intersection(&new_m)
+        .filter(|alias| {
+            let (a, b) = (&old.routes[**alias], &new.routes[**alias]);
+            a.cluster.name != b.cluster.name
+                || a.served_name != b.served_name
+                || a.owned_by != b.owned_by
+        })
+        .map(|s| s.to_string())
+        .collect();
+    out.server_changed = format!("{:?}", old.server) != format!("{:?}", new.server);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten=[\"127.0.0.1:1\"]\n[[clusters]]\nname=\"a\"\nflavour=\"vllm\"\n\
+             replicas=[\"127.0.0.1:2\"]\n[[clusters]]\nname=\"b\"\nflavour=\"vllm\"\n\
+             replicas=[\"127.0.0.1:3\"]\n{extra}"
+        );
+        super::super::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    #[test]
+    fn reports_moved_alias_and_new_model() {
+        let old = cfg("[[models]]\nalias=\"m\"\ncluster=\"a\"\n");
+        let new =
+            cfg("[[models]]\nalias=\"m\"\ncluster=\"b\"\n[[models]]\nalias=\"n\"\ncluster=\"a\"\n");
+        let d = diff(&old, &new);
+        assert_eq!(d.models.changed, vec!["m"]);
+        assert_eq!(d.models.added, vec!["n"]);
+        assert!(d.clusters.is_empty());
+        assert!(d.replicas.is_empty());
+        assert!(!d.server_changed);
+    }
+}

@@ -1,0 +1,34 @@
+//! Replica health and fleet-aware replica selection: the pure and shared-state parts.
+//!
+//! - [`settings`]: per-cluster knobs and per-flavour defaults (health/metrics paths).
+//! - [`health`]: the active + passive health state machine of one replica.
+//! - [`replica`]: `ReplicaState` (in-flight guard, latency EWMA, health, scraped load,
+//!   draining), shared by all requests.
+//! - [`registry`]: `Fleet`, states keyed by `cluster/ip:port` so they survive reloads.
+//! - [`scrape`]: Prometheus text parsing into load samples (vLLM, trtllm-serve, Triton).
+//! - [`select`]: policies (round robin, least outstanding, load aware, prefix affinity) and
+//!   overload shedding.
+//! - [`view`]: the admin `GET /admin/replicas` shape.
+//!
+//! Nothing here does I/O or reads the clock: the proxy and its background tasks pass `now`.
+
+pub mod hash;
+pub mod health;
+pub mod registry;
+pub mod replica;
+pub mod scrape;
+pub mod select;
+pub mod settings;
+pub mod view;
+
+pub use hash::prefix_key;
+pub use health::{ActiveState, ErrorKind, HealthRules, Outcome, Transition};
+pub use registry::Fleet;
+pub use replica::{InFlight, LoadSample, ReplicaId, ReplicaState};
+pub use scrape::extract_load;
+pub use select::{Balancer, SelectCtx, SelectError};
+pub use settings::{
+    probe_status_is_healthy, BalanceSettings, FlavourDefaults, HealthSettings, PassiveSettings,
+    Policy, ScrapeSettings, TRITON_KSERVE_HEALTH_PATH,
+};
+pub use view::{ReplicaView, ViewState};
