@@ -38,6 +38,9 @@ pub struct Entry<'a> {
     pub retries: usize,
     pub error: Option<&'a str>,
     pub tags: &'a [String],
+    pub rules: &'a [String],
+    pub rate_limit_class: Option<&'a str>,
+    pub priority: Option<i32>,
 }
 
 pub fn now_rfc3339() -> String {

@@ -5,7 +5,6 @@
 //! when any child exits — stops every child. Children also get `PR_SET_PDEATHSIG`, so none
 //! outlives a supervisor that is killed outright.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -23,11 +22,13 @@ pub fn run(config_path: &Path) -> Result<(), String> {
     let mut children = Children(Vec::new());
 
     for cluster in &config.clusters {
-        let served: BTreeSet<&str> = config
-            .routes_in_order()
-            .filter(|r| r.cluster.name == cluster.name)
-            .map(|r| r.served_name.as_str())
-            .collect();
+        // Config order: like vLLM, the simulator answers with its first served name.
+        let mut served: Vec<&str> = Vec::new();
+        for route in config.routes_in_order() {
+            if route.cluster.name == cluster.name && !served.contains(&route.served_name.as_str()) {
+                served.push(&route.served_name);
+            }
+        }
         for replica in &cluster.replicas {
             let mut cmd = Command::new(&exe);
             cmd.arg("sim")

@@ -6,6 +6,8 @@
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::auth::AuthError;
+use crate::ratelimit::RateLimited;
 use crate::routing::body::BodyError;
 
 /// An error answered to the client by tokengate itself (not relayed from a replica).
@@ -17,6 +19,10 @@ pub enum ApiError {
     BodyTooLargeStreaming { limit: u64 },
     #[error("{0}")]
     InvalidBody(#[from] BodyError),
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    #[error("{}", .0.message)]
+    RateLimited(Box<RateLimited>),
     #[error("The model `{model}` does not exist or you do not have access to it.")]
     ModelNotFound { model: String },
     #[error("Method {method} is not allowed on {path}; use {allowed}.")]
@@ -33,6 +39,12 @@ pub enum ApiError {
     InvalidRequestFraming(String),
     #[error("No healthy replica is available for model `{model}` (cluster `{cluster}`); try again shortly.")]
     NoReplicaAvailable { model: String, cluster: String },
+    #[error("Every replica for model `{model}` (cluster `{cluster}`) is at capacity; retry after {retry_after_secs} s.")]
+    Overloaded {
+        model: String,
+        cluster: String,
+        retry_after_secs: u64,
+    },
     #[error("Could not connect to an upstream replica for model `{model}`: {detail}.")]
     UpstreamUnreachable { model: String, detail: String },
     #[error("The upstream replica did not answer in time for model `{model}`.")]
@@ -41,6 +53,13 @@ pub enum ApiError {
     UpstreamFailed { model: String, detail: String },
     #[error("The upstream replica for model `{model}` answered HTTP {status} with an empty body.")]
     UpstreamEmptyError { model: String, status: u16 },
+    /// A lua-free rule's `deny` action.
+    #[error("{message}")]
+    RuleDenied {
+        status: u16,
+        message: String,
+        code: String,
+    },
     #[error("Internal gateway error: {0}.")]
     Internal(String),
 }
@@ -53,10 +72,13 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => 413,
             ApiError::InvalidBody(_) | ApiError::InvalidRequestFraming(_) => 400,
+            ApiError::Unauthorized(e) => e.status(),
+            ApiError::RateLimited(_) => 429,
+            ApiError::RuleDenied { status, .. } => *status,
             ApiError::ModelNotFound { .. } | ApiError::UnknownPath { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::ClientBodyTimeout => 408,
-            ApiError::NoReplicaAvailable { .. } => 503,
+            ApiError::NoReplicaAvailable { .. } | ApiError::Overloaded { .. } => 503,
             ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamFailed { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
             ApiError::UpstreamEmptyError { status, .. } => *status,
@@ -67,6 +89,10 @@ impl ApiError {
     /// OpenAI's `error.type`.
     pub fn error_type(&self) -> &'static str {
         match self {
+            ApiError::Unauthorized(e) => e.error_type(),
+            ApiError::RuleDenied { status, .. } if *status >= 500 => "server_error",
+            ApiError::RuleDenied { .. } => "invalid_request_error",
+            ApiError::RateLimited(r) => r.error_type(),
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyTooLargeStreaming { .. }
             | ApiError::InvalidBody(_)
@@ -77,6 +103,7 @@ impl ApiError {
             | ApiError::ClientBodyTimeout => "invalid_request_error",
             ApiError::UpstreamEmptyError { status, .. } if *status < 500 => "invalid_request_error",
             ApiError::NoReplicaAvailable { .. }
+            | ApiError::Overloaded { .. }
             | ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::UpstreamFailed { .. }
@@ -86,18 +113,22 @@ impl ApiError {
     }
 
     /// OpenAI's `error.code`: a string or null.
-    pub fn code(&self) -> Option<&'static str> {
+    pub fn code(&self) -> Option<&str> {
         match self {
             ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => {
                 Some("request_too_large")
             }
             ApiError::InvalidBody(e) => Some(e.code()),
+            ApiError::Unauthorized(e) => Some(e.code()),
+            ApiError::RuleDenied { code, .. } => Some(code.as_str()),
+            ApiError::RateLimited(_) => Some(RateLimited::CODE),
             ApiError::ModelNotFound { .. } => Some("model_not_found"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ApiError::UnknownPath { .. } => Some("unknown_url"),
             ApiError::ClientBodyTimeout => Some("request_timeout"),
             ApiError::InvalidRequestFraming(_) => Some("invalid_request"),
             ApiError::NoReplicaAvailable { .. } => Some("no_replica_available"),
+            ApiError::Overloaded { .. } => Some("overloaded"),
             ApiError::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamEmptyError { .. } => {
@@ -113,11 +144,15 @@ impl ApiError {
             ApiError::ModelNotFound { .. } => Some("model"),
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyTooLargeStreaming { .. }
+            | ApiError::Unauthorized(_)
+            | ApiError::RateLimited(_)
+            | ApiError::RuleDenied { .. }
             | ApiError::MethodNotAllowed { .. }
             | ApiError::UnknownPath { .. }
             | ApiError::ClientBodyTimeout
             | ApiError::InvalidRequestFraming(_)
             | ApiError::NoReplicaAvailable { .. }
+            | ApiError::Overloaded { .. }
             | ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::UpstreamFailed { .. }
@@ -135,7 +170,15 @@ impl ApiError {
                     ("retry-after-ms", (RETRY_AFTER_SECONDS * 1000).to_string()),
                 ]
             }
+            ApiError::Overloaded {
+                retry_after_secs, ..
+            } => vec![
+                ("retry-after", retry_after_secs.to_string()),
+                ("retry-after-ms", (retry_after_secs * 1000).to_string()),
+            ],
             ApiError::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).to_string())],
+            ApiError::RateLimited(r) => r.headers.pairs(),
+            ApiError::Unauthorized(_) => vec![("www-authenticate", "Bearer".to_string())],
             _ => Vec::new(),
         }
     }

@@ -41,10 +41,34 @@ enum Command {
         #[arg(short = 'c', long = "config", default_value = "conf/tokengate.toml")]
         config: PathBuf,
     },
+    /// Manage API keys offline.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// lua-free-rules tools.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Run one simulated replica (the demo's and the tests' upstream; same as `tokengate-sim`).
     Sim(tokengate::sim::SimConfig),
     /// Start simulated replicas and the proxy on this machine (see README).
     Demo {
+        #[arg(short = 'c', long = "config", default_value = "conf/demo.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key, print its secret once, store its hash in the keys file.
+    New(tokengate::cli::KeyNewArgs),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Run the example requests shipped in the rule files and report pass/fail.
+    Test {
+        #[arg(default_value = "lua-free-rules")]
+        dir: PathBuf,
+        /// Config naming the clusters and models the rules may refer to.
         #[arg(short = 'c', long = "config", default_value = "conf/demo.toml")]
         config: PathBuf,
     },
@@ -71,6 +95,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Key(KeyCommand::New(args))) => tokengate::cli::key_new(args),
+        Some(Command::Rules(RulesCommand::Test { dir, config })) => {
+            tokengate::cli::rules_test(&dir, &config)
+        }
         Some(Command::Sim(config)) => match tokengate::sim::run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -82,6 +82,93 @@ counter_vec!(
     &["limit"]
 );
 counter_vec!(
+    REPLICA_TRANSITIONS,
+    "tokengate_replica_transitions_total",
+    "Replica health transitions caused by probes, by cluster and kind (up, down, ejected, \
+     readmitted).",
+    &["cluster", "to"]
+);
+
+macro_rules! gauge_vec {
+    ($name:ident, $metric:literal, $help:literal) => {
+        pub static $name: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+            prometheus::register_gauge_vec!($metric, $help, &["cluster", "replica"])
+                .expect("metric registers once")
+        });
+    };
+}
+
+gauge_vec!(
+    REPLICA_HEALTHY,
+    "tokengate_replica_healthy",
+    "1 when the replica may receive requests (healthy, not ejected, not draining)."
+);
+gauge_vec!(
+    REPLICA_DRAINING,
+    "tokengate_replica_draining",
+    "1 while the replica is drained by an operator."
+);
+gauge_vec!(
+    REPLICA_IN_FLIGHT,
+    "tokengate_replica_in_flight",
+    "Requests tokengate has in flight on the replica."
+);
+gauge_vec!(
+    REPLICA_QUEUE,
+    "tokengate_replica_queue_waiting",
+    "The replica's scraped queue depth (requests waiting), when scraped."
+);
+gauge_vec!(
+    REPLICA_KV_USAGE,
+    "tokengate_replica_kv_cache_usage",
+    "The replica's scraped KV-cache use (0..1), when scraped."
+);
+
+/// Refresh the per-replica gauges from the fleet (at scrape time; removed replicas vanish).
+pub fn observe_fleet(views: &[crate::fleet::ReplicaView]) {
+    for g in [
+        &*REPLICA_HEALTHY,
+        &*REPLICA_DRAINING,
+        &*REPLICA_IN_FLIGHT,
+        &*REPLICA_QUEUE,
+        &*REPLICA_KV_USAGE,
+    ] {
+        g.reset();
+    }
+    for v in views {
+        let addr = v.addr.to_string();
+        let labels = [v.cluster.as_str(), addr.as_str()];
+        REPLICA_HEALTHY
+            .with_label_values(&labels)
+            .set(if v.eligible { 1.0 } else { 0.0 });
+        REPLICA_DRAINING.with_label_values(&labels).set(
+            if matches!(v.state, crate::fleet::ViewState::Draining) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        REPLICA_IN_FLIGHT
+            .with_label_values(&labels)
+            .set(v.in_flight as f64);
+        if let Some(load) = &v.load {
+            if let Some(w) = load.waiting {
+                REPLICA_QUEUE.with_label_values(&labels).set(w);
+            }
+            if let Some(k) = load.kv_usage {
+                REPLICA_KV_USAGE.with_label_values(&labels).set(k);
+            }
+        }
+    }
+}
+
+counter_vec!(
+    RULE_TAGS,
+    "tokengate_rule_tags_total",
+    "Requests tagged by lua-free rules, by tag (only tags declared in rule files).",
+    &["tag"]
+);
+counter_vec!(
     UPSTREAM_ERRORS,
     "tokengate_upstream_errors_total",
     "Upstream failures by cluster and kind (connect_refused, connect_timeout, read_timeout, \
@@ -187,6 +274,8 @@ pub fn render() -> String {
     LazyLock::force(&TRUNCATED_STREAMS);
     LazyLock::force(&RATE_LIMITED);
     LazyLock::force(&UPSTREAM_ERRORS);
+    LazyLock::force(&RULE_TAGS);
+    LazyLock::force(&REPLICA_TRANSITIONS);
     LazyLock::force(&RETRIES);
     LazyLock::force(&RELOADS);
     LazyLock::force(&IN_FLIGHT);

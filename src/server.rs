@@ -26,7 +26,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     let config = config::load(config_path)?;
     let server_settings = config.server.clone();
     crate::accesslog::configure(server_settings.access_log.clone());
-    let state = AppState::new(config, config_path);
+    let state = AppState::new(config, config_path)?;
 
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -63,6 +63,10 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
 
     server.add_service(proxy);
     server.add_service(admin);
+    server.add_service(background_service(
+        "health",
+        crate::health_service::HealthService::new(&state),
+    ));
     server.add_service(background_service(
         "sighup reload",
         crate::reload_signal::SighupReload {

@@ -1,7 +1,12 @@
-//! Shared runtime state: the current configuration snapshot behind an `ArcSwap`, and reload.
-//! Requests load one snapshot in `new_ctx` and keep it for their whole life, so in-flight
-//! requests finish on the config they started with. Only this module writes the `ArcSwap`.
+//! Shared runtime state: the current snapshot (validated config plus each cluster's replica
+//! states and balancer) behind an `ArcSwap`, and reload. Requests load one snapshot in
+//! `new_ctx` and keep it for their whole life, so in-flight requests finish on the config
+//! they started with. Only this module writes the `ArcSwap`. Replica health, in-flight counts
+//! and bucket consumption live outside the snapshot, keyed by stable names, so they survive
+//! reloads.
 
+use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,18 +14,61 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::auth::KeyRegistry;
 use crate::config::diff::{diff, ConfigDiff};
 use crate::config::{self, Config, ConfigError};
+use crate::fleet::{Balancer, Fleet, HealthRules, ReplicaId, ReplicaState};
 use crate::metrics;
+use crate::ratelimit::{Limiter, Usage};
+
+/// One cluster's replicas (in config order) with their shared states, and its selector.
+pub struct ClusterRuntime {
+    pub replicas: Vec<Arc<ReplicaState>>,
+    pub balancer: Balancer,
+}
+
+/// Everything a request reads, immutable.
+pub struct Snapshot {
+    pub config: Config,
+    pub clusters: HashMap<String, ClusterRuntime>,
+    pub generation: u64,
+}
+
+impl Deref for Snapshot {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Snapshot {
+    pub fn runtime(&self, cluster: &str) -> Option<&ClusterRuntime> {
+        self.clusters.get(cluster)
+    }
+}
 
 pub struct AppState {
-    config: ArcSwap<Config>,
+    snapshot: ArcSwap<Snapshot>,
     config_path: PathBuf,
     generation: AtomicU64,
     admin_token: ArcSwap<Option<String>>,
+    pub fleet: Fleet,
+    /// API keys (`None`: auth off). Outside the snapshot: admin changes apply at once.
+    keys: ArcSwap<Option<Arc<KeyRegistry>>>,
+    /// Bucket consumption and concurrency, keyed by key name / alias: survives reloads.
+    pub limiter: Limiter,
+    /// Tokens and requests per key and model since start (`GET /admin/usage`).
+    pub usage: Usage,
+    /// Set once every replica was probed once after start (readiness).
+    pub probed_once: std::sync::atomic::AtomicBool,
     /// Serializes reloads (admin, signal) so two never interleave; never taken per request.
     reload_lock: Mutex<()>,
+    /// Called after every successful swap (e.g. to retarget health probes).
+    on_swap: Mutex<Vec<SwapHook>>,
 }
+
+/// Runs after every snapshot swap.
+pub type SwapHook = Box<dyn Fn(&Snapshot) + Send + Sync>;
 
 /// A successful reload.
 #[derive(Debug, Serialize)]
@@ -29,22 +77,97 @@ pub struct Reloaded {
     pub changes: ConfigDiff,
 }
 
+fn build_snapshot(config: Config, fleet: &Fleet, generation: u64) -> Snapshot {
+    let mut clusters = HashMap::new();
+    let mut live = HashSet::new();
+    for cluster in &config.clusters {
+        let rules = HealthRules::new(&cluster.health, &cluster.passive);
+        let replicas = cluster
+            .replicas
+            .iter()
+            .map(|r| {
+                live.insert(ReplicaId::new(&cluster.name, r.addr));
+                fleet.get_or_insert(&cluster.name, r.addr, &rules)
+            })
+            .collect();
+        clusters.insert(
+            cluster.name.clone(),
+            ClusterRuntime {
+                replicas,
+                balancer: Balancer::new(cluster.balance.clone()),
+            },
+        );
+    }
+    // Removed replicas leave the registry: no new request can pick them, in-flight ones hold
+    // their state until they finish (drain).
+    fleet.retain(&live);
+    Snapshot {
+        config,
+        clusters,
+        generation,
+    }
+}
+
+/// Load the keys file a config names (or none). A reload of the same file re-reads it in place
+/// so admin writes and the registry stay one object.
+fn load_keys(
+    config: &Config,
+    current: Option<&Arc<KeyRegistry>>,
+) -> Result<Option<Arc<KeyRegistry>>, ConfigError> {
+    let Some(auth) = config.auth.as_ref() else {
+        return Ok(None);
+    };
+    let as_config_error = |e: crate::auth::KeysFileError| ConfigError {
+        issues: vec![config::ConfigIssue {
+            file: auth.keys_file.clone(),
+            line: None,
+            column: None,
+            field: "auth.keys_file".into(),
+            message: e.to_string(),
+        }],
+    };
+    match current {
+        Some(registry) if registry.path() == auth.keys_file => {
+            registry.reload().map_err(as_config_error)?;
+            Ok(Some(registry.clone()))
+        }
+        _ => KeyRegistry::load(&auth.keys_file)
+            .map(|r| Some(Arc::new(r)))
+            .map_err(as_config_error),
+    }
+}
+
 impl AppState {
-    pub fn new(config: Config, config_path: &Path) -> Arc<AppState> {
+    /// Fails when the keys file the config names cannot be loaded.
+    pub fn new(config: Config, config_path: &Path) -> Result<Arc<AppState>, ConfigError> {
         let token = read_admin_token(&config);
+        let keys = load_keys(&config, None)?;
         metrics::CONFIG_GENERATION.set(1);
-        Arc::new(AppState {
-            config: ArcSwap::from_pointee(config),
+        let fleet = Fleet::new();
+        let snapshot = build_snapshot(config, &fleet, 1);
+        Ok(Arc::new(AppState {
+            snapshot: ArcSwap::from_pointee(snapshot),
             config_path: config_path.to_path_buf(),
             generation: AtomicU64::new(1),
             admin_token: ArcSwap::from_pointee(token),
+            fleet,
+            keys: ArcSwap::from_pointee(keys),
+            limiter: Limiter::new(),
+            usage: Usage::new(),
+            probed_once: std::sync::atomic::AtomicBool::new(false),
             reload_lock: Mutex::new(()),
-        })
+            on_swap: Mutex::new(Vec::new()),
+        }))
     }
 
-    /// The config every part of one request must use.
-    pub fn snapshot(&self) -> Arc<Config> {
-        self.config.load_full()
+    /// The key registry, when auth is on.
+    pub fn keys(&self) -> Option<Arc<KeyRegistry>> {
+        self.keys.load().as_ref().clone()
+    }
+
+    /// What every part of one request must use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     pub fn generation(&self) -> u64 {
@@ -59,12 +182,19 @@ impl AppState {
         self.admin_token.load_full()
     }
 
+    /// Run `hook` now and after every successful reload.
+    pub fn on_swap(&self, hook: SwapHook) {
+        hook(&self.snapshot.load());
+        if let Ok(mut hooks) = self.on_swap.lock() {
+            hooks.push(hook);
+        }
+    }
+
     /// Re-read and validate the config file; swap it in only if every check passes. On failure
     /// the running config stays and the generation is unchanged.
     pub fn reload(&self, trigger: &str) -> Result<Reloaded, ConfigError> {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let result = config::load(&self.config_path);
-        let fresh = match result {
+        let fresh = match config::load(&self.config_path) {
             Ok(fresh) => fresh,
             Err(e) => {
                 metrics::RELOADS
@@ -77,10 +207,29 @@ impl AppState {
                 return Err(e);
             }
         };
-        let changes = diff(&self.config.load(), &fresh);
+        let keys = match load_keys(&fresh, self.keys().as_ref()) {
+            Ok(keys) => keys,
+            Err(e) => {
+                metrics::RELOADS
+                    .with_label_values(&[trigger, "rejected"])
+                    .inc();
+                log::warn!("config reload ({trigger}) rejected: {e}");
+                return Err(e);
+            }
+        };
+        let changes = diff(&self.snapshot.load().config, &fresh);
+        self.keys.store(Arc::new(keys));
+        let generation = self.generation() + 1;
         self.admin_token.store(Arc::new(read_admin_token(&fresh)));
-        self.config.store(Arc::new(fresh));
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot = build_snapshot(fresh, &self.fleet, generation);
+        self.snapshot.store(Arc::new(snapshot));
+        self.generation.store(generation, Ordering::Relaxed);
+        if let Ok(hooks) = self.on_swap.lock() {
+            let current = self.snapshot.load();
+            for hook in hooks.iter() {
+                hook(&current);
+            }
+        }
         metrics::RELOADS.with_label_values(&[trigger, "ok"]).inc();
         metrics::CONFIG_GENERATION.set(generation as i64);
         log::info!("config reloaded ({trigger}): generation {generation}");

@@ -25,6 +25,7 @@ fn fleet() -> Fleet {
     let proxy = Proxy::start(
         &ProxyConfig::default()
             .cluster("pool-a", "vllm", &[a1.addr, a2.addr])
+            .with(&["policy = \"round-robin\""])
             .cluster("pool-b", "trtllm", &[b.addr])
             .model("alpha", "pool-a", SERVED_A)
             .model("beta", "pool-b", SERVED_B),
@@ -286,12 +287,16 @@ async fn connect_failure_retries_on_another_replica() {
 
 #[tokio::test]
 async fn upstream_failures_map_to_502_503_504() {
-    // Every replica refuses: 502.
+    // Every replica refuses while health checks still trust them: 502. With active checks
+    // they never pass a probe, so there is no replica to try: 503.
     let proxy = Proxy::start(
         &ProxyConfig::default()
             .cluster("dead", "vllm", &[dead_addr(), dead_addr()])
+            .with(&["health = { enabled = false }"])
+            .cluster("down", "vllm", &[dead_addr()])
             .cluster("empty", "vllm", &[])
             .model("gone", "dead", "x")
+            .model("down", "down", "x")
             .model("none", "empty", "x"),
     );
     let (status, _, body) = post(
@@ -301,6 +306,14 @@ async fn upstream_failures_map_to_502_503_504() {
     .await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(assert_openai_error(&body)["code"], "upstream_unreachable");
+    let (status, headers, body) = post(
+        &proxy.url("/v1/chat/completions"),
+        br#"{"model":"down","messages":[]}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(assert_openai_error(&body)["code"], "no_replica_available");
+    assert_eq!(headers["retry-after"], "1");
 
     // No replica at all: 503 with Retry-After.
     let (status, headers, body) = post(

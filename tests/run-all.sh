@@ -14,10 +14,11 @@ install_debian_packages() {
     command -v cmake >/dev/null 2>&1 || missing+=(cmake)
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks /metrics
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
             || die "apt-get install ${missing[*]} failed"
     else
         die "missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]})"
@@ -39,6 +40,7 @@ say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
 say "cargo test"
+export TOKENGATE_REQUIRE_PROMTOOL=1
 cargo test --locked 2>&1 | tee target/cargo-test.log
 grep -q '^test result: ' target/cargo-test.log || die "cargo test ran no test"
 

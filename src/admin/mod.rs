@@ -3,6 +3,8 @@
 //! bearer token, compared in constant time. JSON everywhere, errors in the OpenAI shape.
 
 mod config_api;
+mod fleet_api;
+mod keys_api;
 mod reply;
 
 use std::sync::Arc;
@@ -95,14 +97,24 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.as_str().to_string();
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {
-            ("GET", "/metrics") => Response::builder()
-                .status(StatusCode::OK)
-                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                .body(crate::metrics::render().into_bytes())
-                .unwrap_or_default(),
+            ("GET", "/metrics") => {
+                crate::metrics::observe_fleet(
+                    &self.state.fleet.snapshot(std::time::Instant::now()),
+                );
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .body(crate::metrics::render().into_bytes())
+                    .unwrap_or_default()
+            }
             ("GET", "/health") => json_reply(
                 StatusCode::OK,
-                &serde_json::json!({"status": "ok", "generation": self.state.generation()}),
+                &serde_json::json!({
+                    "status": "ok",
+                    "generation": self.state.generation(),
+                    // Every replica was probed once since start.
+                    "ready": self.state.probed_once.load(std::sync::atomic::Ordering::Acquire),
+                }),
             ),
             (_, p) if p.starts_with("/admin/") => {
                 if let Err(denied) = self.authorized(session) {
@@ -129,6 +141,25 @@ impl AdminApp {
                 Err(reply) => *reply,
             },
             ("POST", "/admin/reload") => config_api::reload(&self.state),
+            ("GET", "/admin/replicas") => fleet_api::list(&self.state),
+            ("POST", p) if p.starts_with("/admin/replicas/") => {
+                fleet_api::drain(&self.state, &p["/admin/replicas/".len()..])
+            }
+            ("GET", "/admin/usage") => {
+                reply::json_reply(StatusCode::OK, &self.state.usage.snapshot())
+            }
+            (_, p) if p == "/admin/keys" || p.starts_with("/admin/keys/") => {
+                let rest = p["/admin/keys".len()..].trim_start_matches('/');
+                let body = if matches!(method, "POST" | "PATCH") {
+                    match read_body(session).await {
+                        Ok(b) => b,
+                        Err(reply) => return *reply,
+                    }
+                } else {
+                    Bytes::new()
+                };
+                keys_api::handle(&self.state, method, rest, &body)
+            }
             _ => not_found(method, path),
         }
     }

@@ -239,8 +239,7 @@ impl Validator<'_> {
         for (i, e) in raw.into_iter().enumerate() {
             let at = |f: &str| format!("keys[{i}].{f}");
             let name = e.name.get_ref().clone();
-            if self.check(&e.name, at("name"), check_name(&name)) && !names.insert(name.clone())
-            {
+            if self.check(&e.name, at("name"), check_name(&name)) && !names.insert(name.clone()) {
                 self.check(
                     &e.name,
                     at("name"),
@@ -273,7 +272,11 @@ impl Validator<'_> {
                 self.check(t, format!("keys[{i}].tags[{j}]"), check_label(t.get_ref()));
             }
             for (j, m) in e.models.iter().enumerate() {
-                self.check(m, format!("keys[{i}].models[{j}]"), check_label(m.get_ref()));
+                self.check(
+                    m,
+                    format!("keys[{i}].models[{j}]"),
+                    check_label(m.get_ref()),
+                );
             }
             let expires_at = self.time(&e.expires_at, at("expires_at"));
             let created_at = self.time(&e.created_at, at("created_at"));
@@ -469,8 +472,10 @@ prefix = "tg-3kTqa9Zx0123"
         assert!(e.to_string().contains("enable"), "{e}");
         let e = p("[[keys]\nname=").unwrap_err();
         assert!(e.issues[0].line.is_some());
-        let e = p(&format!("[[keys]]\nname = \"a\"\nhash = \"{H1}\"\n[keys.limits]\nrpm = 1\n"))
-            .unwrap_err();
+        let e = p(&format!(
+            "[[keys]]\nname = \"a\"\nhash = \"{H1}\"\n[keys.limits]\nrpm = 1\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.issues[0].line, Some(5), "{e}");
     }
 

@@ -130,8 +130,9 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 
 pub(crate) fn check_label(value: &str) -> Result<(), String> {
     if value.trim().is_empty() || value.len() > 128 || value.chars().any(char::is_control) {
-        return Err("must be 1 to 128 characters, not blank, without control characters"
-            .to_string());
+        return Err(
+            "must be 1 to 128 characters, not blank, without control characters".to_string(),
+        );
     }
     Ok(())
 }
@@ -154,9 +155,11 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
 /// false` is for; leaving a limit out means unlimited.
 pub(crate) fn check_limit(value: u64) -> Result<(), String> {
     if value == 0 {
-        return Err("must be greater than 0 (leave it out for no limit; use `enabled = false` \
+        return Err(
+            "must be greater than 0 (leave it out for no limit; use `enabled = false` \
                     to block a key)"
-            .to_string());
+                .to_string(),
+        );
     }
     Ok(())
 }

@@ -51,9 +51,9 @@ impl FromStr for KeyHash {
                         `sha256:<hex>` of the secret, never the secret itself"
                 .to_string());
         }
-        let hex_part = s.strip_prefix("sha256:").filter(|h| {
-            h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        });
+        let hex_part = s
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
         let mut out = [0u8; 32];
         match hex_part.map(|h| hex::decode_to_slice(h, &mut out)) {
             Some(Ok(())) => Ok(KeyHash(out)),
@@ -115,7 +115,10 @@ pub fn generate_secret() -> io::Result<NewSecret> {
     secret.push_str(SECRET_PREFIX);
     let mut pool = [0u8; 64];
     while secret.len() < SECRET_PREFIX.len() + SECRET_CHARS {
-        getrandom::getrandom(&mut pool).map_err(io::Error::from)?;
+        getrandom::getrandom(&mut pool).map_err(|e| match e.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::other(format!("no OS random number generator: {e}")),
+        })?;
         // Rejection sampling: 248 = 4 × 62, so `b % 62` is uniform for b < 248.
         for &b in pool.iter().filter(|&&b| b < 248) {
             if secret.len() == SECRET_PREFIX.len() + SECRET_CHARS {
@@ -146,7 +149,7 @@ pub fn extract_presented_key(headers: &http::HeaderMap) -> Option<&str> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let v = v.trim();
-            let (scheme, rest) = v.split_once(|c: char| c == ' ' || c == '\t')?;
+            let (scheme, rest) = v.split_once([' ', '\t'])?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
         })
         .filter(|k| !k.is_empty());

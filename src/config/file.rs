@@ -5,10 +5,20 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::ratelimit::{GlobalLimits, ModelLimits};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub server: ServerSection,
+    /// API keys; without this section the gateway is open (no key needed).
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
+    #[serde(default)]
+    pub limits: Option<LimitsSection>,
+    /// Rule files (lua-free-rules): files, directories or `dir/*.toml`, relative to this file.
+    #[serde(default)]
+    pub rules: Vec<Spanned<String>>,
     #[serde(default)]
     pub clusters: Vec<ClusterSection>,
     #[serde(default)]
@@ -72,6 +82,76 @@ pub struct ClusterSection {
     pub name: Spanned<String>,
     pub flavour: Spanned<String>,
     pub replicas: Spanned<Vec<Spanned<String>>>,
+    /// `round-robin` | `least-outstanding` (default) | `load-aware` | `prefix-affinity`.
+    #[serde(default)]
+    pub policy: Option<Spanned<String>>,
+    /// Shed load (503) when every replica's scraped queue is at least this.
+    #[serde(default)]
+    pub max_queue: Option<Spanned<f64>>,
+    /// Shed load (503) when every replica has this many of our requests in flight.
+    #[serde(default)]
+    pub max_in_flight: Option<Spanned<usize>>,
+    /// Bounded-load factor of `prefix-affinity` (default 1.5).
+    #[serde(default)]
+    pub bounded_load_factor: Option<Spanned<f64>>,
+    /// Header whose value is the affinity key (e.g. a session id); default: the prompt prefix.
+    #[serde(default)]
+    pub affinity_header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+    #[serde(default)]
+    pub passive: Option<PassiveSection>,
+    #[serde(default)]
+    pub scrape: Option<ScrapeSection>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutSection>,
+}
+
+/// Active health checks; defaults per flavour (vLLM / trtllm `/health`, Triton `/health/ready`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub enabled: Option<bool>,
+    pub interval_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Consecutive failed probes that take a replica out (default 1).
+    pub unhealthy_after: Option<Spanned<u32>>,
+    /// Consecutive passing probes that bring it back (default 2).
+    pub healthy_after: Option<Spanned<u32>>,
+    pub path: Option<Spanned<String>>,
+    pub port: Option<u16>,
+}
+
+/// Passive ejection from real requests' failures.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveSection {
+    /// Consecutive failures that eject (default 3; 0 disables).
+    pub failures: Option<u32>,
+    pub base_cooldown_ms: Option<Spanned<u64>>,
+    pub max_cooldown_ms: Option<Spanned<u64>>,
+}
+
+/// Scraping the replicas' Prometheus metrics (for `load-aware` and `max_queue`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeSection {
+    pub enabled: Option<bool>,
+    pub interval_ms: Option<Spanned<u64>>,
+    pub timeout_ms: Option<Spanned<u64>>,
+    pub path: Option<Spanned<String>>,
+    pub port: Option<u16>,
+}
+
+/// Per-cluster overrides of the `[server]` upstream timeouts.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSection {
+    pub connect_ms: Option<Spanned<u64>>,
+    /// Time to first byte (first token) and each later gap between chunks.
+    pub read_ms: Option<Spanned<u64>>,
+    /// Whole response; a stream still running then ends with an error event.
+    pub total_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +166,27 @@ pub struct ModelSection {
     /// Owner shown in `GET /v1/models`.
     #[serde(default)]
     pub owned_by: Option<String>,
+    /// Per-alias limits (protect a cluster): `tokens_per_minute`, `max_concurrent`.
+    #[serde(default)]
+    pub limits: Option<Spanned<ModelLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// The keys file (written by the admin API and `tokengate key new`), relative to this file.
+    pub keys_file: Spanned<String>,
+    /// Completion tokens reserved for a request that sends no `max_tokens` (default 256).
+    #[serde(default)]
+    pub default_completion_reservation: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// One bucket for the whole gateway.
+    #[serde(default)]
+    pub global: Option<Spanned<GlobalLimits>>,
 }
 
 fn spanned<T>(value: T) -> Spanned<T> {

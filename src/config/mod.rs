@@ -1,6 +1,7 @@
 //! Configuration: the TOML file format (`file`), the validated model (`model`), and the
 //! loader that turns one into the other, reporting every problem with file, line and field.
 
+mod cluster;
 pub mod diff;
 pub mod file;
 pub mod model;
@@ -15,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use toml::Spanned;
 
-pub use model::{AccessLogTarget, Cluster, Config, Flavour, Replica, Route, ServerSettings};
+pub use model::{
+    AccessLogTarget, AuthSettings, Cluster, Config, Flavour, Replica, Route, ServerSettings,
+};
 
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +186,42 @@ impl Validator<'_> {
         }
     }
 
+    /// Compile the rule files; their problems join this load's list (file, line, rule, field).
+    fn rules(
+        &mut self,
+        paths: &[Spanned<String>],
+        clusters: &[Arc<Cluster>],
+        models: &[String],
+    ) -> crate::rules::RuleSet {
+        let resolved: Vec<PathBuf> = paths
+            .iter()
+            .map(|p| self.relative_to_config(p.get_ref()))
+            .collect();
+        let known = crate::rules::KnownNames::new(
+            clusters.iter().map(|c| c.name.clone()).collect::<Vec<_>>(),
+            models.to_vec(),
+        );
+        match crate::rules::load_paths(&resolved, &known) {
+            Ok(set) => set,
+            Err(e) => {
+                for issue in e.issues {
+                    let mut field = issue.field.clone();
+                    if let Some(rule) = &issue.rule {
+                        field = format!("rule `{rule}`: {field}");
+                    }
+                    self.issues.push(ConfigIssue {
+                        file: issue.file,
+                        line: issue.line,
+                        column: issue.column,
+                        field,
+                        message: issue.message,
+                    });
+                }
+                crate::rules::RuleSet::default()
+            }
+        }
+    }
+
     /// Relative paths in a config file are relative to that file's directory.
     fn relative_to_config(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
@@ -205,13 +244,41 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: file::ConfigFile) -> Config {
         let server = self.server(&raw.server);
-        let clusters = self.clusters(&raw.clusters);
+        let clusters = self.clusters(&raw.clusters, &server);
         let (routes, model_order) = self.models(&raw.models, &clusters);
+        let auth = raw.auth.as_ref().map(|a| AuthSettings {
+            keys_file: self.relative_to_config(a.keys_file.get_ref()),
+            default_completion_reservation: a
+                .default_completion_reservation
+                .as_ref()
+                .map_or(256, |v| *v.get_ref()),
+        });
+        let global_limits = match raw.limits.as_ref().and_then(|l| l.global.as_ref()) {
+            Some(g) => {
+                let v = g.get_ref();
+                if v.requests_per_minute == Some(0)
+                    || v.tokens_per_minute == Some(0)
+                    || v.max_concurrent == Some(0)
+                {
+                    self.fail(
+                        g,
+                        "limits.global",
+                        "limits must be greater than 0 (omit a limit to disable it)",
+                    );
+                }
+                *v
+            }
+            None => Default::default(),
+        };
+        let rules = self.rules(&raw.rules, &clusters, &model_order);
         Config {
             server,
             clusters,
             routes,
             model_order,
+            auth,
+            global_limits,
+            rules: Arc::new(rules),
             loaded_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -311,7 +378,11 @@ impl Validator<'_> {
         }
     }
 
-    fn clusters(&mut self, raw: &[file::ClusterSection]) -> Vec<Arc<Cluster>> {
+    fn clusters(
+        &mut self,
+        raw: &[file::ClusterSection],
+        server: &ServerSettings,
+    ) -> Vec<Arc<Cluster>> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, c) in raw.iter().enumerate() {
@@ -357,11 +428,17 @@ impl Validator<'_> {
                     });
                 }
             }
+            let settings = self.cluster_settings(c, i, flavour, server);
             out.push(Arc::new(Cluster {
                 name: name.clone(),
                 flavour,
                 replicas,
-                cursor: Default::default(),
+                health: settings.health,
+                passive: settings.passive,
+                scrape: settings.scrape,
+                balance: settings.balance,
+                affinity_header: settings.affinity_header,
+                timeouts: settings.timeouts,
             }));
         }
         out
@@ -409,6 +486,20 @@ impl Validator<'_> {
                 Some(s) => s.get_ref().clone(),
                 None => alias.clone(),
             };
+            let limits = match &m.limits {
+                Some(l) => {
+                    let v = l.get_ref();
+                    if v.tokens_per_minute == Some(0) || v.max_concurrent == Some(0) {
+                        self.fail(
+                            l,
+                            format!("models[{i}].limits"),
+                            "limits must be greater than 0 (omit a limit to disable it)",
+                        );
+                    }
+                    *v
+                }
+                None => Default::default(),
+            };
             if routes.contains_key(alias) {
                 self.fail(
                     &m.alias,
@@ -428,6 +519,7 @@ impl Validator<'_> {
                         .owned_by
                         .clone()
                         .unwrap_or_else(|| "tokengate".to_string()),
+                    limits,
                 },
             );
         }

@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::fleet::{BalanceSettings, HealthSettings, PassiveSettings, ScrapeSettings};
+use crate::ratelimit::{GlobalLimits, ModelLimits};
 
 /// Which server software a cluster runs: decides health paths, error shapes and usage defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +86,21 @@ pub struct Cluster {
     pub name: String,
     pub flavour: Flavour,
     pub replicas: Vec<Replica>,
-    /// Round-robin position; a reload starts a new rotation, which is harmless.
-    pub cursor: AtomicUsize,
+    pub health: HealthSettings,
+    pub passive: PassiveSettings,
+    pub scrape: ScrapeSettings,
+    pub balance: BalanceSettings,
+    /// Header carrying the `prefix-affinity` key; `None`: hash the prompt's leading part.
+    pub affinity_header: Option<http::HeaderName>,
+    pub timeouts: ClusterTimeouts,
+}
+
+/// Upstream timeouts of one cluster (server defaults unless overridden).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub total: Option<Duration>,
 }
 
 /// What a public model alias resolves to.
@@ -95,6 +110,14 @@ pub struct Route {
     pub cluster: Arc<Cluster>,
     pub served_name: String,
     pub owned_by: String,
+    pub limits: ModelLimits,
+}
+
+/// API keys and admission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    pub keys_file: std::path::PathBuf,
+    pub default_completion_reservation: u64,
 }
 
 /// The whole validated configuration.
@@ -105,6 +128,11 @@ pub struct Config {
     /// Alias → route. Aliases are listed in config order by `model_order`.
     pub routes: HashMap<String, Route>,
     pub model_order: Vec<String>,
+    /// `None`: no key needed.
+    pub auth: Option<AuthSettings>,
+    pub global_limits: GlobalLimits,
+    /// Compiled request rules, evaluated in order per request.
+    pub rules: Arc<crate::rules::RuleSet>,
     /// Unix seconds when this config was loaded (the `created` of `/v1/models`).
     pub loaded_at_unix: u64,
 }

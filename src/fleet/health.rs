@@ -84,7 +84,8 @@ impl ErrorKind {
 pub enum Transition {
     /// Probes admitted the replica (from `Starting` or `Unhealthy`).
     Up { from: ActiveState },
-    /// Probes took it out (from `Starting` or `Healthy`).
+    /// Probes took it out (always from `Healthy`; a `Starting` replica that fails its
+    /// probes stays `Starting`).
     Down { from: ActiveState },
     /// Passive ejection began; it lasts `cooldown` unless a probe passes first.
     Ejected { cooldown: Duration },
@@ -245,15 +246,17 @@ impl HealthCore {
         } else {
             self.probe_ok_streak = 0;
             self.probe_fail_streak = self.probe_fail_streak.saturating_add(1);
-            if self.active != ActiveState::Unhealthy
+            // A starting replica failing its probes is just still booting (vLLM refuses
+            // connections while it loads weights): it stays "starting", without a log line
+            // per probe, until it passes once.
+            if self.active == ActiveState::Healthy
                 && self.probe_fail_streak >= self.rules.unhealthy_after.max(1)
             {
-                let from = self.active;
                 self.active = ActiveState::Unhealthy;
-                if from == ActiveState::Healthy {
-                    self.ejections = self.ejections.saturating_add(1);
-                }
-                return Some(Transition::Down { from });
+                self.ejections = self.ejections.saturating_add(1);
+                return Some(Transition::Down {
+                    from: ActiveState::Healthy,
+                });
             }
             None
         }
@@ -366,17 +369,21 @@ mod tests {
     }
 
     #[test]
-    fn starting_replica_that_keeps_failing_becomes_unhealthy() {
+    fn booting_replica_stays_starting_until_its_first_pass() {
         let t = Instant::now();
         let mut h = HealthCore::new(rules(2, 3, 3));
-        assert_eq!(h.on_probe(false, t), None);
+        for _ in 0..10 {
+            assert_eq!(h.on_probe(false, t), None);
+        }
+        assert_eq!(h.active(), ActiveState::Starting);
+        assert!(!h.is_available(t));
+        assert_eq!(h.ejections(), 0, "never admitted, so never ejected");
         assert_eq!(
-            h.on_probe(false, t),
-            Some(Transition::Down {
+            h.on_probe(true, t),
+            Some(Transition::Up {
                 from: ActiveState::Starting
             })
         );
-        assert_eq!(h.ejections(), 0, "never admitted, so never ejected");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 pub mod hash;
 pub mod health;
+pub mod probe;
 pub mod registry;
 pub mod replica;
 pub mod scrape;

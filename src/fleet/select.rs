@@ -45,8 +45,8 @@ pub enum SelectError {
     #[error("the cluster has no replicas")]
     NoReplicas,
     /// None is healthy and undrained (503 + Retry-After).
-    #[error("no eligible replica: {unavailable} of {total} unhealthy, ejected or draining")]
-    NoEligible { unavailable: usize, total: usize },
+    #[error("none of the {total} replicas is healthy and undrained")]
+    NoEligible { total: usize },
     /// Every eligible replica was already tried for this request (the proxy answers with the
     /// last attempt's error, e.g. 502).
     #[error("every eligible replica was already tried")]
@@ -111,7 +111,6 @@ pub fn select(
     }
     if eligible == 0 {
         return Err(SelectError::NoEligible {
-            unavailable: replicas.len(),
             total: replicas.len(),
         });
     }

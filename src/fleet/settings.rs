@@ -23,7 +23,7 @@ pub struct HealthSettings {
     pub unhealthy_after: u32,
     /// `m`: consecutive passing probes that bring an unhealthy replica back. Default 2, so a
     /// replica that crash-loops does not flap in and out on every lucky probe. A replica that
-    /// has never been checked ("starting") is admitted on its first pass instead: a booting
+    /// that has never passed a probe ("starting") is admitted on its first pass instead: a booting
     /// vLLM does not even listen before its engine is built, so the first 200 is already
     /// conclusive, and waiting longer only delays capacity at proxy start.
     pub healthy_after: u32,

@@ -9,12 +9,21 @@ use super::body::{self, BodyReadError, PINGORA_REPLAY_LIMIT};
 use super::ctx::RequestCtx;
 use super::replay;
 use super::respond::{write_error, write_json};
+use crate::auth::{extract_presented_key, now_unix};
+use crate::config::Route;
 use crate::errors::ApiError;
-use crate::routing::body::{BodyScan, RewritePlan, StreamUsage};
+use crate::fleet::{prefix_key, Policy};
+use crate::ratelimit::{
+    estimate_request_tokens, AdmissionRequest, GlobalLimits, KeyLimits, ModelLimits, RateLimited,
+    Reservation,
+};
+use crate::routing::body::{BodyScan, RequestFacts, RewritePlan, StreamUsage};
 use crate::routing::{self, Endpoint};
+use crate::rules::{BodyFacts, KeyInfo, RuleInput};
+use crate::state::AppState;
 
 /// Returns `Ok(true)` when the response was written here.
-pub async fn admit(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     // Pingora keeps idle client connections forever unless told otherwise.
     session.set_keepalive(Some(ctx.config.server.client_keepalive_seconds));
     let method = session.req_header().method.as_str().to_string();
@@ -24,26 +33,52 @@ pub async fn admit(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> 
         Err(e) => return reject(session, ctx, e, true).await,
     };
     ctx.endpoint = Some(endpoint);
-    match endpoint {
-        Endpoint::Health => {
-            let body = Bytes::from_static(br#"{"status":"ok"}"#);
-            answer(session, ctx, body).await
+    if endpoint == Endpoint::Health {
+        let body = Bytes::from_static(br#"{"status":"ok"}"#);
+        return answer(session, ctx, body).await;
+    }
+    if let Some(keys) = state.keys() {
+        let presented = extract_presented_key(&session.req_header().headers);
+        match keys.authenticate(presented, now_unix()) {
+            Ok(key) => {
+                ctx.key_name = Some(key.name.clone());
+                ctx.key = Some(key);
+            }
+            Err(e) => return reject(session, ctx, e.into(), true).await,
         }
+    }
+    let visible = |alias: &str| ctx.key.as_ref().is_none_or(|k| k.allows_model(alias));
+    match endpoint {
+        Endpoint::Health => unreachable_health(),
         Endpoint::ListModels => {
-            let body = routing::models_list_json(&ctx.config);
+            let body = routing::models_list_json(&ctx.config, visible);
             answer(session, ctx, body).await
         }
         Endpoint::RetrieveModel => {
-            let alias = path.trim_end_matches('/').trim_start_matches("/v1/models/");
-            match routing::model_json(&ctx.config, &percent_decode(alias)) {
+            let alias =
+                percent_decode(path.trim_end_matches('/').trim_start_matches("/v1/models/"));
+            let found = if visible(&alias) {
+                routing::model_json(&ctx.config, &alias)
+            } else {
+                Err(ApiError::ModelNotFound { model: alias })
+            };
+            match found {
                 Ok(body) => answer(session, ctx, body).await,
                 Err(e) => reject(session, ctx, e, false).await,
             }
         }
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-            prepare_upstream(session, ctx).await
+            prepare_upstream(state, session, ctx).await
         }
     }
+}
+
+/// `/health` is answered before authentication.
+fn unreachable_health() -> Result<bool> {
+    Err(pingora_core::Error::explain(
+        pingora_core::ErrorType::InternalError,
+        "health handled earlier",
+    ))
 }
 
 async fn answer(session: &mut Session, ctx: &mut RequestCtx, body: Bytes) -> Result<bool> {
@@ -83,8 +118,13 @@ fn may_have_body(session: &Session) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Read the body, resolve the alias and rewrite the body for the chosen cluster.
-async fn prepare_upstream(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+/// Read the body, resolve the alias, admit against the limits and rewrite the body for the
+/// chosen cluster.
+async fn prepare_upstream(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
     let server = &ctx.config.server;
     let read_started = std::time::Instant::now();
     let read = body::read_bounded(
@@ -106,17 +146,61 @@ async fn prepare_upstream(session: &mut Session, ctx: &mut RequestCtx) -> Result
         Err(e) => return reject(session, ctx, e.into(), false).await,
     };
     let facts = scan.facts();
-    let route = match routing::resolve(&ctx.config, &facts.model) {
-        Ok(route) => route.clone(),
+    let outcome = evaluate_rules(session, ctx, facts);
+    if let Some(deny) = outcome.deny {
+        let error = ApiError::RuleDenied {
+            status: deny.status,
+            message: deny.message,
+            code: deny.code,
+        };
+        return reject(session, ctx, error, false).await;
+    }
+    // A model the key may not use is answered exactly like one that does not exist, so keys
+    // cannot probe which models are configured.
+    let allowed = ctx
+        .key
+        .as_ref()
+        .is_none_or(|k| k.allows_model(&facts.model));
+    let resolved = if allowed {
+        routing::resolve(&ctx.config, &facts.model).cloned()
+    } else {
+        Err(ApiError::ModelNotFound {
+            model: facts.model.clone(),
+        })
+    };
+    let mut route = match resolved {
+        Ok(route) => route,
         Err(e) => return reject(session, ctx, e, false).await,
     };
+    if let Some(cluster) = outcome
+        .route_cluster
+        .as_deref()
+        .and_then(|name| ctx.config.cluster(name))
+    {
+        route.cluster = cluster.clone();
+    }
+    match admit_limits(state, ctx, facts, &route) {
+        Ok(reservation) => ctx.reservation = reservation,
+        Err(e) => {
+            crate::metrics::RATE_LIMITED
+                .with_label_values(&[e.limit.as_str()])
+                .inc();
+            return reject(session, ctx, ApiError::RateLimited(e), false).await;
+        }
+    }
+    if route.cluster.balance.policy == Policy::PrefixAffinity {
+        ctx.prefix_key = Some(affinity_key(session, &scan, &route));
+    }
     ctx.stream = facts.stream == Some(true);
     ctx.prompt_bytes = facts.prompt_bytes;
     // Streams are metered from the upstream's own usage chunk: ask for it, and strip it again
     // unless the client asked for it itself.
-    let plan = RewritePlan::new(&scan)
+    let mut plan = RewritePlan::new(&scan)
         .model(&route.served_name)
         .ensure_stream_usage(ctx.stream);
+    for (key, raw) in outcome.body_sets {
+        plan = plan.set_field_raw(&key, raw);
+    }
     ctx.strip_usage = plan.stream_usage() == StreamUsage::Injected;
     let upstream_body = plan.apply();
     crate::metrics::IN_FLIGHT
@@ -132,6 +216,135 @@ async fn prepare_upstream(session: &mut Session, ctx: &mut RequestCtx) -> Result
     }
     ctx.upstream_body = Some(upstream_body);
     Ok(false)
+}
+
+/// What the rules in force decide for this request; header edits, tags and classes go into
+/// `ctx`, the rest is returned.
+struct RulesDecision {
+    deny: Option<crate::rules::Deny>,
+    route_cluster: Option<String>,
+    body_sets: Vec<(String, String)>,
+}
+
+fn evaluate_rules(session: &Session, ctx: &mut RequestCtx, facts: &RequestFacts) -> RulesDecision {
+    let rules = ctx.config.rules.clone();
+    if rules.is_empty() {
+        return RulesDecision {
+            deny: None,
+            route_cluster: None,
+            body_sets: Vec::new(),
+        };
+    }
+    let header = session.req_header();
+    let client_ip = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let no_tags = Vec::new();
+    let key = ctx.key.as_deref();
+    let input = RuleInput {
+        method: header.method.as_str(),
+        path: header.uri.path(),
+        headers: &header.headers,
+        client_ip,
+        key: KeyInfo {
+            name: key.map(|k| k.name.as_str()),
+            team: key.and_then(|k| k.team.as_deref()),
+            tags: key.map_or(&no_tags, |k| &k.tags),
+        },
+        model: Some(&facts.model),
+        body: BodyFacts {
+            stream: facts.stream,
+            max_tokens: facts.max_tokens,
+            max_completion_tokens: facts.max_completion_tokens,
+            n: facts.n,
+            temperature: facts.temperature,
+            has_tools: facts.has_tools,
+            prompt_bytes: facts.prompt_bytes as u64,
+        },
+        request_id: &ctx.request_id,
+    };
+    let outcome = rules.evaluate(&input);
+    ctx.rules_matched = outcome.matched.iter().map(|s| s.to_string()).collect();
+    ctx.tags = outcome.tags;
+    ctx.rate_limit_class = outcome.rate_limit_class;
+    ctx.priority = outcome.priority;
+    ctx.set_request_headers = outcome.set_request_headers;
+    ctx.remove_request_headers = outcome.remove_request_headers;
+    ctx.set_response_headers = outcome.set_response_headers;
+    ctx.remove_response_headers = outcome.remove_response_headers;
+    for tag in &ctx.tags {
+        crate::metrics::RULE_TAGS.with_label_values(&[tag]).inc();
+    }
+    RulesDecision {
+        deny: outcome.deny,
+        route_cluster: outcome.route_cluster,
+        body_sets: outcome.body_sets,
+    }
+}
+
+/// Reserve the request's estimated tokens against the key, model and global buckets.
+fn admit_limits(
+    state: &AppState,
+    ctx: &RequestCtx,
+    facts: &RequestFacts,
+    route: &Route,
+) -> std::result::Result<Option<Reservation>, Box<RateLimited>> {
+    let no_key_limits = KeyLimits::default();
+    let key_limits = ctx.key.as_ref().map_or(&no_key_limits, |k| &k.limits);
+    let unlimited = key_limits.is_empty()
+        && route.limits == ModelLimits::default()
+        && ctx.config.global_limits == GlobalLimits::default();
+    if unlimited {
+        return Ok(None);
+    }
+    let reservation_default = ctx
+        .config
+        .auth
+        .as_ref()
+        .map_or(256, |a| a.default_completion_reservation);
+    let completion_budget = facts
+        .max_completion_tokens
+        .or(facts.max_tokens)
+        .map(|m| m.saturating_mul(facts.n.unwrap_or(1).max(1)));
+    let estimated =
+        estimate_request_tokens(facts.prompt_bytes, completion_budget, reservation_default);
+    state
+        .limiter
+        .admit(
+            &AdmissionRequest {
+                key_name: ctx.key_label(),
+                key_limits,
+                model: &route.alias,
+                model_limits: &route.limits,
+                global_limits: &ctx.config.global_limits,
+                estimated_tokens: estimated,
+            },
+            std::time::Instant::now(),
+        )
+        .map(Some)
+}
+
+/// How many leading bytes of the prompt identify a shared prefix (system prompt and the first
+/// messages) for `prefix-affinity`.
+const AFFINITY_PREFIX_BYTES: usize = 2048;
+
+/// The cluster's affinity header if the client sent it, else the prompt's leading bytes.
+fn affinity_key(session: &Session, scan: &BodyScan<'_>, route: &Route) -> u64 {
+    if let Some(value) = route
+        .cluster
+        .affinity_header
+        .as_ref()
+        .and_then(|name| session.req_header().headers.get(name))
+    {
+        return prefix_key(value.as_bytes());
+    }
+    let prompt = ["messages", "prompt", "input"]
+        .iter()
+        .find_map(|k| scan.raw_value(k))
+        .unwrap_or("");
+    let bytes = prompt.as_bytes();
+    prefix_key(&bytes[..bytes.len().min(AFFINITY_PREFIX_BYTES)])
 }
 
 /// Minimal percent-decoding for model ids in paths (`org%2Fmodel`).

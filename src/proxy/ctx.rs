@@ -5,14 +5,18 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::config::{Config, Route};
+use crate::auth::ApiKey;
+use crate::config::Route;
 use crate::errors::ApiError;
+use crate::fleet::InFlight;
 use crate::metering::{ResponseMeter, UsageRecord};
+use crate::ratelimit::Reservation;
 use crate::routing::Endpoint;
+use crate::state::Snapshot;
 
 pub struct RequestCtx {
     /// The config snapshot for this request's whole life.
-    pub config: Arc<Config>,
+    pub config: Arc<Snapshot>,
     /// Our id for this request; sent to the client and, suffixed per attempt, upstream.
     pub request_id: String,
     pub started: Instant,
@@ -25,6 +29,13 @@ pub struct RequestCtx {
     pub upstream_body: Option<Bytes>,
     /// Replica indexes of the route's cluster already tried, in order.
     pub tried: Vec<usize>,
+    /// The current attempt's replica (index into the cluster) and its in-flight slot.
+    pub replica_index: Option<usize>,
+    pub in_flight: Option<InFlight>,
+    /// `prefix-affinity` key (prompt prefix or affinity header), when the cluster uses it.
+    pub prefix_key: Option<u64>,
+    /// The replica answered with a status worth retrying elsewhere (502/503, empty 500).
+    pub retry_status: bool,
     pub attempts: usize,
     pub replica: Option<String>,
     pub upstream_status: Option<u16>,
@@ -48,8 +59,20 @@ pub struct RequestCtx {
     pub usage: Option<UsageRecord>,
     /// The authenticated key's name (never the secret); `None` when auth is off.
     pub key_name: Option<String>,
-    /// Tags from rules, for the access log.
+    pub key: Option<Arc<ApiKey>>,
+    /// Tokens and concurrency slots held against the rate limits; settled in `logging`.
+    pub reservation: Option<Reservation>,
+    /// Tags from rules, for the access log and metrics.
     pub tags: Vec<String>,
+    /// Rules that matched, for the access log.
+    pub rules_matched: Vec<String>,
+    pub rate_limit_class: Option<String>,
+    pub priority: Option<i32>,
+    /// Header edits from rules, applied to the upstream request / the client's response.
+    pub set_request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_request_headers: Vec<http::HeaderName>,
+    pub set_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_response_headers: Vec<http::HeaderName>,
     /// Time spent in tokengate's own code (not waiting on the client or a replica).
     pub overhead: Duration,
     /// Time spent waiting for the client to send its body (excluded from overhead).
@@ -59,7 +82,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    pub fn new(config: Arc<Config>) -> RequestCtx {
+    pub fn new(config: Arc<Snapshot>) -> RequestCtx {
         RequestCtx {
             config,
             request_id: new_request_id(),
@@ -70,6 +93,10 @@ impl RequestCtx {
             client_body_len: 0,
             upstream_body: None,
             tried: Vec::new(),
+            replica_index: None,
+            in_flight: None,
+            prefix_key: None,
+            retry_status: false,
             attempts: 0,
             replica: None,
             upstream_status: None,
@@ -83,7 +110,16 @@ impl RequestCtx {
             meter: None,
             usage: None,
             key_name: None,
+            key: None,
+            reservation: None,
             tags: Vec::new(),
+            rules_matched: Vec::new(),
+            rate_limit_class: None,
+            priority: None,
+            set_request_headers: Vec::new(),
+            remove_request_headers: Vec::new(),
+            set_response_headers: Vec::new(),
+            remove_response_headers: Vec::new(),
             overhead: Duration::ZERO,
             body_wait: Duration::ZERO,
             in_flight_cluster: None,

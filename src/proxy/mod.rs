@@ -46,7 +46,7 @@ impl ProxyHttp for TokenGate {
     /// `Ok(true)` means we already answered.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let started = Instant::now();
-        let answered = admission::admit(session, ctx).await;
+        let answered = admission::admit(&self.state, session, ctx).await;
         // Waiting for the client's body is not our time.
         ctx.overhead += started.elapsed().saturating_sub(ctx.body_wait);
         answered
@@ -159,6 +159,6 @@ impl ProxyHttp for TokenGate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        settle::settle(session, e, ctx);
+        settle::settle(&self.state, session, e, ctx);
     }
 }

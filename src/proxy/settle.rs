@@ -9,8 +9,9 @@ use pingora_proxy::Session;
 use super::ctx::RequestCtx;
 use crate::accesslog;
 use crate::metrics;
+use crate::state::AppState;
 
-pub fn settle(session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
     let status = ctx
         .local_status
         .or(ctx.upstream_status)
@@ -26,6 +27,21 @@ pub fn settle(session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         metrics::record_usage(ctx.key_name.as_deref().unwrap_or("-"), &model, &usage);
         ctx.usage = Some(usage);
     }
+    // Reconcile the admission estimate with what was metered (a cut stream: what was seen;
+    // never reached a replica: nothing).
+    let (prompt, completion) = ctx
+        .usage
+        .as_ref()
+        .map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
+    if let Some(reservation) = ctx.reservation.take() {
+        reservation.settle(prompt + completion, Instant::now());
+    }
+    if ctx.route.is_some() {
+        state
+            .usage
+            .record_usage(ctx.key_label(), &model, prompt, completion);
+    }
+    ctx.in_flight = None;
     if let Some(held) = ctx.in_flight_cluster.take() {
         metrics::IN_FLIGHT.with_label_values(&[&held]).dec();
     }
@@ -72,6 +88,9 @@ pub fn settle(session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         retries: ctx.attempts.saturating_sub(1),
         error: e.map(|e| e.etype().as_str()),
         tags: &ctx.tags,
+        rules: &ctx.rules_matched,
+        rate_limit_class: ctx.rate_limit_class.as_deref(),
+        priority: ctx.priority,
     });
 }
 

@@ -9,8 +9,8 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::ctx::RequestCtx;
-use crate::balance;
 use crate::errors::ApiError;
+use crate::fleet::{Outcome, SelectCtx, SelectError};
 use crate::metering::{BodyAction, MeterConfig, ResponseMeter, StreamProtocol};
 
 /// Upstream error bodies are small; anything beyond this is cut before normalising.
@@ -23,47 +23,125 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
             "upstream_peer without a route",
         ));
     };
-    let cluster = &route.cluster;
-    let Some(index) =
-        balance::next_round_robin(cluster.replicas.len(), &cluster.cursor, &ctx.tried)
-    else {
-        let error = ApiError::NoReplicaAvailable {
-            model: route.alias.clone(),
-            cluster: cluster.name.clone(),
-        };
-        ctx.failure = Some(error);
+    let cluster = route.cluster.clone();
+    let snapshot = ctx.config.clone();
+    let Some(runtime) = snapshot.runtime(&cluster.name) else {
         return Err(Error::explain(
-            ErrorType::HTTPStatus(503),
-            "no replica available",
+            ErrorType::InternalError,
+            "cluster missing from the snapshot",
         ));
     };
+    // The previous attempt's slot is released before choosing again.
+    ctx.in_flight = None;
+    let now = Instant::now();
+    let select = SelectCtx {
+        tried: &ctx.tried,
+        last: ctx.replica_index,
+        prefix_key: ctx.prefix_key,
+        now,
+        rand: fastrand::u64(..),
+    };
+    let index = match runtime.balancer.select(&runtime.replicas, &select) {
+        Ok(index) => index,
+        Err(e) => {
+            let model = route.alias.clone();
+            let (error, status) = match e {
+                SelectError::NoReplicas | SelectError::NoEligible { .. } => (
+                    ApiError::NoReplicaAvailable {
+                        model,
+                        cluster: cluster.name.clone(),
+                    },
+                    503,
+                ),
+                SelectError::Saturated { retry_after } => (
+                    ApiError::Overloaded {
+                        model,
+                        cluster: cluster.name.clone(),
+                        retry_after_secs: retry_after.as_secs().clamp(1, 60),
+                    },
+                    503,
+                ),
+                SelectError::Exhausted => (
+                    ApiError::UpstreamUnreachable {
+                        model,
+                        detail: format!("all {} tried replicas failed", ctx.tried.len()),
+                    },
+                    502,
+                ),
+            };
+            ctx.failure = Some(error);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "no replica chosen",
+            ));
+        }
+    };
+    let state = &runtime.replicas[index];
     let replica = &cluster.replicas[index];
+    ctx.in_flight = Some(state.begin());
+    ctx.replica_index = Some(index);
     ctx.tried.push(index);
     ctx.attempts += 1;
     ctx.replica = Some(replica.authority.clone());
 
     let server = &ctx.config.server;
     let mut peer = HttpPeer::new(replica.addr, false, String::new());
-    peer.options.connection_timeout = Some(server.connect_timeout);
-    peer.options.total_connection_timeout = Some(server.connect_timeout);
-    peer.options.read_timeout = Some(server.read_timeout);
+    peer.options.connection_timeout = Some(cluster.timeouts.connect);
+    peer.options.total_connection_timeout = Some(cluster.timeouts.connect);
+    peer.options.read_timeout = Some(cluster.timeouts.read);
     peer.options.write_timeout = Some(server.write_timeout);
     peer.options.idle_timeout = Some(server.upstream_idle_timeout);
     Ok(Box::new(peer))
 }
 
-/// Retry a failed connect on another replica while the budget and untried replicas last.
-/// Nothing reached the replica, so this is always safe.
+/// The current attempt's replica state.
+fn current_replica(ctx: &RequestCtx) -> Option<&std::sync::Arc<crate::fleet::ReplicaState>> {
+    ctx.in_flight.as_ref().map(|slot| slot.replica())
+}
+
+fn report(ctx: &RequestCtx, outcome: Outcome) {
+    if let Some(replica) = current_replica(ctx) {
+        if let Some(transition) = replica.on_request_outcome(outcome, Instant::now()) {
+            log::warn!(
+                "replica {}: {transition:?} after {outcome:?}",
+                replica.id().as_str()
+            );
+        }
+    }
+}
+
+/// Attempts left, and a replica that could take one.
+fn can_retry(ctx: &RequestCtx) -> bool {
+    if ctx.attempts > ctx.config.server.connect_retries {
+        return false;
+    }
+    let Some(route) = ctx.route.as_ref() else {
+        return false;
+    };
+    let now = Instant::now();
+    ctx.config.runtime(&route.cluster.name).is_some_and(|rt| {
+        rt.replicas
+            .iter()
+            .enumerate()
+            .any(|(i, r)| !ctx.tried.contains(&i) && r.is_eligible(now))
+    })
+}
+
+/// A refused or timed-out connect: nothing reached the replica, so another one may be tried.
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
-    let replicas = ctx.route.as_ref().map_or(0, |r| r.cluster.replicas.len());
-    let budget_left = ctx.attempts <= ctx.config.server.connect_retries;
-    e.set_retry(budget_left && ctx.tried.len() < replicas);
+    let outcome = match e.etype() {
+        ErrorType::ConnectTimedout => Outcome::Timeout,
+        _ => Outcome::ConnectFailed,
+    };
+    report(ctx, outcome);
+    e.set_retry(can_retry(ctx));
     e
 }
 
 /// A failure after connecting. A POST may already be generating on a GPU, so it is replayed
-/// only in the one case where the replica cannot have seen it: a pooled connection the replica
-/// had closed (idle keep-alive race), failing before any response byte.
+/// only where the replica cannot have acted on it: a pooled connection the replica had closed
+/// (idle keep-alive race) failing before any response byte, or a replica that answered
+/// 502/503/empty 500 before anything reached the client.
 pub fn on_proxy_error(
     peer: &HttpPeer,
     ctx: &mut RequestCtx,
@@ -71,22 +149,33 @@ pub fn on_proxy_error(
     client_reused: bool,
 ) -> Box<Error> {
     let mut e = e.more_context(format!("replica {peer}"));
+    if ctx.retry_status {
+        ctx.retry_status = false;
+        e.set_retry(can_retry(ctx));
+        return e;
+    }
     let stale_pool = client_reused
         && ctx.upstream_status.is_none()
         && matches!(
             e.etype(),
             ErrorType::ConnectionClosed | ErrorType::WriteError | ErrorType::ReadError
         );
-    let replicas = ctx.route.as_ref().map_or(0, |r| r.cluster.replicas.len());
     if stale_pool && ctx.attempts <= ctx.config.server.connect_retries {
-        // The same replica is fine here (a fresh connection); allow it again.
-        if ctx.tried.len() >= replicas {
-            ctx.tried.pop();
-        }
+        // A fresh connection to the same replica is fine here; allow it again.
+        ctx.tried.pop();
+        ctx.replica_index = None;
         e.set_retry(true);
-    } else {
-        e.set_retry(false);
+        return e;
     }
+    let outcome = match e.etype() {
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout if ctx.upstream_status.is_none() => {
+            Outcome::Timeout
+        }
+        _ if e.esource() == &pingora_core::ErrorSource::Upstream => Outcome::StreamBroken,
+        _ => Outcome::Neutral,
+    };
+    report(ctx, outcome);
+    e.set_retry(false);
     e
 }
 
@@ -105,6 +194,12 @@ pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Res
         request.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     }
     request.insert_header("x-request-id", ctx.attempt_request_id())?;
+    for name in &ctx.remove_request_headers {
+        request.remove_header(name);
+    }
+    for (name, value) in &ctx.set_request_headers {
+        request.insert_header(name.clone(), value.clone())?;
+    }
     ctx.upstream_sent_at = Some(Instant::now());
     Ok(())
 }
@@ -127,10 +222,26 @@ pub fn substitute_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &Requ
 pub fn on_upstream_response_header(response: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
     let status = response.status.as_u16();
     ctx.upstream_status = Some(status);
+    if let (Some(replica), Some(sent)) = (current_replica(ctx), ctx.upstream_sent_at) {
+        replica.record_latency(sent.elapsed());
+    }
+    report(ctx, Outcome::from_status(status));
     let empty = response
         .headers
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
+    // Nothing has reached the client yet: a replica that is overloaded, scaling or dead
+    // (502/503, vLLM's empty 500) gets the request retried on another one.
+    if (matches!(status, 502 | 503) || (status == 500 && empty)) && can_retry(ctx) {
+        ctx.retry_status = true;
+        ctx.upstream_status = None;
+        return Err(Error::explain(
+            ErrorType::HTTPStatus(status),
+            "replica unavailable; retrying on another",
+        ));
+    }
+    // An error answer with an empty body ends the response with its header, leaving no body
+    // piece to put the OpenAI-shaped error into; so it becomes our own error (same status).
     if status >= 400 && empty {
         ctx.failure = Some(ApiError::UpstreamEmptyError {
             model: ctx.model_label().to_string(),
@@ -152,6 +263,17 @@ pub fn on_response_header(
     let status = response.status.as_u16();
     ctx.upstream_status = Some(status);
     response.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(reservation) = ctx.reservation.as_ref() {
+        for (name, value) in reservation.headers().pairs() {
+            response.insert_header(name, value)?;
+        }
+    }
+    for name in &ctx.remove_response_headers {
+        response.remove_header(name);
+    }
+    for (name, value) in &ctx.set_response_headers {
+        response.insert_header(name.clone(), value.clone())?;
+    }
     let sent_at = ctx.upstream_sent_at.unwrap_or(ctx.started);
     let body_changes = if status >= 400 {
         // The replica's error shape differs by server; the client gets OpenAI's.

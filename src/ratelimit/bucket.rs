@@ -167,7 +167,10 @@ mod tests {
         for _ in 0..60 {
             assert!(b.try_take(1, t0).is_ok());
         }
-        assert_eq!(b.try_take(1, t0), Err(Refusal::RetryAfter(Duration::from_secs(1))));
+        assert_eq!(
+            b.try_take(1, t0),
+            Err(Refusal::RetryAfter(Duration::from_secs(1)))
+        );
         assert_eq!(b.remaining(t0), 0);
         // One second refills exactly one request at 60 per minute.
         let t1 = t0 + Duration::from_secs(1);
@@ -266,7 +269,10 @@ mod tests {
         let mut b = TokenBucket::new(86_400, day, t0);
         b.try_take(86_400, t0).unwrap();
         assert_eq!(b.remaining(t0 + Duration::from_secs(3_600)), 3_600);
-        assert_eq!(b.time_to_full(t0 + Duration::from_secs(3_600)), Duration::from_secs(82_800));
+        assert_eq!(
+            b.time_to_full(t0 + Duration::from_secs(3_600)),
+            Duration::from_secs(82_800)
+        );
     }
 
     #[derive(Debug, Clone)]

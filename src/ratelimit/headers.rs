@@ -31,7 +31,10 @@ impl RateLimitHeaders {
         if let Some(w) = self.requests {
             out.push(("x-ratelimit-limit-requests", w.limit.to_string()));
             out.push(("x-ratelimit-remaining-requests", w.remaining.to_string()));
-            out.push(("x-ratelimit-reset-requests", format_openai_duration(w.reset)));
+            out.push((
+                "x-ratelimit-reset-requests",
+                format_openai_duration(w.reset),
+            ));
         }
         if let Some(w) = self.tokens {
             out.push(("x-ratelimit-limit-tokens", w.limit.to_string()));
@@ -134,7 +137,10 @@ mod tests {
             format_openai_duration(Duration::from_nanos(6_595_000_001)),
             "6.596s"
         );
-        assert_eq!(format_openai_duration(Duration::from_micros(119_001)), "120ms");
+        assert_eq!(
+            format_openai_duration(Duration::from_micros(119_001)),
+            "120ms"
+        );
     }
 
     #[test]

@@ -294,12 +294,13 @@ impl Limiter {
     }
 
     /// Checks every applicable limit and, if all allow it, takes one request and
-    /// `estimated_tokens` from each and holds one concurrency slot per scope.
+    /// `estimated_tokens` from each and holds one concurrency slot per scope. The refusal is
+    /// boxed: it is the cold path, and keeps the `Result` small on the hot one.
     pub fn admit(
         &self,
         req: &AdmissionRequest<'_>,
         now: Instant,
-    ) -> Result<Reservation, RateLimited> {
+    ) -> Result<Reservation, Box<RateLimited>> {
         let mut reservation = Reservation {
             held: [None, None, None],
             reserved_tokens: req.estimated_tokens,
@@ -325,7 +326,13 @@ impl Limiter {
                 let cap = limits.max_concurrent.unwrap_or(0);
                 reservation.roll_back(now);
                 let headers = key_headers(&key, Some(CONCURRENCY_RETRY_AFTER), now);
-                return Err(refusal_concurrency(scope, req, cap, slot_holders, headers));
+                return Err(Box::new(refusal_concurrency(
+                    scope,
+                    req,
+                    cap,
+                    slot_holders,
+                    headers,
+                )));
             }
             let taken = {
                 let mut b = set.lock();
@@ -342,7 +349,7 @@ impl Limiter {
                 Err(hit) => {
                     set.release_slot();
                     reservation.roll_back(now);
-                    return Err(refusal_bucket(scope, req, hit, &key, now));
+                    return Err(Box::new(refusal_bucket(scope, req, hit, &key, now)));
                 }
             }
         }

@@ -146,7 +146,10 @@ fn settle_refunds_or_charges_the_difference() {
          requested 1. Please try again in 30.06s."
     );
     assert_eq!(refused.headers.tokens.unwrap().remaining, 0);
-    assert_eq!(refused.headers.requests, None, "no RPM limit, no requests headers");
+    assert_eq!(
+        refused.headers.requests, None,
+        "no RPM limit, no requests headers"
+    );
     // The day bucket saw 300 + 1200.
     let later = now + Duration::from_secs(60);
     let r = limiter.admit(&req("k", &limits, 0), later).unwrap();
@@ -168,7 +171,9 @@ fn too_large_request_is_distinguished() {
     let limiter = Limiter::new();
     let limits = key(Some(60), Some(10_000), None, None);
     let now = Instant::now();
-    let refused = limiter.admit(&req("ci-bot", &limits, 12_000), now).unwrap_err();
+    let refused = limiter
+        .admit(&req("ci-bot", &limits, 12_000), now)
+        .unwrap_err();
     assert!(refused.too_large);
     assert_eq!(refused.limit, LimitKind::KeyTokensPerMinute);
     assert_eq!(refused.retry_after, Duration::ZERO);
@@ -198,7 +203,9 @@ fn openai_style_retry_message() {
         .settle(9_000, now);
     let later = now + Duration::from_millis(5_000 - 596);
     // Level: 1000 + 10000·4.404/60 = 1734; needs 2000: 266 more = 1.596 s.
-    let refused = limiter.admit(&req("ci-bot", &limits, 2_000), later).unwrap_err();
+    let refused = limiter
+        .admit(&req("ci-bot", &limits, 2_000), later)
+        .unwrap_err();
     assert_eq!(
         refused.message,
         "Rate limit reached for key `ci-bot` on tokens per minute (TPM): limit 10000, used \
@@ -206,8 +213,14 @@ fn openai_style_retry_message() {
     );
     assert_eq!(refused.error_type(), "tokens");
     let pairs = refused.headers.pairs();
-    assert!(pairs.contains(&("retry-after", "2".to_string())), "{pairs:?}");
-    assert!(pairs.contains(&("retry-after-ms", "1596".to_string())), "{pairs:?}");
+    assert!(
+        pairs.contains(&("retry-after", "2".to_string())),
+        "{pairs:?}"
+    );
+    assert!(
+        pairs.contains(&("retry-after-ms", "1596".to_string())),
+        "{pairs:?}"
+    );
 }
 
 #[test]
@@ -226,7 +239,11 @@ fn a_later_scope_refusing_gives_back_what_earlier_ones_took() {
     let refused = limiter.admit(&r, now).unwrap_err();
     assert_eq!(refused.limit, LimitKind::ModelTokensPerMinute);
     assert!(refused.too_large);
-    assert!(refused.message.contains("model `llama`"), "{}", refused.message);
+    assert!(
+        refused.message.contains("model `llama`"),
+        "{}",
+        refused.message
+    );
     assert_eq!(limiter.in_flight_key("k"), 0);
     let h = refused.headers;
     assert_eq!(h.requests.unwrap().remaining, 10);
@@ -244,7 +261,11 @@ fn a_later_scope_refusing_gives_back_what_earlier_ones_took() {
     let _held = limiter.admit(&g, now).unwrap();
     let refused = limiter.admit(&g, now).unwrap_err();
     assert_eq!(refused.limit, LimitKind::GlobalRequestsPerMinute);
-    assert!(refused.message.contains("this gateway"), "{}", refused.message);
+    assert!(
+        refused.message.contains("this gateway"),
+        "{}",
+        refused.message
+    );
     // Key buckets: one request and 10 tokens taken by the admitted request only.
     assert_eq!(refused.headers.requests.unwrap().remaining, 9);
     assert_eq!(refused.headers.tokens.unwrap().remaining, 990);
@@ -279,8 +300,16 @@ fn model_and_global_concurrency_caps() {
     let e = limiter.admit(&mk("c", "m3"), now).unwrap_err();
     assert_eq!(e.limit, LimitKind::GlobalConcurrency);
     assert!(e.message.contains("this gateway"));
-    assert_eq!(limiter.in_flight_key("c"), 0, "the key's slot was given back");
-    assert_eq!(limiter.in_flight_model("m3"), 0, "the model's slot was given back");
+    assert_eq!(
+        limiter.in_flight_key("c"),
+        0,
+        "the key's slot was given back"
+    );
+    assert_eq!(
+        limiter.in_flight_model("m3"),
+        0,
+        "the model's slot was given back"
+    );
 }
 
 #[test]
@@ -307,7 +336,11 @@ fn limit_change_keeps_consumption() {
     assert_eq!(r.headers().tokens.unwrap().remaining, 200);
     drop(r);
     // Removed and restored: the bucket is kept, not refilled.
-    drop(limiter.admit(&req("k", &KeyLimits::default(), 0), now).unwrap());
+    drop(
+        limiter
+            .admit(&req("k", &KeyLimits::default(), 0), now)
+            .unwrap(),
+    );
     let r = limiter.admit(&req("k", &tiny, 100), now).unwrap();
     assert_eq!(r.headers().requests.unwrap().remaining, 1);
 }

@@ -14,8 +14,7 @@ pub mod usage;
 
 pub use bucket::{Refusal, TokenBucket};
 pub use headers::{
-    format_openai_duration, retry_after_millis, retry_after_seconds, RateLimitHeaders,
-    WindowState,
+    format_openai_duration, retry_after_millis, retry_after_seconds, RateLimitHeaders, WindowState,
 };
 pub use limiter::{AdmissionRequest, Limiter, RateLimited, Reservation, CONCURRENCY_RETRY_AFTER};
 pub use limits::{Dimension, GlobalLimits, KeyLimits, LimitKind, ModelLimits, Scope};
@@ -45,6 +44,9 @@ mod tests {
         assert_eq!(estimate_request_tokens(4_000, None, 256), 1_256);
         assert_eq!(estimate_request_tokens(4_001, Some(100), 256), 1_101);
         assert_eq!(estimate_request_tokens(3, Some(0), 256), 1);
-        assert_eq!(estimate_request_tokens(usize::MAX, Some(u64::MAX), 0), u64::MAX);
+        assert_eq!(
+            estimate_request_tokens(usize::MAX, Some(u64::MAX), 0),
+            u64::MAX
+        );
     }
 }

@@ -19,7 +19,8 @@ impl Counters {
         // Relaxed: independent counters read only for reporting.
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
-        self.completion_tokens.fetch_add(completion, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::Relaxed);
     }
 
     fn read(&self) -> UsageCounts {

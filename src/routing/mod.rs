@@ -82,10 +82,11 @@ pub fn resolve<'c>(config: &'c Config, alias: &str) -> Result<&'c Route, ApiErro
     })
 }
 
-/// `GET /v1/models`, in OpenAI's list shape, from config.
-pub fn models_list_json(config: &Config) -> bytes::Bytes {
+/// `GET /v1/models`, in OpenAI's list shape, from config: the aliases `visible` admits.
+pub fn models_list_json(config: &Config, visible: impl Fn(&str) -> bool) -> bytes::Bytes {
     let data: Vec<serde_json::Value> = config
         .routes_in_order()
+        .filter(|r| visible(&r.alias))
         .map(|r| model_card(config, r))
         .collect();
     let list = serde_json::json!({ "object": "list", "data": data });

@@ -99,7 +99,7 @@ impl<T: PartialOrd + Copy> NumOp<T> {
             (NumOp::Exists(want), v) => v.is_some() == *want,
             (_, None) => false,
             (NumOp::Equals(x), Some(v)) => v == *x,
-            (NumOp::In(xs), Some(v)) => xs.iter().any(|x| v == *x),
+            (NumOp::In(xs), Some(v)) => xs.contains(&v),
             (NumOp::Cmp(Cmp::Gt, x), Some(v)) => v > *x,
             (NumOp::Cmp(Cmp::Gte, x), Some(v)) => v >= *x,
             (NumOp::Cmp(Cmp::Lt, x), Some(v)) => v < *x,
@@ -173,7 +173,7 @@ impl Matcher {
             Matcher::Tags(op) => {
                 let tags = input.key.tags;
                 match op {
-                    TagOp::Exists(want) => !tags.is_empty() == *want,
+                    TagOp::Exists(want) => tags.is_empty() != *want,
                     TagOp::Contains(t) => tags.iter().any(|x| x.as_str() == &**t),
                     TagOp::In(ts) => tags.iter().any(|x| ts.iter().any(|t| x.as_str() == &**t)),
                 }
@@ -202,9 +202,7 @@ impl Matcher {
 /// A dual-stack listener reports IPv4 clients as `::ffff:a.b.c.d`; match them as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }

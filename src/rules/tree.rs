@@ -224,7 +224,11 @@ impl Cx<'_> {
     }
 
     /// A string, or an array of strings (each checked); `None` if any is not a string.
-    pub fn strings<'v>(&mut self, node: &'v Node, path: &str) -> Option<Vec<(&'v str, Range<usize>)>> {
+    pub fn strings<'v>(
+        &mut self,
+        node: &'v Node,
+        path: &str,
+    ) -> Option<Vec<(&'v str, Range<usize>)>> {
         match node.get_ref() {
             Value::Str(s) => Some(vec![(s.as_str(), node.span())]),
             Value::Array(items) => {
@@ -242,7 +246,10 @@ impl Cx<'_> {
                 self.err(
                     &node.span(),
                     path,
-                    format!("expected a string or an array of strings, found {}", other.kind()),
+                    format!(
+                        "expected a string or an array of strings, found {}",
+                        other.kind()
+                    ),
                 );
                 None
             }
@@ -255,7 +262,10 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (Option<usize>, Option<usiz
         return (None, None);
     };
     let line = before.matches('\n').count() + 1;
-    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..].chars().count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
     (Some(line), Some(column))
 }
 
@@ -296,7 +306,7 @@ impl<'v> Obj<'v> {
     }
 
     /// Report every key not taken.
-    pub fn finish(self, cx: &mut Cx<'_>, path: &str, expected: &[&str]) {
+    pub fn finish(&self, cx: &mut Cx<'_>, path: &str, expected: &[&str]) {
         for ((key, _), used) in self.table.0.iter().zip(&self.used) {
             if !used {
                 cx.err(

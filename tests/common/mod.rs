@@ -114,6 +114,8 @@ pub struct ClusterSpec {
     pub name: &'static str,
     pub flavour: &'static str,
     pub replicas: Vec<SocketAddr>,
+    /// Extra `key = value` lines inside the `[[clusters]]` table.
+    pub extra: Vec<String>,
 }
 
 /// A model route for [`ProxyConfig`].
@@ -129,6 +131,9 @@ pub struct ProxyConfig {
     pub models: Vec<ModelSpec>,
     /// Extra `key = value` lines for `[server]`.
     pub server_extra: Vec<String>,
+    pub top_extra: Vec<String>,
+    /// Extra tables appended at the end (e.g. `[auth]`).
+    pub tables: Vec<String>,
 }
 
 impl ProxyConfig {
@@ -142,7 +147,22 @@ impl ProxyConfig {
             name,
             flavour,
             replicas: replicas.to_vec(),
+            extra: Vec::new(),
         });
+        self
+    }
+
+    /// Add `key = value` lines to the last cluster.
+    pub fn with(mut self, lines: &[&str]) -> Self {
+        if let Some(c) = self.clusters.last_mut() {
+            c.extra.extend(lines.iter().map(|l| l.to_string()));
+        }
+        self
+    }
+
+    /// Extra top-level lines (before any table), e.g. `rules = [...]`.
+    pub fn top(mut self, line: &str) -> Self {
+        self.top_extra.push(line.to_string());
         self
     }
 
@@ -165,8 +185,19 @@ impl ProxyConfig {
         self
     }
 
+    /// Append a table (e.g. `[auth]\nkeys_file = "keys.toml"`).
+    pub fn table(mut self, text: &str) -> Self {
+        self.tables.push(text.to_string());
+        self
+    }
+
     fn render(&self, listen: SocketAddr, admin: SocketAddr, dir: &std::path::Path) -> String {
-        let mut out = format!(
+        let mut out = String::new();
+        for line in &self.top_extra {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out += &format!(
             "[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\n\
              grace_period_seconds = 0\ngraceful_shutdown_timeout_seconds = 1\n\
              pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n\
@@ -186,12 +217,21 @@ impl ProxyConfig {
                 c.flavour,
                 replicas.join(", ")
             ));
+            for line in &c.extra {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
         for m in &self.models {
             out.push_str(&format!(
                 "\n[[models]]\nalias = \"{}\"\ncluster = \"{}\"\nserved_name = \"{}\"\n",
                 m.alias, m.cluster, m.served_name
             ));
+        }
+        for t in &self.tables {
+            out.push('\n');
+            out.push_str(t);
+            out.push('\n');
         }
         out
     }
@@ -232,6 +272,7 @@ impl Proxy {
         };
         wait_for_port(addr);
         wait_for_port(admin);
+        wait_until_ready(admin);
         proxy
     }
 
@@ -277,6 +318,25 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The admin `/health` says every replica was probed once.
+fn wait_until_ready(admin: SocketAddr) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(200)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            if text.contains("\"ready\": true") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("proxy not ready (replicas probed) within 20 s");
 }
 
 pub fn wait_for_port(addr: SocketAddr) {

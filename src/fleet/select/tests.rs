@@ -67,10 +67,7 @@ fn errors_say_why() {
     }
     assert_eq!(
         b.select(&rs, &SelectCtx::new(now, 0)),
-        Err(SelectError::NoEligible {
-            unavailable: 2,
-            total: 2
-        })
+        Err(SelectError::NoEligible { total: 2 })
     );
     rs[0].set_draining(false);
     let ctx = SelectCtx {
@@ -138,6 +135,8 @@ proptest! {
         policy in 0usize..4,
         rand in any::<u64>(),
         key in proptest::option::of(any::<u64>()),
+        max_in_flight in proptest::option::of(1usize..5),
+        max_queue in proptest::option::of(1usize..5),
     ) {
         let rs = replicas(n);
         let now = Instant::now();
@@ -154,13 +153,26 @@ proptest! {
             }
             r.set_load(LoadSample { waiting: Some(loads[i] as f64), running: None, kv_usage: None, at: now });
         }
-        let b = balancer(ALL[policy]);
+        let b = Balancer::new(BalanceSettings {
+            policy: ALL[policy],
+            max_in_flight,
+            max_queue: max_queue.map(|q| q as f64),
+            ..BalanceSettings::default()
+        });
         let ctx = SelectCtx { tried: &tried, last, prefix_key: key, now, rand };
         let allowed: Vec<usize> = (0..n)
             .filter(|&i| rs[i].is_eligible(now) && !tried.contains(&i) && last != Some(i))
             .collect();
+        let open: Vec<usize> = allowed
+            .iter()
+            .copied()
+            .filter(|&i| !is_saturated(&b.settings, &rs[i], now))
+            .collect();
         match b.select(&rs, &ctx) {
-            Ok(i) => prop_assert!(allowed.contains(&i)),
+            Ok(i) => prop_assert!(open.contains(&i)),
+            Err(SelectError::Saturated { .. }) => {
+                prop_assert!(!allowed.is_empty() && open.is_empty())
+            }
             Err(_) => prop_assert!(allowed.is_empty()),
         }
     }
@@ -311,6 +323,7 @@ fn load_sensitive_policies_spare_the_slow_replica() {
     let rr = simulate(Policy::RoundRobin);
     let lo = simulate(Policy::LeastOutstanding);
     let la = simulate(Policy::LoadAware);
+    eprintln!("round-robin {rr:?}, least-outstanding {lo:?}, load-aware {la:?}");
     assert!((share(rr) - 1.0 / 3.0).abs() < 0.01, "{rr:?}");
     for (name, c) in [("least-outstanding", lo), ("load-aware", la)] {
         assert!(

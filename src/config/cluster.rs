@@ -1,0 +1,203 @@
+//! Validation of a cluster's balancing, health, scrape and timeout settings.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::file::ClusterSection;
+use super::model::{ClusterTimeouts, Flavour, ServerSettings};
+use super::Validator;
+use crate::fleet::{BalanceSettings, HealthSettings, PassiveSettings, Policy, ScrapeSettings};
+
+/// Everything of a cluster besides its name, flavour and replicas.
+pub(super) struct ClusterSettings {
+    pub health: HealthSettings,
+    pub passive: PassiveSettings,
+    pub scrape: ScrapeSettings,
+    pub balance: BalanceSettings,
+    pub affinity_header: Option<http::HeaderName>,
+    pub timeouts: ClusterTimeouts,
+}
+
+impl Validator<'_> {
+    fn ms(&mut self, value: &Option<Spanned<u64>>, field: String, default: Duration) -> Duration {
+        match value {
+            Some(v) if *v.get_ref() == 0 => {
+                self.fail(v, field, "must be greater than 0");
+                default
+            }
+            Some(v) => Duration::from_millis(*v.get_ref()),
+            None => default,
+        }
+    }
+
+    fn http_path(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        field: String,
+        default: &str,
+    ) -> String {
+        match value {
+            Some(p) if !p.get_ref().starts_with('/') => {
+                self.fail(p, field, "must start with `/`");
+                default.to_string()
+            }
+            Some(p) => p.get_ref().clone(),
+            None => default.to_string(),
+        }
+    }
+
+    pub(super) fn cluster_settings(
+        &mut self,
+        c: &ClusterSection,
+        i: usize,
+        flavour: Flavour,
+        server: &ServerSettings,
+    ) -> ClusterSettings {
+        let at = |f: &str| format!("clusters[{i}].{f}");
+
+        let mut health = HealthSettings::for_flavour(flavour);
+        if let Some(h) = &c.health {
+            health.enabled = h.enabled.unwrap_or(health.enabled);
+            health.interval = self.ms(&h.interval_ms, at("health.interval_ms"), health.interval);
+            health.timeout = self.ms(&h.timeout_ms, at("health.timeout_ms"), health.timeout);
+            for (value, field, target) in [
+                (
+                    &h.unhealthy_after,
+                    "health.unhealthy_after",
+                    &mut health.unhealthy_after,
+                ),
+                (
+                    &h.healthy_after,
+                    "health.healthy_after",
+                    &mut health.healthy_after,
+                ),
+            ] {
+                if let Some(v) = value {
+                    if *v.get_ref() == 0 {
+                        self.fail(v, at(field), "must be at least 1");
+                    } else {
+                        *target = *v.get_ref();
+                    }
+                }
+            }
+            health.path = self.http_path(&h.path, at("health.path"), &health.path);
+            health.port = h.port;
+        }
+
+        let mut passive = PassiveSettings::default();
+        if let Some(p) = &c.passive {
+            passive.failures = p.failures.unwrap_or(passive.failures);
+            passive.base_cooldown = self.ms(
+                &p.base_cooldown_ms,
+                at("passive.base_cooldown_ms"),
+                passive.base_cooldown,
+            );
+            passive.max_cooldown = self.ms(
+                &p.max_cooldown_ms,
+                at("passive.max_cooldown_ms"),
+                passive.max_cooldown,
+            );
+            if passive.max_cooldown < passive.base_cooldown {
+                if let Some(v) = &p.max_cooldown_ms {
+                    self.fail(
+                        v,
+                        at("passive.max_cooldown_ms"),
+                        "must be at least base_cooldown_ms",
+                    );
+                }
+            }
+        }
+
+        let mut scrape = ScrapeSettings::for_flavour(flavour);
+        if let Some(s) = &c.scrape {
+            scrape.enabled = s.enabled.unwrap_or(true);
+            scrape.interval = self.ms(&s.interval_ms, at("scrape.interval_ms"), scrape.interval);
+            scrape.timeout = self.ms(&s.timeout_ms, at("scrape.timeout_ms"), scrape.timeout);
+            scrape.path = self.http_path(&s.path, at("scrape.path"), &scrape.path);
+            scrape.port = s.port;
+        }
+
+        let mut balance = BalanceSettings {
+            stale_after: scrape.stale_after(),
+            ..BalanceSettings::default()
+        };
+        if let Some(p) = &c.policy {
+            match Policy::parse(p.get_ref()) {
+                Some(policy) => balance.policy = policy,
+                None => self.fail(
+                    p,
+                    at("policy"),
+                    format!(
+                        "unknown policy `{}`; expected one of: {}",
+                        p.get_ref(),
+                        Policy::NAMES
+                    ),
+                ),
+            }
+        }
+        if balance.policy == Policy::LoadAware && !scrape.enabled {
+            // Load-aware without data degrades to in-flight counts; turn scraping on.
+            scrape.enabled = true;
+        }
+        if let Some(q) = &c.max_queue {
+            if *q.get_ref() < 0.0 || !q.get_ref().is_finite() {
+                self.fail(q, at("max_queue"), "must be a non-negative number");
+            }
+            balance.max_queue = Some(*q.get_ref());
+            scrape.enabled = true;
+        }
+        if let Some(m) = &c.max_in_flight {
+            if *m.get_ref() == 0 {
+                self.fail(m, at("max_in_flight"), "must be at least 1");
+            }
+            balance.max_in_flight = Some(*m.get_ref());
+        }
+        if let Some(f) = &c.bounded_load_factor {
+            if !(1.0..=100.0).contains(f.get_ref()) {
+                self.fail(
+                    f,
+                    at("bounded_load_factor"),
+                    "must be between 1.0 and 100.0",
+                );
+            } else {
+                balance.bounded_load_factor = *f.get_ref();
+            }
+        }
+        let affinity_header = c.affinity_header.as_ref().and_then(|h| {
+            match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(name) => Some(name),
+                Err(_) => {
+                    self.fail(h, at("affinity_header"), "not a valid HTTP header name");
+                    None
+                }
+            }
+        });
+
+        let t = c.timeouts.as_ref();
+        let timeouts = ClusterTimeouts {
+            connect: self.ms(
+                &t.and_then(|t| t.connect_ms.clone()),
+                at("timeouts.connect_ms"),
+                server.connect_timeout,
+            ),
+            read: self.ms(
+                &t.and_then(|t| t.read_ms.clone()),
+                at("timeouts.read_ms"),
+                server.read_timeout,
+            ),
+            total: t
+                .and_then(|t| t.total_ms.clone())
+                .map(|v| self.ms(&Some(v), at("timeouts.total_ms"), Duration::MAX)),
+        };
+
+        ClusterSettings {
+            health,
+            passive,
+            scrape,
+            balance,
+            affinity_header,
+            timeouts,
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! Compiling `actions`: one verb per table, its modifiers typed and checked (clusters known,
+//! header names valid and not framing headers, labels from a small alphabet).
+
+use std::ops::Range;
+
+use http::{HeaderName, HeaderValue};
+
+use super::known_list;
+use super::when::header_name;
+use crate::rules::action::{stable_hash, Action, Num, NumField, Split, Sticky};
+use crate::rules::input::Deny;
+use crate::rules::tree::{self, join, one_of, Cx, Node};
+use crate::rules::KnownNames;
+
+const VERBS: &[&str] = &[
+    "deny",
+    "set",
+    "clamp",
+    "default",
+    "route",
+    "split",
+    "set_request_header",
+    "remove_request_header",
+    "set_response_header",
+    "remove_response_header",
+    "rate_limit_class",
+    "priority",
+    "tag",
+];
+
+/// Body keys the proxy itself owns or that carry the prompt: rules must not rewrite them.
+const PROTECTED_BODY_KEYS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "messages",
+    "prompt",
+    "input",
+    "tools",
+];
+
+/// Headers that frame the message or belong to one hop: changing them breaks the exchange.
+const PROTECTED_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "host",
+];
+
+pub(super) fn compile_action(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    path: &str,
+    known: &KnownNames,
+    rule_name: &str,
+) -> Option<Action> {
+    let mut obj = cx.table(node, path)?;
+    // `default` is also `clamp`'s modifier: with `clamp` present it is not a second verb.
+    let verbs: Vec<&str> = VERBS
+        .iter()
+        .copied()
+        .filter(|v| obj.has(v) && !(*v == "default" && obj.has("clamp")))
+        .collect();
+    let verb = match verbs.as_slice() {
+        [verb] => *verb,
+        [] => {
+            if obj.is_empty() {
+                cx.err(
+                    &obj.span,
+                    path,
+                    format!("empty action; expected {}", one_of(VERBS)),
+                );
+            } else {
+                obj.finish(cx, path, VERBS);
+            }
+            return None;
+        }
+        [a, b, ..] => {
+            cx.err(
+                &obj.span,
+                path,
+                format!(
+                    "one action per table (found `{a}` and `{b}`); list them as separate actions"
+                ),
+            );
+            return None;
+        }
+    };
+    let vpath = format!("{path}.{verb}");
+    let vnode = obj.take(verb)?;
+    let mods: &[&str] = match verb {
+        "set" | "default" | "set_request_header" | "set_response_header" => &["value"],
+        "clamp" => &["min", "max", "default"],
+        "split" => &["sticky"],
+        _ => &[],
+    };
+    let taken: Vec<Option<&Node>> = mods.iter().map(|m| obj.take(m)).collect();
+    let mut expected = vec![verb];
+    expected.extend_from_slice(mods);
+    let before = cx.issues.len();
+    obj.finish(cx, &vpath, &expected);
+    if cx.issues.len() != before {
+        // A misspelt modifier: checking the rest would only report its consequences.
+        return None;
+    }
+    let span = obj.span.clone();
+    let required = |cx: &mut Cx<'_>, i: usize| -> Option<&Node> {
+        let found = taken.get(i).copied().flatten();
+        if found.is_none() {
+            cx.err(&span, &vpath, format!("missing field `{}`", mods[i]));
+        }
+        found
+    };
+    match verb {
+        "deny" => deny(cx, vnode, &vpath).map(Action::Deny),
+        "set" => {
+            let value = required(cx, 0);
+            let key = cx.string(vnode, &vpath)?;
+            let value = value?;
+            set_action(cx, key, vnode, value, &vpath)
+        }
+        "clamp" => {
+            let field = num_field(cx, vnode, &vpath)?;
+            let read = |cx: &mut Cx<'_>, i: usize| {
+                taken[i].map(|n| body_num(cx, field, n, &format!("{vpath}.{}", mods[i])))
+            };
+            let (min, max, default) = (read(cx, 0), read(cx, 1), read(cx, 2));
+            let (min, max, default) = (flat(min)?, flat(max)?, flat(default)?);
+            if min.is_none() && max.is_none() {
+                cx.err(
+                    &span,
+                    &vpath,
+                    "needs `min`, `max` or both (for a value only when absent, use `default`)",
+                );
+                return None;
+            }
+            let f = |n: Option<Num>| n.map(Num::as_f64);
+            if let (Some(lo), Some(hi)) = (f(min), f(max)) {
+                if lo > hi {
+                    cx.err(
+                        &span,
+                        &vpath,
+                        format!("`min` ({lo}) is greater than `max` ({hi})"),
+                    );
+                    return None;
+                }
+            }
+            if let Some(d) = f(default) {
+                if f(min).is_some_and(|lo| d < lo) || f(max).is_some_and(|hi| d > hi) {
+                    cx.err(
+                        &span,
+                        &vpath,
+                        format!("`default` ({d}) is outside `min`..`max`"),
+                    );
+                    return None;
+                }
+            }
+            Some(Action::Clamp {
+                field,
+                min,
+                max,
+                default,
+            })
+        }
+        "default" => {
+            let value = required(cx, 0);
+            let field = num_field(cx, vnode, &vpath)?;
+            let value = body_num(cx, field, value?, &format!("{vpath}.value"))?;
+            Some(Action::Default { field, value })
+        }
+        "route" => {
+            let cluster = cx.string(vnode, &vpath)?;
+            check_cluster(cx, cluster, &vnode.span(), &vpath, known)
+                .then(|| Action::Route(cluster.into()))
+        }
+        "split" => split(cx, vnode, taken[0], &vpath, known, rule_name).map(Action::Split),
+        "set_request_header" | "set_response_header" => {
+            let value = required(cx, 0);
+            let name = header_action_name(cx, vnode, &vpath)?;
+            let value = value?;
+            let text = cx.string(value, &format!("{vpath}.value"))?;
+            let Ok(value) = HeaderValue::from_str(text) else {
+                cx.err(
+                    &value.span(),
+                    &format!("{vpath}.value"),
+                    "header values must be visible ASCII or spaces",
+                );
+                return None;
+            };
+            Some(if verb == "set_request_header" {
+                Action::SetRequestHeader(name, value)
+            } else {
+                Action::SetResponseHeader(name, value)
+            })
+        }
+        "remove_request_header" => {
+            header_action_name(cx, vnode, &vpath).map(Action::RemoveRequestHeader)
+        }
+        "remove_response_header" => {
+            header_action_name(cx, vnode, &vpath).map(Action::RemoveResponseHeader)
+        }
+        "rate_limit_class" => label(cx, vnode, &vpath).map(Action::RateLimitClass),
+        "tag" => label(cx, vnode, &vpath).map(Action::Tag),
+        _ => {
+            let p = cx.int(vnode, &vpath)?;
+            match i32::try_from(p) {
+                Ok(p) => Some(Action::Priority(p)),
+                Err(_) => {
+                    cx.err(
+                        &vnode.span(),
+                        &vpath,
+                        "out of range for a priority (32-bit integer)",
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// `Some(None)` when absent, `Some(Some(v))` when valid, `None` when invalid (reported).
+fn flat(v: Option<Option<Num>>) -> Option<Option<Num>> {
+    match v {
+        None => Some(None),
+        Some(Some(n)) => Some(Some(n)),
+        Some(None) => None,
+    }
+}
+
+fn deny(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Deny> {
+    let mut obj = cx.table(node, path)?;
+    let status = obj.take("status");
+    let message = obj.take("message");
+    let code = obj.take("code");
+    obj.finish(cx, path, &["status", "message", "code"]);
+    let status = match status {
+        Some(s) => {
+            let spath = join(path, "status");
+            let value = cx.int(s, &spath)?;
+            if !(400..=599).contains(&value) {
+                cx.err(
+                    &s.span(),
+                    &spath,
+                    format!("{value} is not an error status; a deny answers with 400..=599"),
+                );
+                return None;
+            }
+            value as u16
+        }
+        None => {
+            cx.err(&obj.span, path, "missing field `status`");
+            return None;
+        }
+    };
+    let message = match message {
+        Some(m) => {
+            let mpath = join(path, "message");
+            let text = cx.string(m, &mpath)?;
+            if text.trim().is_empty() {
+                cx.err(
+                    &m.span(),
+                    &mpath,
+                    "must not be empty: clients show it to users",
+                );
+                return None;
+            }
+            text.to_string()
+        }
+        None => {
+            cx.err(&obj.span, path, "missing field `message`");
+            return None;
+        }
+    };
+    let code = match code {
+        Some(c) => {
+            let cpath = join(path, "code");
+            let text = cx.string(c, &cpath)?;
+            if text.is_empty()
+                || text.len() > 64
+                || !text
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                cx.err(
+                    &c.span(),
+                    &cpath,
+                    format!("`{text}` must be 1 to 64 of `[a-z0-9_]`"),
+                );
+                return None;
+            }
+            text.to_string()
+        }
+        None => "request_denied".to_string(),
+    };
+    Some(Deny {
+        status,
+        message,
+        code,
+    })
+}
+
+fn set_action(
+    cx: &mut Cx<'_>,
+    key: &str,
+    key_node: &Node,
+    value: &Node,
+    path: &str,
+) -> Option<Action> {
+    if key.is_empty()
+        || key.len() > 64
+        || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        cx.err(
+            &key_node.span(),
+            path,
+            format!("`{key}` is not a body parameter name (`[A-Za-z0-9_]`, 1 to 64)"),
+        );
+        return None;
+    }
+    if PROTECTED_BODY_KEYS.contains(&key) {
+        cx.err(
+            &key_node.span(),
+            path,
+            format!("`{key}` cannot be set by rules (the proxy owns it, or it carries the prompt)"),
+        );
+        return None;
+    }
+    let vpath = format!("{path}.value");
+    let fact = match NumField::parse(key) {
+        Some(field) => Some((field, body_num(cx, field, value, &vpath)?)),
+        None => None,
+    };
+    let json = match tree::to_json(value.get_ref()) {
+        Ok(json) => json,
+        Err(why) => {
+            cx.err(&value.span(), &vpath, why);
+            return None;
+        }
+    };
+    Some(Action::Set {
+        key: key.into(),
+        raw: json.to_string().into(),
+        fact,
+    })
+}
+
+fn num_field(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<NumField> {
+    let name = cx.string(node, path)?;
+    let field = NumField::parse(name);
+    if field.is_none() {
+        cx.err(
+            &node.span(),
+            path,
+            format!(
+                "`{name}` cannot be clamped or defaulted; expected {}",
+                one_of(&["max_tokens", "max_completion_tokens", "n", "temperature"])
+            ),
+        );
+    }
+    field
+}
+
+/// A value for a body number field: a non-negative integer, or any finite number for
+/// `temperature`.
+fn body_num(cx: &mut Cx<'_>, field: NumField, node: &Node, path: &str) -> Option<Num> {
+    if field.is_integer() {
+        let value = cx.int(node, path)?;
+        match u64::try_from(value) {
+            Ok(v) => Some(Num::Int(v)),
+            Err(_) => {
+                cx.err(
+                    &node.span(),
+                    path,
+                    format!("`{}` must not be negative", field.key()),
+                );
+                None
+            }
+        }
+    } else {
+        cx.number(node, path).map(Num::Float)
+    }
+}
+
+fn check_cluster(
+    cx: &mut Cx<'_>,
+    name: &str,
+    span: &Range<usize>,
+    path: &str,
+    known: &KnownNames,
+) -> bool {
+    if known.clusters.contains(name) {
+        return true;
+    }
+    cx.err(
+        span,
+        path,
+        format!(
+            "unknown cluster `{name}` (known: {})",
+            known_list(&known.clusters)
+        ),
+    );
+    false
+}
+
+fn split(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    sticky: Option<&Node>,
+    path: &str,
+    known: &KnownNames,
+    rule_name: &str,
+) -> Option<Split> {
+    let sticky = match sticky {
+        None => Sticky::Key,
+        Some(s) => {
+            let spath = format!("{path}.sticky");
+            match cx.string(s, &spath)? {
+                "key" => Sticky::Key,
+                "request" => Sticky::Request,
+                other => {
+                    cx.err(
+                        &s.span(),
+                        &spath,
+                        format!("unknown value `{other}`; expected `key` or `request`"),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    let items = cx.array(node, path)?;
+    if items.is_empty() {
+        cx.err(
+            &node.span(),
+            path,
+            "needs at least one `{ cluster, weight }`",
+        );
+        return None;
+    }
+    let mut arms: Vec<(Box<str>, u64)> = Vec::with_capacity(items.len());
+    let mut total: u64 = 0;
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let ipath = format!("{path}[{i}]");
+        let Some(mut arm) = cx.table(item, &ipath) else {
+            ok = false;
+            continue;
+        };
+        let cluster = arm.take("cluster");
+        let weight = arm.take("weight");
+        arm.finish(cx, &ipath, &["cluster", "weight"]);
+        let cluster = match cluster {
+            Some(c) => cx
+                .string(c, &join(&ipath, "cluster"))
+                .filter(|name| check_cluster(cx, name, &c.span(), &join(&ipath, "cluster"), known)),
+            None => {
+                cx.err(&item.span(), &ipath, "missing field `cluster`");
+                None
+            }
+        };
+        if let Some(name) = cluster {
+            if arms.iter().any(|(c, _)| &**c == name) {
+                cx.err(
+                    &item.span(),
+                    &ipath,
+                    format!("cluster `{name}` appears twice in one split"),
+                );
+                ok = false;
+            }
+        }
+        let weight = match weight {
+            Some(w) => {
+                let wpath = join(&ipath, "weight");
+                cx.int(w, &wpath).filter(|v| {
+                    let fine = (0..=1_000_000).contains(v);
+                    if !fine {
+                        cx.err(&w.span(), &wpath, "must be 0..=1000000");
+                    }
+                    fine
+                })
+            }
+            None => {
+                cx.err(&item.span(), &ipath, "missing field `weight`");
+                None
+            }
+        };
+        match (cluster, weight) {
+            (Some(cluster), Some(weight)) => {
+                total += weight as u64;
+                arms.push((cluster.into(), total));
+            }
+            _ => ok = false,
+        }
+    }
+    if ok && total == 0 {
+        cx.err(&node.span(), path, "the weights add up to 0");
+        return None;
+    }
+    ok.then(|| Split {
+        arms: arms.into(),
+        total,
+        sticky,
+        salt: stable_hash(0, rule_name.as_bytes()),
+    })
+}
+
+fn header_action_name(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HeaderName> {
+    let text = cx.string(node, path)?;
+    match header_name(text) {
+        Ok(name) if PROTECTED_HEADERS.contains(&name.as_str()) => {
+            cx.err(
+                &node.span(),
+                path,
+                format!("`{name}` frames the HTTP message and cannot be changed by rules"),
+            );
+            None
+        }
+        Ok(name) => Some(name),
+        Err(why) => {
+            cx.err(&node.span(), path, why);
+            None
+        }
+    }
+}
+
+/// Tags and rate-limit classes become metric label values: a small, fixed alphabet.
+pub(crate) fn check_label(text: &str) -> Result<(), String> {
+    if text.is_empty()
+        || text.len() > 32
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(format!("`{text}` must be 1 to 32 of `[a-z0-9_-]`"));
+    }
+    Ok(())
+}
+
+fn label(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Box<str>> {
+    let text = cx.string(node, path)?;
+    match check_label(text) {
+        Ok(()) => Some(text.into()),
+        Err(why) => {
+            cx.err(&node.span(), path, why);
+            None
+        }
+    }
+}
