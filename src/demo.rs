@@ -16,11 +16,15 @@ use crate::config::{self, Config};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The demo API key. Only its hash is in `conf/demo-keys.toml`; it is public, like the demo.
+pub const DEMO_KEY: &str = "tg-lsf4HvJWocGeMCUSFHP5nrqA8ghMweiVOqHuQ80z6Bd";
+
 pub fn run(config_path: &Path) -> Result<(), String> {
     let config = config::load(config_path).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
     let mut children = Children(Vec::new());
 
+    let mut started: Vec<SocketAddr> = Vec::new();
     for cluster in &config.clusters {
         // Config order: like vLLM, the simulator answers with its first served name.
         let mut served: Vec<&str> = Vec::new();
@@ -30,6 +34,11 @@ pub fn run(config_path: &Path) -> Result<(), String> {
             }
         }
         for replica in &cluster.replicas {
+            // A replica listed in two clusters (the demo canary) runs once.
+            if started.contains(&replica.addr) {
+                continue;
+            }
+            started.push(replica.addr);
             let mut cmd = Command::new(&exe);
             cmd.arg("sim")
                 .arg("--listen")
@@ -183,17 +192,23 @@ fn print_examples(config: &Config, listen: SocketAddr) {
 tokengate demo is up: proxy http://{listen}  admin http://{admin}
 models: {models}
 
-  curl -s http://{listen}/v1/models
-  curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+demo API key: {key}
+
+  export TOKENGATE_KEY={key}
+  curl -s http://{listen}/v1/models -H "authorization: Bearer $TOKENGATE_KEY"
+  curl -s http://{listen}/v1/chat/completions -H "authorization: Bearer $TOKENGATE_KEY" \
+    -H 'content-type: application/json' \
     -d '{{"model":"{chat}","messages":[{{"role":"user","content":"Hello!"}}]}}'
-  curl -sN http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+  curl -sN http://{listen}/v1/chat/completions -H "authorization: Bearer $TOKENGATE_KEY" \
+    -H 'content-type: application/json' \
     -d '{{"model":"{chat}","stream":true,"messages":[{{"role":"user","content":"Hello!"}}]}}'
   curl -s http://{admin}/metrics | grep tokengate_
+  curl -s http://{admin}/admin/replicas -H "authorization: Bearer $(cat conf/demo-admin-token)"
 
 OpenAI Python SDK (pip install openai):
 
   from openai import OpenAI
-  client = OpenAI(base_url="http://{listen}/v1", api_key="unused")
+  client = OpenAI(base_url="http://{listen}/v1", api_key="{key}")
   print(client.chat.completions.create(model="{chat}",
         messages=[{{"role": "user", "content": "Hello!"}}]).choices[0].message.content)
   for chunk in client.chat.completions.create(model="{chat}", stream=True,
@@ -205,5 +220,6 @@ Ctrl-C stops the proxy and every simulated replica.
 "#,
         admin = config.server.admin_listen,
         models = models.join(", "),
+        key = DEMO_KEY,
     );
 }

@@ -45,6 +45,10 @@ class Demo:
             self.ports[int(fixed)] = free_port()
             text = text.replace(f"127.0.0.1:{fixed}", f"127.0.0.1:{self.ports[int(fixed)]}")
         text = text.replace("/tmp/tokengate-demo", str(tmp / "tokengate-demo"))
+        text = text.replace('"../lua-free-rules/', f'"{ROOT}/lua-free-rules/')
+        for name in ("demo-keys.toml", "demo-admin-token"):
+            (tmp / name).write_bytes((ROOT / "conf" / name).read_bytes())
+        self.admin_token = (tmp / "demo-admin-token").read_text().strip()
         self.config = tmp / "demo.toml"
         self.config.write_text(text)
         self.proxy_port = self.ports[8080]
@@ -57,6 +61,34 @@ class Demo:
             start_new_session=True,
         )
         wait_for_port(self.proxy_port)
+        self.wait_ready()
+        # The tests' own key, without limits (the demo key's are modest).
+        self.key = self.create_key({"name": "sdk-tests"})
+
+    def wait_ready(self) -> None:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/health", timeout=2) as r:
+                    if json.load(r).get("ready"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("demo not ready")
+
+    def admin(self, method: str, path: str, body=None):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}{path}",
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"authorization": f"Bearer {self.admin_token}", "content-type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
+
+    def create_key(self, spec: dict) -> str:
+        return self.admin("POST", "/admin/keys", spec)["key"]
 
     def sim_port(self, fixed: int) -> int:
         return self.ports[fixed]
@@ -123,7 +155,7 @@ def client(demo, recorder):
     http_client = httpx.Client(event_hooks={"request": [recorder]}, timeout=60)
     c = openai.OpenAI(
         base_url=f"http://127.0.0.1:{demo.proxy_port}/v1",
-        api_key="unused-by-the-demo",
+        api_key=demo.key,
         http_client=http_client,
         max_retries=0,
     )
