@@ -143,6 +143,7 @@ impl ProxyHttp for TokenGate {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let started = Instant::now();
+        upstream::check_total_deadline(ctx, end_of_stream)?;
         upstream::on_response_body(body, end_of_stream, ctx);
         ctx.overhead += started.elapsed();
         Ok(None)

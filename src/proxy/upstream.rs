@@ -312,6 +312,21 @@ fn estimate_prompt_tokens(prompt_bytes: usize) -> u64 {
     (prompt_bytes as u64).div_ceil(4)
 }
 
+/// The cluster's `timeouts.total_ms` ran out while the response was still coming: end it.
+/// Checked as pieces arrive, so a silent replica is bounded by `read_ms` instead.
+pub fn check_total_deadline(ctx: &mut RequestCtx, end_of_stream: bool) -> Result<()> {
+    let Some(total) = ctx.route.as_ref().and_then(|r| r.cluster.timeouts.total) else {
+        return Ok(());
+    };
+    if !end_of_stream && ctx.started.elapsed() > total {
+        return Err(Error::explain(
+            ErrorType::ReadTimedout,
+            "the cluster's total response time (timeouts.total_ms) ran out",
+        ));
+    }
+    Ok(())
+}
+
 pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
     if let Some(buf) = ctx.error_body.as_mut() {
         if let Some(piece) = body.as_ref() {
