@@ -62,6 +62,7 @@ impl Outcome {
 pub enum ErrorKind {
     ConnectFailed,
     Timeout,
+    #[serde(rename = "upstream_5xx")]
     Upstream5xx,
     StreamBroken,
     ProbeFailed,

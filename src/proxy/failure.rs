@@ -65,6 +65,7 @@ pub async fn answer(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
         if let Err(write_err) = write_error(session, &error, &ctx.request_id, true).await {
             log::debug!("could not send error response: {write_err}");
         }
+        ctx.local_status = Some(status);
     } else if let Some(tail) = upstream::tail_after_upstream_failure(ctx) {
         // Mid-stream: the status is gone; end the stream with an error event so SDK clients
         // raise instead of taking a cut stream for a complete one.
@@ -72,7 +73,6 @@ pub async fn answer(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
             log::debug!("could not send the truncation event: {write_err}");
         }
     }
-    ctx.local_status = Some(status);
     ctx.failure = Some(error);
     FailToProxy {
         error_code: status,

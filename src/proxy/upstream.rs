@@ -322,7 +322,8 @@ pub fn check_total_deadline(ctx: &mut RequestCtx, end_of_stream: bool) -> Result
         return Err(Error::explain(
             ErrorType::ReadTimedout,
             "the cluster's total response time (timeouts.total_ms) ran out",
-        ));
+        )
+        .into_up());
     }
     Ok(())
 }
