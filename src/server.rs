@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -23,6 +24,9 @@ pub struct RunFlags {
 
 /// Load the config and serve until a signal ends the process.
 pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
+    // `-d` changes the working directory to `/`: keep SIGHUP reloads finding the same file.
+    let absolute = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
+    let config_path = absolute.as_path();
     let config = config::load(config_path)?;
     let server_settings = config.server.clone();
     crate::accesslog::configure(server_settings.access_log.clone());
@@ -55,6 +59,20 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     for addr in &server_settings.listen {
         proxy.add_tcp(&addr.to_string());
     }
+    if let Some(tls) = &server_settings.tls {
+        // The files were loaded and matched during validation (config::tls_check); Pingora
+        // loads them again when the listener starts (also in a process taking over with -u,
+        // which is how a certificate is rotated without dropping a connection).
+        for addr in &server_settings.tls_listen {
+            let mut settings =
+                TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
+                    .expect("TLS settings from validated files");
+            if tls.http2 {
+                settings.enable_h2();
+            }
+            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        }
+    }
     let mut admin = Service::new(
         "tokengate admin".to_string(),
         HttpServer::new_app(AdminApp::new(state.clone())),
@@ -74,8 +92,9 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
         },
     ));
     log::info!(
-        "tokengate listening on {:?}, admin on {}",
+        "tokengate listening on {:?}, TLS on {:?}, admin on {}",
         server_settings.listen,
+        server_settings.tls_listen,
         server_settings.admin_listen
     );
     server.run_forever()

@@ -15,6 +15,9 @@ install_debian_packages() {
     command -v cc >/dev/null 2>&1 || missing+=(build-essential)
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
     command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks /metrics
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)   # verifies systemd/*.service
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # test CA for the TLS tests
+    curl -V 2>/dev/null | grep -q HTTP2 || missing+=(curl)   # curl --http2 in the TLS tests
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]}"
@@ -41,6 +44,7 @@ cargo clippy --all-targets --locked -- -D warnings
 
 say "cargo test"
 export TOKENGATE_REQUIRE_PROMTOOL=1
+export TOKENGATE_REQUIRE_SYSTEMD_ANALYZE=1
 cargo test --locked 2>&1 | tee target/cargo-test.log
 grep -q '^test result: ' target/cargo-test.log || die "cargo test ran no test"
 

@@ -28,8 +28,21 @@ pub struct ConfigFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
-    /// Client-facing listen addresses (`ip:port`).
+    /// Client-facing plain-HTTP listen addresses (`ip:port`); may be empty when `tls_listen`
+    /// is set.
     pub listen: Vec<Spanned<String>>,
+    /// Client-facing TLS listen addresses (`ip:port`), terminated with `tls_cert` / `tls_key`.
+    #[serde(default)]
+    pub tls_listen: Vec<Spanned<String>>,
+    /// PEM certificate chain (leaf first) for `tls_listen`; relative to this file.
+    #[serde(default)]
+    pub tls_cert: Option<Spanned<String>>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`; relative to this file.
+    #[serde(default)]
+    pub tls_key: Option<Spanned<String>>,
+    /// Offer HTTP/2 by ALPN on `tls_listen` (HTTP/1.1 stays available).
+    #[serde(default = "default_tls_http2")]
+    pub tls_http2: bool,
     /// Admin listener (`/metrics`, `/admin/*`); loopback by default.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Spanned<String>,
@@ -227,6 +240,9 @@ fn default_graceful_shutdown_timeout_seconds() -> Spanned<u64> {
 }
 fn default_access_log() -> Spanned<String> {
     spanned("stdout".to_string())
+}
+fn default_tls_http2() -> bool {
+    true
 }
 fn default_client_keepalive_seconds() -> Spanned<u64> {
     spanned(60)

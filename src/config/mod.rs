@@ -18,6 +18,7 @@ use toml::Spanned;
 
 pub use model::{
     AccessLogTarget, AuthSettings, Cluster, Config, Flavour, Replica, Route, ServerSettings,
+    TlsFiles,
 };
 
 /// One problem found in a config file.
@@ -287,11 +288,11 @@ impl Validator<'_> {
 
     fn server(&mut self, s: &file::ServerSection) -> ServerSettings {
         let mut listen = Vec::new();
-        if s.listen.is_empty() {
+        if s.listen.is_empty() && s.tls_listen.is_empty() {
             self.issues.push(self.at.issue(
                 0..0,
                 "server.listen".into(),
-                "at least one listen address is required".into(),
+                "at least one listen address (`listen` or `tls_listen`) is required".into(),
             ));
         }
         for (i, addr) in s.listen.iter().enumerate() {
@@ -299,10 +300,22 @@ impl Validator<'_> {
                 listen.push(a);
             }
         }
+        let mut tls_listen = Vec::new();
+        for (i, addr) in s.tls_listen.iter().enumerate() {
+            let field = format!("server.tls_listen[{i}]");
+            if let Some(a) = self.socket_addr(addr, field.clone()) {
+                if listen.contains(&a) || tls_listen.contains(&a) {
+                    self.fail(addr, field, format!("`{a}` is already a listen address"));
+                    continue;
+                }
+                tls_listen.push(a);
+            }
+        }
+        let tls = self.tls_files(s);
         let admin_listen = self
             .socket_addr(&s.admin_listen, "server.admin_listen".into())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-        if listen.contains(&admin_listen) {
+        if listen.contains(&admin_listen) || tls_listen.contains(&admin_listen) {
             self.fail(
                 &s.admin_listen,
                 "server.admin_listen",
@@ -334,6 +347,8 @@ impl Validator<'_> {
         }
         ServerSettings {
             listen,
+            tls_listen,
+            tls,
             admin_listen,
             threads: threads.max(1),
             max_request_body_bytes: max_body,
@@ -376,6 +391,73 @@ impl Validator<'_> {
                 path => AccessLogTarget::File(self.relative_to_config(path)),
             },
         }
+    }
+
+    /// `tls_listen` needs `tls_cert` + `tls_key` (and they need `tls_listen`); both files must
+    /// be readable PEM, and the key must belong to the certificate. Checked here so that a bad
+    /// file is a config error (`tokengate check`, SIGHUP, `ExecStartPre`), never a panic in
+    /// Pingora's listener setup.
+    fn tls_files(&mut self, s: &file::ServerSection) -> Option<TlsFiles> {
+        let (cert, key) = match (&s.tls_cert, &s.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => {
+                if let Some(first) = s.tls_listen.first() {
+                    self.fail(
+                        first,
+                        "server.tls_listen",
+                        "TLS listeners need `tls_cert` and `tls_key` (PEM files)",
+                    );
+                }
+                return None;
+            }
+            (Some(one), None) | (None, Some(one)) => {
+                let missing = if s.tls_cert.is_none() {
+                    "tls_cert"
+                } else {
+                    "tls_key"
+                };
+                self.fail(
+                    one,
+                    format!("server.{missing}"),
+                    format!("`tls_cert` and `tls_key` go together: `{missing}` is missing"),
+                );
+                return None;
+            }
+        };
+        if s.tls_listen.is_empty() {
+            self.fail(
+                cert,
+                "server.tls_cert",
+                "`tls_cert` / `tls_key` are set but `tls_listen` is empty",
+            );
+            return None;
+        }
+        let cert_path = self.relative_to_config(cert.get_ref());
+        let key_path = self.relative_to_config(key.get_ref());
+        let cert_ok = match tls_check::certificates(&cert_path) {
+            Ok(n) => n > 0,
+            Err(e) => {
+                self.fail(cert, "server.tls_cert", e);
+                false
+            }
+        };
+        let key_ok = match tls_check::private_key(&key_path) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(key, "server.tls_key", e);
+                false
+            }
+        };
+        if cert_ok && key_ok {
+            if let Err(e) = tls_check::pair(&cert_path, &key_path) {
+                self.fail(key, "server.tls_key", e);
+            }
+        }
+        Some(TlsFiles {
+            cert: cert_path,
+            key: key_path,
+            http2: s.tls_http2,
+        })
     }
 
     fn clusters(
@@ -527,6 +609,106 @@ impl Validator<'_> {
     }
 }
 
+/// Loading the TLS files the way Pingora's rustls listener will, with readable errors.
+mod tls_check {
+    use std::path::Path;
+
+    use pingora_core::tls::{self, CertificateDer, PrivateKeyDer, ServerConfig};
+
+    /// The labels of the PEM blocks in a file (`CERTIFICATE`, `PRIVATE KEY`, ...).
+    fn pem_blocks(path: &Path) -> Result<Vec<String>, String> {
+        let text =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&text);
+        let mut out = Vec::new();
+        let mut rest: &str = &text;
+        while let Some(start) = rest.find("-----BEGIN ") {
+            let after = &rest[start + 11..];
+            let Some(label_end) = after.find("-----") else {
+                break;
+            };
+            let label = after[..label_end].to_string();
+            let end_marker = format!("-----END {label}-----");
+            let Some(end) = after.find(&end_marker) else {
+                return Err(format!(
+                    "{}: PEM block `{label}` has no END line",
+                    path.display()
+                ));
+            };
+            out.push(label);
+            rest = &after[end + end_marker.len()..];
+        }
+        Ok(out)
+    }
+
+    /// Number of certificates; an error when the file is unreadable or holds none.
+    pub fn certificates(path: &Path) -> Result<usize, String> {
+        let blocks = pem_blocks(path)?;
+        let n = blocks.iter().filter(|l| *l == "CERTIFICATE").count();
+        if n == 0 {
+            return Err(format!(
+                "{} holds no PEM `CERTIFICATE` block (expected the certificate chain, leaf first)",
+                path.display()
+            ));
+        }
+        // The PEM parser Pingora uses must accept it too (base64 errors and the like).
+        let file = path.to_string_lossy().to_string();
+        match tls::load_pem_file_ca(&file) {
+            Ok(first) if !first.is_empty() => Ok(n),
+            Ok(_) => Err(format!("{}: no parsable certificate", path.display())),
+            Err(e) => Err(format!(
+                "{}: unreadable PEM certificate: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    pub fn private_key(path: &Path) -> Result<(), String> {
+        let blocks = pem_blocks(path)?;
+        if !blocks.iter().any(|l| {
+            matches!(
+                l.as_str(),
+                "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY"
+            )
+        }) {
+            return Err(format!(
+                "{} holds no PEM private key (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`; \
+                 encrypted keys are not supported)",
+                path.display()
+            ));
+        }
+        match tls::load_pem_file_private_key(&path.to_string_lossy().to_string()) {
+            Ok(der) if !der.is_empty() => Ok(()),
+            Ok(_) => Err(format!("{}: no parsable private key", path.display())),
+            Err(e) => Err(format!(
+                "{}: unreadable PEM private key: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    /// The key must be usable and belong to the leaf certificate.
+    pub fn pair(cert: &Path, key: &Path) -> Result<(), String> {
+        let loaded = tls::load_certs_and_key_files(&cert.to_string_lossy(), &key.to_string_lossy())
+            .map_err(|e| format!("cannot load the certificate and key: {e}"))?;
+        let Some((certs, key_der)): Option<(Vec<CertificateDer>, PrivateKeyDer)> = loaded else {
+            return Err("no certificate / private key pair could be loaded".into());
+        };
+        tls::install_default_crypto_provider();
+        ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key_der)
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "{} does not fit the certificate in {}: {e}",
+                    key.display(),
+                    cert.display()
+                )
+            })
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -614,6 +796,35 @@ cluster = "missing"
         let text = format!("{GOOD}\n[[models]]\nalias = \"m\"\ncluster = \"a\"\n");
         let e = p(&text).unwrap_err();
         assert!(e.to_string().contains("duplicate model alias `m`"));
+    }
+
+    #[test]
+    fn tls_settings_go_together() {
+        let with = |server: &str| GOOD.replace("[server]\n", &format!("[server]\n{server}\n"));
+        let e = p(&with("tls_listen = [\"127.0.0.1:8443\"]")).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("t.toml:3:15: server.tls_listen: TLS listeners need"));
+        let e = p(&with("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"")).unwrap_err();
+        assert!(e.to_string().contains("`tls_listen` is empty"), "{e}");
+        let e = p(&with(
+            "tls_listen = [\"127.0.0.1:8443\"]\ntls_cert = \"no/such.pem\"\ntls_key = \"no/k.pem\"",
+        ))
+        .unwrap_err();
+        assert_eq!(e.issues.len(), 2, "{e}");
+        assert!(
+            e.to_string()
+                .contains("server.tls_cert: cannot read no/such.pem"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("server.tls_key: cannot read no/k.pem"),
+            "{e}"
+        );
+        // TLS only: `listen` may be empty then, but not both.
+        let e = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []")).unwrap_err();
+        assert!(e.to_string().contains("`listen` or `tls_listen`"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,10 @@ impl fmt::Display for Flavour {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
+    /// TLS client listeners; empty: no TLS.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Set whenever `tls_listen` is non-empty (validated: readable, parsable, matching).
+    pub tls: Option<TlsFiles>,
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub max_request_body_bytes: u64,
@@ -64,6 +68,15 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     pub admin_token_file: Option<std::path::PathBuf>,
     pub access_log: AccessLogTarget,
+}
+
+/// Certificate and key of the TLS listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// ALPN `h2` + `http/1.1` (else HTTP/1.1 only).
+    pub http2: bool,
 }
 
 /// Where the access log goes.
