@@ -23,7 +23,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -34,34 +34,8 @@ use super::key::{
 use super::secret::KeyHash;
 use crate::ratelimit::KeyLimits;
 
-/// One problem in a keys file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeysFileIssue {
-    pub file: PathBuf,
-    /// 1-based; `None` when unknown.
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    /// E.g. `keys[2].hash`.
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for KeysFileIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(col) = self.column {
-                write!(f, ":{col}")?;
-            }
-        }
-        if self.field.is_empty() {
-            write!(f, ": {}", self.message)
-        } else {
-            write!(f, ": {}: {}", self.field, self.message)
-        }
-    }
-}
+/// One problem in a keys file: the same shape (file, line, column, field) as a config issue.
+pub use crate::config::ConfigIssue as KeysFileIssue;
 
 /// Every problem found in one read; never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,13 +161,10 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn issue(&self, span: Range<usize>, field: String, message: String) -> KeysFileIssue {
-        let (line, column) = match self.text.get(..span.start) {
-            Some(before) if span != (0..0) => {
-                let line = before.matches('\n').count() + 1;
-                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                (Some(line), Some(col))
-            }
-            _ => (None, None),
+        let (line, column) = if span == (0..0) {
+            (None, None)
+        } else {
+            crate::config::line_col(self.text, span.start)
         };
         KeysFileIssue {
             file: self.path.to_path_buf(),

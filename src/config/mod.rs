@@ -127,14 +127,23 @@ struct Locator<'a> {
     path: &'a Path,
 }
 
+/// 1-based line and column (in characters) of a byte offset into `text`; the one place every
+/// file loader (config, keys, rules) turns a TOML span into a location.
+pub fn line_col(text: &str, offset: usize) -> (Option<usize>, Option<usize>) {
+    let Some(before) = text.get(..offset) else {
+        return (None, None);
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    (Some(line), Some(column))
+}
+
 impl Locator<'_> {
     fn line_col(&self, offset: usize) -> (Option<usize>, Option<usize>) {
-        let Some(before) = self.text.get(..offset) else {
-            return (None, None);
-        };
-        let line = before.matches('\n').count() + 1;
-        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        (Some(line), Some(col))
+        line_col(self.text, offset)
     }
 
     fn issue(&self, span: Range<usize>, field: String, message: String) -> ConfigIssue {

@@ -257,17 +257,7 @@ impl Cx<'_> {
     }
 }
 
-pub(crate) fn line_col(text: &str, offset: usize) -> (Option<usize>, Option<usize>) {
-    let Some(before) = text.get(..offset) else {
-        return (None, None);
-    };
-    let line = before.matches('\n').count() + 1;
-    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
-        .chars()
-        .count()
-        + 1;
-    (Some(line), Some(column))
-}
+pub(crate) use crate::config::line_col;
 
 /// A table being read: every key must be taken, or [`Obj::finish`] reports it as unknown.
 pub(crate) struct Obj<'v> {
