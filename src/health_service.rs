@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use pingora_core::services::ServiceReadyNotifier;
 
 use crate::fleet::probe::{ProbeTarget, Prober};
 use crate::fleet::Transition;
@@ -66,12 +67,20 @@ impl HealthService {
 
 #[async_trait]
 impl BackgroundService for HealthService {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        // Replicas start unhealthy: probe everything once right away.
+    /// Ready once every replica was probed: the proxy service depends on this one, so it
+    /// starts accepting only then (connections wait in the listen backlog meanwhile) instead of
+    /// answering 503 because no replica has passed a check yet — at start, and on a binary
+    /// upgrade, where the old process keeps accepting in the meantime.
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready_notifier: ServiceReadyNotifier,
+    ) {
         self.prober.probe_once_all().await;
         self.state
             .probed_once
             .store(true, std::sync::atomic::Ordering::Release);
+        ready_notifier.notify_ready();
         self.prober.run(shutdown).await;
     }
 }

@@ -79,12 +79,14 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     );
     admin.add_tcp(&server_settings.admin_listen.to_string());
 
-    server.add_service(proxy);
-    server.add_service(admin);
-    server.add_service(background_service(
+    // The proxy accepts only once every replica was probed (see HealthService).
+    let health = server.add_service(background_service(
         "health",
         crate::health_service::HealthService::new(&state),
     ));
+    let proxy = server.add_service(proxy);
+    proxy.add_dependency(&health);
+    server.add_service(admin);
     server.add_service(background_service(
         "sighup reload",
         crate::reload_signal::SighupReload {

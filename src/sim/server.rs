@@ -363,7 +363,10 @@ async fn inference(
         .checked_mul(later_tokens)
         .and_then(|decode| decode.checked_add(ttft))
         .unwrap_or(Duration::MAX);
-    tokio::time::sleep(generation_time).await;
+    // A zero-length sleep still waits for the next 1 ms timer tick: skip it.
+    if !generation_time.is_zero() {
+        tokio::time::sleep(generation_time).await;
+    }
     let body = non_streaming_body(
         app,
         endpoint,
