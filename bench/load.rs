@@ -65,6 +65,10 @@ struct Args {
     /// Bytes of the user message.
     #[arg(long, default_value_t = 64)]
     prompt_bytes: usize,
+    /// Prefix-heavy traffic: worker i sends a ~2 KiB system prompt shared by every worker with
+    /// the same `i mod prefixes` (0: no system prompt).
+    #[arg(long, default_value_t = 0)]
+    prefixes: usize,
     /// `x-sim-itl-ms` header: the simulator's delay between tokens.
     #[arg(long)]
     itl_ms: Option<u64>,
@@ -129,11 +133,19 @@ fn main() {
     println!("{out}");
 }
 
-fn request_body(args: &Args) -> Bytes {
+fn request_body(args: &Args, prefix: Option<usize>) -> Bytes {
     let prompt = "lorem ipsum dolor sit amet ".repeat(args.prompt_bytes / 27 + 1);
+    let user = json!({"role": "user", "content": &prompt[..args.prompt_bytes]});
+    let messages = match prefix {
+        Some(k) => {
+            let system = format!("You are assistant #{k}. ") + &"Follow the house style. ".repeat(90);
+            json!([{"role": "system", "content": system}, user])
+        }
+        None => json!([user]),
+    };
     let mut body = json!({
         "model": args.model,
-        "messages": [{"role": "user", "content": &prompt[..args.prompt_bytes]}],
+        "messages": messages,
         "max_tokens": args.max_tokens,
     });
     if args.stream {
@@ -145,7 +157,7 @@ fn request_body(args: &Args) -> Bytes {
 
 async fn run(args: Args) -> Value {
     let args = Arc::new(args);
-    let body = request_body(&args);
+    let body = request_body(&args, None);
     let shared = Arc::new(Shared::default());
     let ramp = Arc::new(Semaphore::new(args.ramp.max(1)));
     let duration = Duration::from_secs_f64(args.duration_s);
@@ -180,7 +192,11 @@ async fn run(args: Args) -> Value {
     for index in 0..args.concurrency {
         let args = Arc::clone(&args);
         let shared = Arc::clone(&shared);
-        let body = body.clone();
+        let body = if args.prefixes > 0 {
+            request_body(&args, Some(index % args.prefixes))
+        } else {
+            body.clone()
+        };
         let ramp = Arc::clone(&ramp);
         workers.push(tokio::spawn(async move {
             worker(index, &args, &shared, body, &ramp, start + duration).await
