@@ -18,10 +18,6 @@ use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::LoadBalancer;
 use pingora_proxy::{ProxyHttp, Session};
 
-/// The same allocator as tokengate, so the floor differs from tokengate only by its features.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "bare-pingora",
