@@ -138,7 +138,8 @@ fn request_body(args: &Args, prefix: Option<usize>) -> Bytes {
     let user = json!({"role": "user", "content": &prompt[..args.prompt_bytes]});
     let messages = match prefix {
         Some(k) => {
-            let system = format!("You are assistant #{k}. ") + &"Follow the house style. ".repeat(90);
+            let system =
+                format!("You are assistant #{k}. ") + &"Follow the house style. ".repeat(90);
             json!([{"role": "system", "content": system}, user])
         }
         None => json!([user]),

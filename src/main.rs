@@ -7,7 +7,6 @@ use clap::{Parser, Subcommand};
 
 use tokengate::server::{self, RunFlags};
 
-
 #[derive(Parser)]
 #[command(name = "tokengate", version, about = "LLM edge proxy on Pingora")]
 struct Cli {

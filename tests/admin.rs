@@ -18,14 +18,7 @@ fn one_cluster(sim: &Sim) -> ProxyConfig {
 }
 
 async fn generation(proxy: &Proxy) -> u64 {
-    let v: Value = proxy
-        .admin_request(Method::GET, "/admin/config")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(proxy.admin_request(Method::GET, "/admin/config")).await;
     v["generation"].as_u64().expect("generation")
 }
 
@@ -63,14 +56,7 @@ async fn admin_requires_the_token_and_is_never_public() {
             .unwrap();
         assert_eq!(r.status(), 404, "{path} on the public listener");
     }
-    let config: Value = proxy
-        .admin_request(Method::GET, "/admin/config")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = get_json(proxy.admin_request(Method::GET, "/admin/config")).await;
     assert_eq!(config["config"]["models"][0]["alias"], "m");
     assert!(
         !config.to_string().contains(ADMIN_TOKEN),

@@ -578,14 +578,7 @@ async fn admin_created_keys_work_at_once_survive_a_restart_and_die_on_delete() {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.header("x-ratelimit-limit-requests"), Some("1000"));
         // Listed without its secret.
-        let list: Value = proxy
-            .admin_request(Method::GET, "/admin/keys")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(proxy.admin_request(Method::GET, "/admin/keys")).await;
         assert_eq!(list["data"][0]["name"], "svc");
         assert!(!list.to_string().contains(&secret[3..]));
         // A duplicate name is refused.

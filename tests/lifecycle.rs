@@ -159,25 +159,11 @@ impl Setup {
     }
 }
 
-/// Admin `/health` says every replica was probed; also past Pingora's signal-handler setup
-/// (PINGORA.md §8: signal only a ready process).
+/// Admin `/health` says every replica was probed; then a little more, past Pingora's
+/// signal-handler setup (PINGORA.md §8: signal only a ready process).
 fn wait_ready(admin: SocketAddr) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect_timeout(&admin, Duration::from_millis(200)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            if text.contains("\"ready\": true") {
-                std::thread::sleep(Duration::from_millis(300));
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("proxy on {admin} not ready within 20 s");
+    common::wait_until_ready(admin);
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// A test CA and a server certificate for `localhost` / `127.0.0.1`, made with the openssl CLI:

@@ -228,14 +228,7 @@ async fn oversized_body_is_refused_fast_without_reading_it() {
 #[tokio::test]
 async fn local_endpoints() {
     let f = fleet();
-    let models: Value = client()
-        .get(f.proxy.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = get_json(client().get(f.proxy.url("/v1/models"))).await;
     assert_eq!(models["object"], "list");
     let ids: Vec<&str> = models["data"]
         .as_array()

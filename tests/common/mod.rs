@@ -321,7 +321,7 @@ impl Drop for Proxy {
 }
 
 /// The admin `/health` says every replica was probed once.
-fn wait_until_ready(admin: SocketAddr) {
+pub fn wait_until_ready(admin: SocketAddr) {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -364,6 +364,17 @@ pub fn chat_body_model_last(model: &str, total_len: usize) -> Vec<u8> {
     body.extend_from_slice(tail.as_bytes());
     assert_eq!(body.len(), total_len);
     body
+}
+
+/// Send a request and parse its JSON body (panics with context otherwise).
+pub async fn get_json(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("request sent")
+        .json()
+        .await
+        .expect("JSON body")
 }
 
 pub fn client() -> reqwest::Client {
