@@ -43,6 +43,7 @@ fn setup(rule_files: &[&str]) -> Setup {
         ("alice", None, vec![]),
         ("intern-1", Some("interns"), vec![]),
         ("contractor-1", None, vec!["contractor".to_string()]),
+        ("batch-1", None, vec!["batch".to_string()]),
     ] {
         let mut new = NewKey::named(name);
         new.team = team.map(str::to_string);
@@ -152,13 +153,28 @@ async fn body_caps_and_model_denial_for_key_groups() {
     let (status, _, _) = send(&s, "alice", r#"{"model":"mistral-7b","messages":[]}"#, &[]).await;
     assert_eq!(status, 200);
 
-    // Tags and matched rules reach the access log.
+    // A rate-limit class and priority are assigned to batch keys.
+    let (status, _, _) = send(
+        &s,
+        "batch-1",
+        r#"{"model":"llama-3.1-8b","messages":[]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Tags, matched rules, class and priority reach the access log.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let log = s.proxy.access_log();
-        if let Some(line) = log.iter().find(|l| l["key"] == "intern-1") {
+        let intern = log.iter().find(|l| l["key"] == "intern-1");
+        let batch = log.iter().find(|l| l["key"] == "batch-1");
+        if let (Some(line), Some(batch)) = (intern, batch) {
             assert_eq!(line["tags"][0], "capped");
             assert_eq!(line["rules"][0], "interns-max-tokens");
+            assert_eq!(batch["rate_limit_class"], "batch");
+            assert_eq!(batch["priority"], -10);
+            assert_eq!(batch["rules"][0], "batch-keys-low-priority");
             break;
         }
         assert!(Instant::now() < deadline, "no access log line: {log:?}");
