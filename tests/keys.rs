@@ -754,8 +754,11 @@ async fn requests_per_minute_admits_exactly_the_limit_then_refills_one_per_secon
         "no token headers without a token limit"
     );
 
-    // 200 at once.
+    // 200 at once. The bucket refills one per second, so a burst that itself takes longer
+    // than a second (a loaded machine) may see one more per second it took.
+    let burst_started = std::time::Instant::now();
     let replies = burst(&c, proxy.addr, Some(&burst_key), 200, &body).await;
+    let burst_secs = burst_started.elapsed().as_secs() as usize;
     let (ok, refused) = split_admitted(replies);
     eprintln!(
         "rpm burst: {} admitted, {} refused",
@@ -763,8 +766,8 @@ async fn requests_per_minute_admits_exactly_the_limit_then_refills_one_per_secon
         refused.len()
     );
     assert!(
-        (60..=61).contains(&ok.len()),
-        "60 of 200 admitted (±1 for refill during the burst), got {}",
+        (60..=61 + burst_secs).contains(&ok.len()),
+        "60 of 200 admitted (±1, plus refill during a {burst_secs} s burst), got {}",
         ok.len()
     );
     for r in &ok {
@@ -805,11 +808,13 @@ async fn requests_per_minute_admits_exactly_the_limit_then_refills_one_per_secon
 
     // One more per second.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let small_started = std::time::Instant::now();
     let replies = burst(&c, proxy.addr, Some(&burst_key), 5, &body).await;
+    let small_secs = small_started.elapsed().as_secs() as usize;
     let (ok, _) = split_admitted(replies);
     eprintln!("rpm after 1.1 s: {} of 5 admitted", ok.len());
     assert!(
-        (1..=2).contains(&ok.len()),
+        (1..=2 + small_secs).contains(&ok.len()),
         "about one request refilled after 1.1 s, got {}",
         ok.len()
     );

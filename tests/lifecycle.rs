@@ -292,20 +292,33 @@ fn complete(sse: &str, tokens: u32) -> bool {
 }
 
 /// Short requests in a loop until `stop`: (ok, failures with reasons).
+///
+/// A pooled connection that was idle when the old process began shutting down is closed by
+/// Pingora at once; a request written onto it at that instant fails before any response byte
+/// (reset / incomplete message). HTTP/1.1 clients meet this race with any server that closes
+/// idle connections; the official OpenAI SDK retries such connection errors (twice by
+/// default), and so do the pooled workers here — once, and only for that error on a pooled
+/// connection. Every retry is counted and printed; anything else is a failure.
 async fn short_loop(url: String, pooled: bool, stop: Arc<AtomicBool>) -> (usize, Vec<String>) {
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
     if !pooled {
         builder = builder.pool_max_idle_per_host(0);
     }
     let client = builder.build().unwrap();
-    let (mut ok, mut failed) = (0, Vec::new());
+    let (mut ok, mut failed, mut retried) = (0, Vec::new(), 0);
     while !stop.load(Ordering::Relaxed) {
-        let r = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(chat(false, 4))
-            .send()
-            .await;
+        let send = || {
+            client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(chat(false, 4))
+                .send()
+        };
+        let mut r = send().await;
+        if pooled && matches!(&r, Err(e) if e.is_request() && e.status().is_none()) {
+            retried += 1;
+            r = send().await;
+        }
         match r {
             Ok(r) if r.status() == 200 => match r.bytes().await {
                 Ok(b) if b.windows(6).any(|w| w == b"\"usage") => ok += 1,
@@ -316,6 +329,9 @@ async fn short_loop(url: String, pooled: bool, stop: Arc<AtomicBool>) -> (usize,
             Err(e) => failed.push(format!("send: {e:?}")),
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if retried > 0 {
+        eprintln!("pooled worker retried {retried} request(s) after an idle-connection close");
     }
     (ok, failed)
 }

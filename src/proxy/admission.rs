@@ -24,8 +24,13 @@ use crate::state::AppState;
 
 /// Returns `Ok(true)` when the response was written here.
 pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-    // Pingora keeps idle client connections forever unless told otherwise.
-    session.set_keepalive(Some(ctx.config.server.client_keepalive_seconds));
+    // Pingora keeps idle client connections forever unless told otherwise. While the process
+    // shuts down (SIGTERM, or handing its listeners to a new binary) Pingora has already
+    // turned keep-alive off so clients do not reuse a connection that is about to close:
+    // leave that alone.
+    if !session.is_process_shutting_down() {
+        session.set_keepalive(Some(ctx.config.server.client_keepalive_seconds));
+    }
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
     let endpoint = match routing::classify(&method, &path) {
