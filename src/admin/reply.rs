@@ -6,7 +6,10 @@ use serde::Serialize;
 use crate::errors::error_body;
 
 pub fn json_reply(status: StatusCode, value: &impl Serialize) -> Response<Vec<u8>> {
-    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    json_bytes(status, serde_json::to_vec_pretty(value).unwrap_or_default())
+}
+
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -21,13 +24,7 @@ pub fn error_reply(status: StatusCode, message: &str, code: &str) -> Response<Ve
     } else {
         "invalid_request_error"
     };
-    let body = error_body(message, kind, None, Some(code)).to_vec();
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("content-length", body.len())
-        .body(body)
-        .unwrap_or_default()
+    json_bytes(status, error_body(message, kind, None, Some(code)).to_vec())
 }
 
 /// A 400 with every field error listed: `{"error":{…}, "errors":[…]}`.

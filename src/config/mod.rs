@@ -539,7 +539,7 @@ impl Validator<'_> {
         &mut self,
         raw: &[file::ModelSection],
         clusters: &[Arc<Cluster>],
-    ) -> (HashMap<String, Route>, Vec<String>) {
+    ) -> (HashMap<String, Arc<Route>>, Vec<String>) {
         let mut routes = HashMap::new();
         let mut order = Vec::new();
         for (i, m) in raw.iter().enumerate() {
@@ -602,7 +602,7 @@ impl Validator<'_> {
             order.push(alias.clone());
             routes.insert(
                 alias.clone(),
-                Route {
+                Arc::new(Route {
                     alias: alias.clone(),
                     cluster: cluster.clone(),
                     served_name,
@@ -611,7 +611,7 @@ impl Validator<'_> {
                         .clone()
                         .unwrap_or_else(|| "tokengate".to_string()),
                     limits,
-                },
+                }),
             );
         }
         (routes, order)

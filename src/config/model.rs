@@ -139,7 +139,7 @@ pub struct Config {
     pub server: ServerSettings,
     pub clusters: Vec<Arc<Cluster>>,
     /// Alias → route. Aliases are listed in config order by `model_order`.
-    pub routes: HashMap<String, Route>,
+    pub routes: HashMap<String, Arc<Route>>,
     pub model_order: Vec<String>,
     /// `None`: no key needed.
     pub auth: Option<AuthSettings>,
@@ -151,7 +151,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn route(&self, alias: &str) -> Option<&Route> {
+    pub fn route(&self, alias: &str) -> Option<&Arc<Route>> {
         self.routes.get(alias)
     }
 
@@ -160,7 +160,7 @@ impl Config {
     }
 
     /// Routes in config order.
-    pub fn routes_in_order(&self) -> impl Iterator<Item = &Route> {
+    pub fn routes_in_order(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.model_order.iter().filter_map(|a| self.routes.get(a))
     }
 }

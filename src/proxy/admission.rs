@@ -1,6 +1,8 @@
 //! `request_filter`: decide what a request is and prepare everything the upstream attempt needs,
 //! or answer it ourselves.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use pingora_core::Result;
 use pingora_proxy::Session;
@@ -182,7 +184,10 @@ async fn prepare_upstream(
         .as_deref()
         .and_then(|name| ctx.config.cluster(name))
     {
-        route.cluster = cluster.clone();
+        route = Arc::new(Route {
+            cluster: cluster.clone(),
+            ..(*route).clone()
+        });
     }
     match admit_limits(state, ctx, facts, &route) {
         Ok(reservation) => ctx.reservation = reservation,

@@ -21,7 +21,8 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub endpoint: Option<Endpoint>,
-    pub route: Option<Route>,
+    /// Shared with the snapshot; a rule's route override makes a new one.
+    pub route: Option<Arc<Route>>,
     /// Whether the client asked for a streamed response.
     pub stream: bool,
     pub client_body_len: usize,

@@ -3,6 +3,8 @@
 
 pub mod body;
 
+use std::sync::Arc;
+
 use crate::config::{Config, Route};
 use crate::errors::ApiError;
 
@@ -76,7 +78,7 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, ApiError> {
 }
 
 /// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.
-pub fn resolve<'c>(config: &'c Config, alias: &str) -> Result<&'c Route, ApiError> {
+pub fn resolve<'c>(config: &'c Config, alias: &str) -> Result<&'c Arc<Route>, ApiError> {
     config.route(alias).ok_or_else(|| ApiError::ModelNotFound {
         model: alias.to_string(),
     })
