@@ -130,10 +130,12 @@ impl TokenBucket {
         self.wait_for(self.full() - self.level)
     }
 
-    /// Tokens consumed and not yet refilled (above `capacity` while in debt).
+    /// Tokens consumed and not yet refilled (above `capacity` while in debt), rounded up: a
+    /// refused amount always satisfies `used + amount > capacity`, so a 429 message adds up.
     pub fn used(&mut self, now: Instant) -> u64 {
         self.refill(now);
-        let used = (self.full() - self.level) / self.period_ns;
+        let missing = self.full() - self.level;
+        let used = (missing + self.period_ns - 1).div_euclid(self.period_ns);
         u64::try_from(used.max(0)).unwrap_or(u64::MAX)
     }
 
@@ -273,6 +275,18 @@ mod tests {
             b.time_to_full(t0 + Duration::from_secs(3_600)),
             Duration::from_secs(82_800)
         );
+    }
+
+    #[test]
+    fn used_rounds_so_a_refusal_adds_up() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2, MIN, t0);
+        b.try_take(1, t0).unwrap();
+        b.try_take(1, t0).unwrap();
+        let t1 = t0 + Duration::from_secs(20); // 2/3 of a token refilled
+        assert!(b.try_take(1, t1).is_err());
+        assert_eq!(b.used(t1), 2, "1.33 used reads 2, not 1");
+        assert_eq!(b.used(t0 + MIN), 0);
     }
 
     #[derive(Debug, Clone)]

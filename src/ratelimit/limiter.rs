@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::bucket::{Refusal, TokenBucket};
+use super::lease::{LeaseShared, LeasedBucket};
+use super::slot::Slot;
 use super::headers::{format_openai_duration, RateLimitHeaders, WindowState};
 use super::limits::{Dimension, GlobalLimits, KeyLimits, LimitKind, ModelLimits, Scope, SetLimits};
 
@@ -34,7 +36,7 @@ const DIMS: [Dimension; 3] = [
     Dimension::TokensPerMinute,
     Dimension::TokensPerDay,
 ];
-const PERIODS: [Duration; 3] = [MINUTE, MINUTE, DAY];
+pub(super) const PERIODS: [Duration; 3] = [MINUTE, MINUTE, DAY];
 const RPM: usize = 0;
 const TPM: usize = 1;
 
@@ -78,13 +80,22 @@ impl RateLimited {
 }
 
 #[derive(Debug, Default)]
-struct Buckets {
+pub(super) struct Buckets {
     caps: [Option<u64>; 3],
     /// Kept when a limit is removed, so removing and restoring it cannot reset consumption.
-    slots: [Option<TokenBucket>; 3],
+    pub(super) slots: [Option<Slot>; 3],
+    /// Fleet mode: new slots are leased shares of fleet-wide buckets.
+    lease: Option<Arc<LeaseShared>>,
 }
 
 impl Buckets {
+    fn new_slot(&self, i: usize, cap: u64, now: Instant) -> Slot {
+        match &self.lease {
+            Some(shared) => Slot::Leased(LeasedBucket::new(shared.clone(), cap, PERIODS[i], now)),
+            None => Slot::Local(TokenBucket::new(cap, PERIODS[i], now)),
+        }
+    }
+
     fn configure(&mut self, caps: [Option<u64>; 3], now: Instant) {
         if self.caps == caps {
             return;
@@ -94,13 +105,13 @@ impl Buckets {
             match &mut self.slots[i] {
                 Some(b) if b.capacity() == cap => {}
                 Some(b) => b.set_capacity(cap, now),
-                empty => *empty = Some(TokenBucket::new(cap, PERIODS[i], now)),
+                None => self.slots[i] = Some(self.new_slot(i, cap, now)),
             }
         }
         self.caps = caps;
     }
 
-    fn active(&mut self, i: usize) -> Option<&mut TokenBucket> {
+    pub(super) fn active(&mut self, i: usize) -> Option<&mut Slot> {
         match self.caps[i] {
             Some(_) => self.slots[i].as_mut(),
             None => None,
@@ -117,7 +128,7 @@ impl Buckets {
                     dim: DIMS[i],
                     refusal,
                     limit: b.capacity(),
-                    used: b.used(now),
+                    used: b.used_for_refusal(amount, now),
                     requested: amount,
                 };
                 if worst.as_ref().is_none_or(|w| hit.worse_than(w)) {
@@ -158,14 +169,24 @@ impl Buckets {
 
 /// The state of one scope (a key, a model alias, or the gateway).
 #[derive(Debug, Default)]
-struct LimitSet {
+pub(super) struct LimitSet {
     buckets: Mutex<Buckets>,
     /// Counted even without a cap, so a cap added by a reload sees the true number.
     in_flight: AtomicU32,
 }
 
 impl LimitSet {
-    fn lock(&self) -> MutexGuard<'_, Buckets> {
+    fn with_lease(lease: Option<Arc<LeaseShared>>) -> LimitSet {
+        LimitSet {
+            buckets: Mutex::new(Buckets {
+                lease,
+                ..Buckets::default()
+            }),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Buckets> {
         // A panic while holding this lock cannot leave the buckets half-updated in a way that
         // matters more than refusing all traffic would: keep serving.
         self.buckets.lock().unwrap_or_else(|p| p.into_inner())
@@ -275,22 +296,48 @@ impl Drop for Reservation {
 /// All rate-limit state of one process. Share it behind an `Arc`; it outlives config reloads.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    keys: DashMap<String, Arc<LimitSet>>,
-    models: DashMap<String, Arc<LimitSet>>,
-    global: Arc<LimitSet>,
-}
-
-fn set_for(map: &DashMap<String, Arc<LimitSet>>, name: &str) -> Arc<LimitSet> {
-    // The read path allocates nothing; only the first request for a name inserts.
-    if let Some(set) = map.get(name) {
-        return set.clone();
-    }
-    map.entry(name.to_string()).or_default().clone()
+    pub(super) keys: DashMap<String, Arc<LimitSet>>,
+    pub(super) models: DashMap<String, Arc<LimitSet>>,
+    pub(super) global: Arc<LimitSet>,
+    /// Fleet mode (`[fleet]`): buckets are leased; see `lease.rs`.
+    pub(super) lease: Option<Arc<LeaseShared>>,
 }
 
 impl Limiter {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Fleet mode: every bucket is a leased share of a fleet-wide one, topped up by the sync
+    /// task (`distributed::leases`); concurrency caps are split per instance.
+    pub fn leased(shared: Arc<LeaseShared>) -> Self {
+        Limiter {
+            global: Arc::new(LimitSet::with_lease(Some(shared.clone()))),
+            lease: Some(shared),
+            ..Limiter::default()
+        }
+    }
+
+    pub fn lease_shared(&self) -> Option<&Arc<LeaseShared>> {
+        self.lease.as_ref()
+    }
+
+    fn set_for(&self, map: &DashMap<String, Arc<LimitSet>>, name: &str) -> Arc<LimitSet> {
+        // The read path allocates nothing; only the first request for a name inserts.
+        if let Some(set) = map.get(name) {
+            return set.clone();
+        }
+        map.entry(name.to_string())
+            .or_insert_with(|| Arc::new(LimitSet::with_lease(self.lease.clone())))
+            .clone()
+    }
+
+    /// A concurrency cap as this instance applies it: its share in fleet mode.
+    fn slot_cap(&self, cap: Option<u32>) -> Option<u32> {
+        match (&self.lease, cap) {
+            (Some(shared), Some(c)) => Some(c.div_ceil(shared.instances()).max(1)),
+            _ => cap,
+        }
     }
 
     /// Checks every applicable limit and, if all allow it, takes one request and
@@ -306,12 +353,12 @@ impl Limiter {
             reserved_tokens: req.estimated_tokens,
             headers: RateLimitHeaders::default(),
         };
-        let key = set_for(&self.keys, req.key_name);
+        let key = self.set_for(&self.keys, req.key_name);
         let scopes = [
             (Scope::Key, key.clone(), SetLimits::from(req.key_limits)),
             (
                 Scope::Model,
-                set_for(&self.models, req.model),
+                self.set_for(&self.models, req.model),
                 SetLimits::from(req.model_limits),
             ),
             (
@@ -322,8 +369,9 @@ impl Limiter {
         ];
         let amounts = [1, req.estimated_tokens, req.estimated_tokens];
         for (i, (scope, set, limits)) in scopes.into_iter().enumerate() {
-            if let Err(slot_holders) = set.acquire_slot(limits.max_concurrent) {
-                let cap = limits.max_concurrent.unwrap_or(0);
+            let slot_cap = self.slot_cap(limits.max_concurrent);
+            if let Err(slot_holders) = set.acquire_slot(slot_cap) {
+                let cap = slot_cap.unwrap_or(0);
                 reservation.roll_back(now);
                 let headers = key_headers(&key, Some(CONCURRENCY_RETRY_AFTER), now);
                 return Err(Box::new(refusal_concurrency(

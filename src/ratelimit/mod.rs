@@ -8,8 +8,11 @@
 
 pub mod bucket;
 pub mod headers;
+pub mod lease;
 pub mod limiter;
 pub mod limits;
+pub mod slot;
+pub mod lease_sync;
 pub mod usage;
 
 pub use bucket::{Refusal, TokenBucket};
