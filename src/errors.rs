@@ -177,7 +177,14 @@ impl ApiError {
                 ("retry-after-ms", (retry_after_secs * 1000).to_string()),
             ],
             ApiError::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).to_string())],
-            ApiError::RateLimited(r) => r.headers.pairs(),
+            ApiError::RateLimited(r) => {
+                let mut pairs = r.headers.pairs();
+                // Too large: no wait can help, so the SDKs must not retry.
+                if r.too_large {
+                    pairs.push(("x-should-retry", "false".to_string()));
+                }
+                pairs
+            }
             ApiError::Unauthorized(_) => vec![("www-authenticate", "Bearer".to_string())],
             _ => Vec::new(),
         }

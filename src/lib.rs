@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod distributed;
 pub mod errors;
 pub mod fleet;
 pub mod health_service;

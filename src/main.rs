@@ -60,6 +60,8 @@ enum Command {
 enum KeyCommand {
     /// Create a key, print its secret once, store its hash in the keys file.
     New(tokengate::cli::KeyNewArgs),
+    /// Copy a keys file into the fleet's Redis ([fleet]); every instance then serves them.
+    Import(tokengate::distributed::import::KeyImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -96,6 +98,9 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Key(KeyCommand::New(args))) => tokengate::cli::key_new(args),
+        Some(Command::Key(KeyCommand::Import(args))) => {
+            tokengate::distributed::import::key_import(args)
+        }
         Some(Command::Rules(RulesCommand::Test { dir, config })) => {
             tokengate::cli::rules_test(&dir, &config)
         }

@@ -30,7 +30,9 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     let config = config::load(config_path)?;
     let server_settings = config.server.clone();
     crate::accesslog::configure(server_settings.access_log.clone());
+    let fleet_settings = config.fleet.clone();
     let state = AppState::new(config, config_path)?;
+    let fleet_link = fleet_link(&state, fleet_settings.as_ref(), config_path)?;
 
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -75,7 +77,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     }
     let mut admin = Service::new(
         "tokengate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(state.clone())),
+        HttpServer::new_app(AdminApp::new(state.clone()).with_fleet(fleet_link.clone())),
     );
     admin.add_tcp(&server_settings.admin_listen.to_string());
 
@@ -86,6 +88,14 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     ));
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
+    if let Some(link) = fleet_link {
+        // Accept only after the first key sync from Redis was tried.
+        let fleet = server.add_service(background_service(
+            "fleet",
+            crate::distributed::service::FleetService::new(link, state.clone()),
+        ));
+        proxy.add_dependency(&fleet);
+    }
     server.add_service(admin);
     server.add_service(background_service(
         "sighup reload",
@@ -100,4 +110,27 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
         server_settings.admin_listen
     );
     server.run_forever()
+}
+
+/// Fleet mode's Redis link (`None` without `[fleet]`); a bad URL or password file stops the
+/// start with the config's kind of error.
+fn fleet_link(
+    state: &AppState,
+    settings: Option<&crate::config::FleetSettings>,
+    config_path: &Path,
+) -> Result<Option<std::sync::Arc<crate::distributed::FleetLink>>, ConfigError> {
+    let (Some(settings), Some(shared)) = (settings, state.limiter.lease_shared()) else {
+        return Ok(None);
+    };
+    crate::distributed::FleetLink::new(settings, shared.clone())
+        .map(|l| Some(std::sync::Arc::new(l)))
+        .map_err(|message| ConfigError {
+            issues: vec![config::ConfigIssue {
+                file: config_path.to_path_buf(),
+                line: None,
+                column: None,
+                field: "fleet".into(),
+                message,
+            }],
+        })
 }

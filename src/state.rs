@@ -144,6 +144,7 @@ impl AppState {
         let keys = load_keys(&config, None)?;
         metrics::CONFIG_GENERATION.set(1);
         let fleet = Fleet::new();
+        let limiter = limiter_for(&config);
         let snapshot = build_snapshot(config, &fleet, 1);
         Ok(Arc::new(AppState {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -152,7 +153,7 @@ impl AppState {
             admin_token: ArcSwap::from_pointee(token),
             fleet,
             keys: ArcSwap::from_pointee(keys),
-            limiter: Limiter::new(),
+            limiter,
             usage: Usage::new(),
             probed_once: std::sync::atomic::AtomicBool::new(false),
             reload_lock: Mutex::new(()),
@@ -237,6 +238,22 @@ impl AppState {
             generation,
             changes,
         })
+    }
+}
+
+/// Fleet mode leases every bucket from Redis; a single node keeps local buckets. Chosen once
+/// at start: changing `[fleet]` needs a restart.
+fn limiter_for(config: &Config) -> Limiter {
+    match &config.fleet {
+        Some(f) => Limiter::leased(crate::ratelimit::lease::LeaseShared::new(
+            crate::ratelimit::lease::LeaseParams {
+                sync_interval: f.sync_interval,
+                max_fraction: f.lease_fraction,
+                idle_return: f.idle_return,
+                down_mode: f.on_redis_down,
+            },
+        )),
+        None => Limiter::new(),
     }
 }
 

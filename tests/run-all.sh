@@ -18,6 +18,7 @@ install_debian_packages() {
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)   # verifies systemd/*.service
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # test CA for the TLS tests
     curl -V 2>/dev/null | grep -q HTTP2 || missing+=(curl)   # curl --http2 in the TLS tests
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)   # fleet-mode tests
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         say "installing ${missing[*]}"

@@ -8,7 +8,7 @@ use super::reply::{error_reply, field_errors_reply, json_reply};
 use crate::auth::{now_unix, KeyAdminError, KeyPatch, KeyRegistry, NewKey};
 use crate::state::AppState;
 
-fn admin_error(e: &KeyAdminError) -> Response<Vec<u8>> {
+pub(super) fn admin_error(e: &KeyAdminError) -> Response<Vec<u8>> {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status == StatusCode::BAD_REQUEST {
         return field_errors_reply(&e.to_string(), "invalid_key", &e.field_errors());
@@ -21,7 +21,7 @@ fn admin_error(e: &KeyAdminError) -> Response<Vec<u8>> {
     error_reply(status, &e.to_string(), code)
 }
 
-fn bad_json(e: serde_json::Error) -> Response<Vec<u8>> {
+pub(super) fn bad_json(e: serde_json::Error) -> Response<Vec<u8>> {
     field_errors_reply(
         &format!("Invalid request body: {e}."),
         "invalid_json",

@@ -4,6 +4,7 @@
 
 mod config_api;
 mod fleet_api;
+mod fleet_mode_api;
 mod keys_api;
 mod reply;
 
@@ -24,11 +25,18 @@ const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
 pub struct AdminApp {
     state: Arc<AppState>,
+    /// Fleet mode: keys, usage and reloads go through Redis.
+    fleet: Option<Arc<crate::distributed::FleetLink>>,
 }
 
 impl AdminApp {
     pub fn new(state: Arc<AppState>) -> AdminApp {
-        AdminApp { state }
+        AdminApp { state, fleet: None }
+    }
+
+    pub fn with_fleet(mut self, link: Option<Arc<crate::distributed::FleetLink>>) -> AdminApp {
+        self.fleet = link;
+        self
     }
 
     /// `Err` carries the 401 to send.
@@ -134,6 +142,33 @@ impl AdminApp {
         method: &str,
         path: &str,
     ) -> Response<Vec<u8>> {
+        let scope_fleet = session
+            .req_header()
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "scope=fleet"));
+        let fleet = self.fleet.as_deref();
+        match (method, path, fleet) {
+            ("GET", "/admin/fleet", Some(link)) => fleet_mode_api::view(&self.state, link).await,
+            ("GET", "/admin/usage", Some(link)) if scope_fleet => fleet_mode_api::usage(link).await,
+            ("POST", "/admin/reload", Some(link)) if scope_fleet => {
+                fleet_mode_api::reload(link).await
+            }
+            (_, "/admin/fleet", None) => error_reply(
+                StatusCode::NOT_FOUND,
+                "Fleet mode is off: the config has no [fleet] section.",
+                "fleet_disabled",
+            ),
+            _ => self.single(session, method, path).await,
+        }
+    }
+
+    async fn single(
+        &self,
+        session: &mut ServerSession,
+        method: &str,
+        path: &str,
+    ) -> Response<Vec<u8>> {
         match (method, path) {
             ("GET", "/admin/config") => config_api::show(&self.state),
             ("POST", "/admin/config/validate") => match read_body(session).await {
@@ -158,7 +193,12 @@ impl AdminApp {
                 } else {
                     Bytes::new()
                 };
-                keys_api::handle(&self.state, method, rest, &body)
+                match self.fleet.as_deref() {
+                    Some(link) => {
+                        fleet_mode_api::keys(&self.state, link, method, rest, &body).await
+                    }
+                    None => keys_api::handle(&self.state, method, rest, &body),
+                }
             }
             _ => not_found(method, path),
         }

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -52,6 +53,8 @@ pub struct KeyRegistry {
     path: PathBuf,
     current: ArcSwap<KeySet>,
     writer: Mutex<()>,
+    /// Fleet mode: the keys come from the shared store (`replace_all`), not the file.
+    remote: AtomicBool,
 }
 
 impl KeyRegistry {
@@ -76,6 +79,7 @@ impl KeyRegistry {
             path,
             current: ArcSwap::from_pointee(KeySet::new(keys)),
             writer: Mutex::new(()),
+            remote: AtomicBool::new(false),
         }
     }
 
@@ -87,6 +91,9 @@ impl KeyRegistry {
     /// Returns the number of keys now loaded.
     pub fn reload(&self) -> Result<usize, KeysFileError> {
         let _writer = self.lock_writer();
+        if self.remote.load(Ordering::Acquire) {
+            return Ok(self.len()); // fleet mode: Redis is the source, synced on its own
+        }
         let keys = file::load(&self.path)?;
         let n = keys.len();
         self.current.store(Arc::new(KeySet::new(keys)));
@@ -205,6 +212,14 @@ impl KeyRegistry {
                 .ok_or_else(|| KeyAdminError::NotFound(name.to_string()))?;
             Ok(keys.remove(i))
         })
+    }
+
+    /// Fleet mode: replaces the whole set with the shared store's (requests see the old set
+    /// or the new one, never a mix). From then on `reload` leaves the set alone.
+    pub fn replace_all(&self, keys: Vec<ApiKey>) {
+        let _writer = self.lock_writer();
+        self.remote.store(true, Ordering::Release);
+        self.current.store(Arc::new(KeySet::new(keys)));
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -23,6 +23,9 @@ pub struct ConfigFile {
     pub clusters: Vec<ClusterSection>,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    /// Several instances sharing keys, limits and usage through Redis (`config/fleet.rs`).
+    #[serde(default)]
+    pub fleet: Option<super::fleet::FleetSection>,
 }
 
 #[derive(Debug, Deserialize)]

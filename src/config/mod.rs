@@ -4,6 +4,7 @@
 mod cluster;
 pub mod diff;
 pub mod file;
+pub mod fleet;
 pub mod model;
 
 use std::collections::{HashMap, HashSet};
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use toml::Spanned;
 
+pub use fleet::FleetSettings;
 pub use model::{
     AccessLogTarget, AuthSettings, Cluster, Config, Flavour, Replica, Route, ServerSettings,
     TlsFiles,
@@ -232,6 +234,17 @@ impl Validator<'_> {
         }
     }
 
+    fn fleet(&mut self, raw: &fleet::FleetSection, server: &ServerSettings) -> FleetSettings {
+        let port = server.listen.first().or(server.tls_listen.first());
+        let (settings, issues) =
+            fleet::validate(raw, port.map(|a| a.port()), |p| self.relative_to_config(p));
+        for (span, field, message) in issues {
+            let issue = self.at.issue(span, field, message);
+            self.issues.push(issue);
+        }
+        settings
+    }
+
     /// Relative paths in a config file are relative to that file's directory.
     fn relative_to_config(&self, path: &str) -> PathBuf {
         let p = Path::new(path);
@@ -281,7 +294,9 @@ impl Validator<'_> {
             None => Default::default(),
         };
         let rules = self.rules(&raw.rules, &clusters, &model_order);
+        let fleet = raw.fleet.as_ref().map(|f| self.fleet(f, &server));
         Config {
+            fleet,
             server,
             clusters,
             routes,

@@ -148,6 +148,8 @@ pub struct Config {
     pub rules: Arc<crate::rules::RuleSet>,
     /// Unix seconds when this config was loaded (the `created` of `/v1/models`).
     pub loaded_at_unix: u64,
+    /// `None`: a single node (the default); no Redis.
+    pub fleet: Option<super::fleet::FleetSettings>,
 }
 
 impl Config {

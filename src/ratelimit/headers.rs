@@ -44,6 +44,9 @@ impl RateLimitHeaders {
         if let Some(wait) = self.retry_after {
             out.push(("retry-after", retry_after_seconds(wait).to_string()));
             out.push(("retry-after-ms", retry_after_millis(wait).to_string()));
+            if wait > SDK_MAX_RETRY_AFTER {
+                out.push(("x-should-retry", "false".to_string()));
+            }
         }
         out
     }
@@ -58,6 +61,12 @@ impl RateLimitHeaders {
         }
     }
 }
+
+/// The longest `retry-after` every official SDK honours (the OpenAI Node SDK and the Vercel
+/// AI SDK ignore longer ones, the Python SDK above 120 s, and then burn their retries on 429s
+/// that cannot succeed): beyond it a 429 says `x-should-retry: false`, which the OpenAI SDKs
+/// obey at once.
+pub const SDK_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// `retry-after`: whole seconds, rounded up, at least 1 (0 would invite an immediate retry
 /// that is bound to fail).
@@ -189,5 +198,17 @@ mod tests {
         assert_eq!(map["retry-after-ms"], "6596");
         assert_eq!(map.len(), 8);
         assert!(RateLimitHeaders::default().pairs().is_empty());
+        let long = RateLimitHeaders {
+            retry_after: Some(ms(60_001)),
+            ..RateLimitHeaders::default()
+        };
+        assert!(long
+            .pairs()
+            .contains(&("x-should-retry", "false".to_string())));
+        let short = RateLimitHeaders {
+            retry_after: Some(ms(60_000)),
+            ..RateLimitHeaders::default()
+        };
+        assert!(short.pairs().iter().all(|(k, _)| *k != "x-should-retry"));
     }
 }

@@ -141,8 +141,10 @@ pub struct LeasedBucket {
     last_plan: Instant,
     /// The largest amount refused for lack of lease since the last plan.
     short: u64,
+    /// Last demand (admitted or refused).
     last_used: Instant,
-    /// May admit one lease on credit (fresh bucket, or idle since its lease was returned).
+    /// May admit up to one lease on credit until the next exchange (fresh bucket, or idle
+    /// since its lease was returned).
     cold: bool,
     /// While the store is down (local-share): the local bucket, and what it admitted.
     fallback: Option<TokenBucket>,
@@ -201,7 +203,10 @@ impl LeasedBucket {
                 let mut b = TokenBucket::new(share, self.period, now);
                 // Start from this instance's part of what the fleet had left, so an outage
                 // does not hand every instance a fresh burst.
-                let left = self.remote.remaining.div_ceil(u64::from(self.shared.instances()));
+                let left = self
+                    .remote
+                    .remaining
+                    .div_ceil(u64::from(self.shared.instances()));
                 if self.synced_once && left < share {
                     let _ = b.try_take(share - left, now);
                 }
@@ -212,11 +217,14 @@ impl LeasedBucket {
         }
     }
 
-    /// Whether `amount` could be taken now, without taking it.
+    /// Whether `amount` could be taken now, without taking it. Records the demand either
+    /// way: a key refused while the fleet bucket is empty must not count as idle, and the
+    /// next lease must fit the refused amount.
     pub fn check(&mut self, amount: u64, now: Instant) -> Result<(), Refusal> {
         if amount > self.capacity {
             return Err(Refusal::ExceedsCapacity);
         }
+        self.last_used = now;
         self.follow_store(now);
         let amount_i = i64::try_from(amount).unwrap_or(i64::MAX);
         if self.balance >= amount_i {
@@ -241,24 +249,17 @@ impl LeasedBucket {
         // The sync task tops the lease up within one interval; the store's own wait when the
         // fleet bucket itself is empty.
         let wait = self.remote.wait.max(self.shared.params.sync_interval);
+        self.short = self.short.max(amount);
         Err(Refusal::RetryAfter(wait))
     }
 
     /// Takes `amount` if `check` allows it; otherwise changes nothing.
     pub fn try_take(&mut self, amount: u64, now: Instant) -> Result<(), Refusal> {
-        if let Err(refusal) = self.check(amount, now) {
-            if matches!(refusal, Refusal::RetryAfter(_)) {
-                self.short = self.short.max(amount);
-            }
-            return Err(refusal);
-        }
+        self.check(amount, now)?;
         let amount_i = i64::try_from(amount).unwrap_or(i64::MAX);
-        self.last_used = now;
         self.spent = self.spent.saturating_add(amount);
         if self.balance >= amount_i || !self.shared.store_down() {
-            if self.balance < amount_i {
-                self.cold = false; // the credit is used; charged at the next sync
-            }
+            // Below zero: the cold credit, charged at the next exchange.
             self.balance -= amount_i;
         } else if let Some(b) = self.fallback.as_mut() {
             let _ = b.try_take(amount, now);
@@ -380,9 +381,8 @@ impl LeasedBucket {
             .saturating_add(i64::try_from(grant.granted).unwrap_or(i64::MAX));
         self.remote = grant;
         self.synced_once = true;
-        if grant.granted > 0 {
-            self.cold = false;
-        }
+        // Warm from the first exchange on: the credit comes back only after an idle return.
+        self.cold = false;
     }
 
     /// The exchange failed: take back what was given so nothing is lost or double-charged.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::lease::{Grant, SyncOp};
-use super::limiter::{Limiter, LimitSet, PERIODS};
+use super::limiter::{LimitSet, Limiter, PERIODS};
 use super::limits::{Dimension, Scope};
 
 const DIMS: [Dimension; 3] = [
@@ -106,24 +106,21 @@ mod tests {
     use crate::ratelimit::lease::{LeaseParams, LeaseShared, StoreBucket};
     use crate::ratelimit::{AdmissionRequest, GlobalLimits, KeyLimits, ModelLimits};
 
-    #[test]
-    fn a_hammered_key_is_limited_across_instances_by_one_store() {
+    /// Three limiters sharing one store bucket for 70 s, each trying 10 times per 100 ms;
+    /// returns what was admitted (requests, or metered tokens when `actual` > 0).
+    fn hammer(limits: KeyLimits, capacity: u64, estimate: u64, actual: u64) -> u64 {
         let t0 = Instant::now();
         let shared = LeaseShared::new(LeaseParams::default());
         shared.set_instances(3);
         let fleet: Vec<Limiter> = (0..3).map(|_| Limiter::leased(shared.clone())).collect();
-        let mut store = StoreBucket::new(60, 60_000, 0);
-        let limits = KeyLimits {
-            requests_per_minute: Some(60),
-            ..KeyLimits::default()
-        };
+        let mut store = StoreBucket::new(capacity, 60_000, 0);
         let req = AdmissionRequest {
             key_name: "acme",
             key_limits: &limits,
             model: "m",
             model_limits: &ModelLimits::default(),
             global_limits: &GlobalLimits::default(),
-            estimated_tokens: 1,
+            estimated_tokens: estimate,
         };
         let mut admitted = 0;
         // 70 s, every instance tries 10 times per 100 ms sync interval.
@@ -132,8 +129,8 @@ mod tests {
             for l in &fleet {
                 for _ in 0..10 {
                     if let Ok(r) = l.admit(&req, now) {
-                        admitted += 1;
-                        r.settle(1, now);
+                        admitted += if actual > 0 { actual } else { 1 };
+                        r.settle(actual, now);
                     }
                 }
                 for batch in l.plan_leases(now) {
@@ -147,7 +144,29 @@ mod tests {
                 }
             }
         }
-        // C + r·t = 60 + 70, plus at most N·(L + B) = 6.
+        admitted
+    }
+
+    #[test]
+    fn a_hammered_key_is_limited_across_instances_by_one_store() {
+        let limits = KeyLimits {
+            requests_per_minute: Some(60),
+            ..KeyLimits::default()
+        };
+        let admitted = hammer(limits, 60, 1, 0);
+        // C + r·t = 60 + 70, plus at most N·(L + B) = 6; not starved.
         assert!((120..=136).contains(&admitted), "admitted {admitted}");
+    }
+
+    #[test]
+    fn a_hammered_token_limit_is_neither_exceeded_nor_starved() {
+        let limits = KeyLimits {
+            tokens_per_minute: Some(6_000),
+            ..KeyLimits::default()
+        };
+        // Reserve 78, use 44: refunds stay in the local lease.
+        let admitted = hammer(limits, 6_000, 78, 44);
+        // C + r·t = 6 000 + 7 000, plus N·(L + B) = 600.
+        assert!((12_000..=13_600).contains(&admitted), "admitted {admitted}");
     }
 }

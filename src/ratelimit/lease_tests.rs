@@ -22,6 +22,7 @@ fn cold_bucket_admits_one_lease_on_credit_then_waits_for_the_store() {
     let mut b = LeasedBucket::new(shared(3), 60, Duration::from_secs(60), t0);
     assert_eq!(b.max_lease(), 1, "5 % of 60 / 3");
     assert!(b.try_take(1, t0).is_ok(), "the first request never waits");
+    assert!(b.try_take(1, t0).is_err(), "the credit is one lease");
     assert_eq!(
         b.try_take(1, t0),
         Err(Refusal::RetryAfter(Duration::from_millis(100)))
@@ -216,4 +217,22 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_key_refused_for_long_keeps_asking_for_the_refill() {
+    let t0 = Instant::now();
+    let mut b = LeasedBucket::new(shared(3), 60, Duration::from_secs(60), t0);
+    let mut store = StoreBucket::new(60, 60_000, 0);
+    store.tokens = 0.0;
+    let mut admitted = 0;
+    for tick in 1..=100u64 {
+        let now = t0 + Duration::from_millis(100 * tick);
+        sync(&mut b, &mut store, now, t0);
+        if b.try_take(1, now).is_ok() {
+            admitted += 1;
+        }
+    }
+    // 10 s at one per second, after the credit.
+    assert!((9..=11).contains(&admitted), "admitted {admitted}");
 }

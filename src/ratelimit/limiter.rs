@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use super::bucket::{Refusal, TokenBucket};
-use super::lease::{LeaseShared, LeasedBucket};
-use super::slot::Slot;
 use super::headers::{format_openai_duration, RateLimitHeaders, WindowState};
+use super::lease::{LeaseShared, LeasedBucket};
 use super::limits::{Dimension, GlobalLimits, KeyLimits, LimitKind, ModelLimits, Scope, SetLimits};
+use super::slot::Slot;
 
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);

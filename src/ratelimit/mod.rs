@@ -9,10 +9,10 @@
 pub mod bucket;
 pub mod headers;
 pub mod lease;
+pub mod lease_sync;
 pub mod limiter;
 pub mod limits;
 pub mod slot;
-pub mod lease_sync;
 pub mod usage;
 
 pub use bucket::{Refusal, TokenBucket};

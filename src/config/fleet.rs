@@ -1,0 +1,247 @@
+//! The optional `[fleet]` section: several instances sharing keys, limits and usage through
+//! Redis. Its file format and its validation into [`FleetSettings`]; without the section the
+//! gateway is a single node and nothing here is used.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::ratelimit::lease::DownMode;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// `redis://[user[:password]@]host:port[/db]` or `rediss://…` (TLS).
+    pub redis_url: Spanned<String>,
+    /// A file holding the Redis password (wins over one in the URL).
+    pub password_file: Option<Spanned<String>>,
+    /// Default: hostname + the first listen port.
+    pub instance_id: Option<Spanned<String>>,
+    /// Prefix of every Redis key and channel (several fleets can share one Redis).
+    pub key_prefix: Option<Spanned<String>>,
+    pub sync_interval_ms: Option<Spanned<u64>>,
+    /// Largest lease as a fraction of this instance's share of a limit.
+    pub lease_fraction: Option<Spanned<f64>>,
+    pub idle_return_ms: Option<Spanned<u64>>,
+    pub heartbeat_ms: Option<Spanned<u64>>,
+    /// Per Redis command; past it the command counts as failed.
+    pub redis_timeout_ms: Option<Spanned<u64>>,
+    pub key_check_ms: Option<Spanned<u64>>,
+    pub usage_push_ms: Option<Spanned<u64>>,
+    /// `local-share` (default), `fail-open` or `fail-closed`.
+    pub on_redis_down: Option<Spanned<String>>,
+}
+
+/// The validated `[fleet]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSettings {
+    pub redis_url: String,
+    pub password_file: Option<PathBuf>,
+    pub instance_id: String,
+    pub key_prefix: String,
+    pub sync_interval: Duration,
+    pub lease_fraction: f64,
+    pub idle_return: Duration,
+    pub heartbeat: Duration,
+    pub redis_timeout: Duration,
+    pub key_check: Duration,
+    pub usage_push: Duration,
+    pub on_redis_down: DownMode,
+}
+
+/// One problem: the span it points at, the field and the message.
+pub type FleetIssue = (Range<usize>, String, String);
+
+fn ms(
+    value: &Option<Spanned<u64>>,
+    field: &str,
+    default: u64,
+    issues: &mut Vec<FleetIssue>,
+) -> Duration {
+    match value {
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > 3_600_000 => {
+            issues.push((
+                v.span(),
+                format!("fleet.{field}"),
+                "must be between 1 and 3600000 ms".into(),
+            ));
+            Duration::from_millis(default)
+        }
+        Some(v) => Duration::from_millis(*v.get_ref()),
+        None => Duration::from_millis(default),
+    }
+}
+
+fn down_mode(value: &Option<Spanned<String>>, issues: &mut Vec<FleetIssue>) -> DownMode {
+    let Some(v) = value else {
+        return DownMode::LocalShare;
+    };
+    match v.get_ref().as_str() {
+        "local-share" => DownMode::LocalShare,
+        "fail-open" => DownMode::FailOpen,
+        "fail-closed" => DownMode::FailClosed,
+        other => {
+            issues.push((
+                v.span(),
+                "fleet.on_redis_down".into(),
+                format!("`{other}` is not one of `local-share`, `fail-open`, `fail-closed`"),
+            ));
+            DownMode::LocalShare
+        }
+    }
+}
+
+fn check_url(url: &Spanned<String>, issues: &mut Vec<FleetIssue>) {
+    let text = url.get_ref();
+    let rest = text
+        .strip_prefix("redis://")
+        .or_else(|| text.strip_prefix("rediss://"));
+    let host = rest.map(|r| r.rsplit('@').next().unwrap_or(r));
+    if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+        issues.push((
+            url.span(),
+            "fleet.redis_url".into(),
+            format!("`{text}` is not a `redis://host:port` or `rediss://host:port` URL"),
+        ));
+    }
+}
+
+/// Validates the section. `default_port` names the instance when `instance_id` is unset;
+/// `resolve` makes a path relative to the config file.
+pub fn validate(
+    raw: &FleetSection,
+    default_port: Option<u16>,
+    resolve: impl Fn(&str) -> PathBuf,
+) -> (FleetSettings, Vec<FleetIssue>) {
+    let mut issues = Vec::new();
+    check_url(&raw.redis_url, &mut issues);
+    let instance_id = match &raw.instance_id {
+        Some(id) => {
+            let ok = !id.get_ref().is_empty()
+                && id.get_ref().len() <= 128
+                && id.get_ref().chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                issues.push((
+                    id.span(),
+                    "fleet.instance_id".into(),
+                    "must be 1-128 printable characters without spaces".into(),
+                ));
+            }
+            id.get_ref().clone()
+        }
+        None => format!("{}:{}", hostname(), default_port.unwrap_or(0)),
+    };
+    let key_prefix = raw
+        .key_prefix
+        .as_ref()
+        .map_or_else(|| "tg".to_string(), |p| p.get_ref().clone());
+    if let Some(p) = &raw.key_prefix {
+        if p.get_ref().is_empty() || p.get_ref().contains(['{', '}', ' ']) {
+            issues.push((
+                p.span(),
+                "fleet.key_prefix".into(),
+                "must be non-empty, without braces or spaces".into(),
+            ));
+        }
+    }
+    let lease_fraction = match &raw.lease_fraction {
+        Some(f) if !(*f.get_ref() > 0.0 && *f.get_ref() <= 1.0) => {
+            issues.push((
+                f.span(),
+                "fleet.lease_fraction".into(),
+                "must be greater than 0 and at most 1".into(),
+            ));
+            0.05
+        }
+        Some(f) => *f.get_ref(),
+        None => 0.05,
+    };
+    let settings = FleetSettings {
+        redis_url: raw.redis_url.get_ref().clone(),
+        password_file: raw.password_file.as_ref().map(|p| resolve(p.get_ref())),
+        instance_id,
+        key_prefix,
+        sync_interval: ms(&raw.sync_interval_ms, "sync_interval_ms", 100, &mut issues),
+        lease_fraction,
+        idle_return: ms(&raw.idle_return_ms, "idle_return_ms", 2_000, &mut issues),
+        heartbeat: ms(&raw.heartbeat_ms, "heartbeat_ms", 1_000, &mut issues),
+        redis_timeout: ms(&raw.redis_timeout_ms, "redis_timeout_ms", 50, &mut issues),
+        key_check: ms(&raw.key_check_ms, "key_check_ms", 500, &mut issues),
+        usage_push: ms(&raw.usage_push_ms, "usage_push_ms", 1_000, &mut issues),
+        on_redis_down: down_mode(&raw.on_redis_down, &mut issues),
+    };
+    if let Some(path) = &settings.password_file {
+        if let Err(e) = std::fs::metadata(path) {
+            let span = raw.password_file.as_ref().map_or(0..0, |p| p.span());
+            issues.push((
+                span,
+                "fleet.password_file".into(),
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    }
+    (settings, issues)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "tokengate".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (FleetSettings, Vec<FleetIssue>) {
+        let raw: FleetSection = toml::from_str(text).unwrap();
+        validate(&raw, Some(8080), |p: &str| PathBuf::from(p))
+    }
+
+    #[test]
+    fn defaults() {
+        let (s, issues) = parse(r#"redis_url = "redis://127.0.0.1:6379""#);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(s.sync_interval, Duration::from_millis(100));
+        assert_eq!(s.on_redis_down, DownMode::LocalShare);
+        assert!(s.instance_id.ends_with(":8080"));
+        assert_eq!(s.key_prefix, "tg");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let (_, issues) = parse(
+            r#"redis_url = "http://x"
+               on_redis_down = "maybe"
+               lease_fraction = 0.0
+               sync_interval_ms = 0"#,
+        );
+        let fields: Vec<&str> = issues.iter().map(|i| i.1.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "fleet.redis_url",
+                "fleet.lease_fraction",
+                "fleet.sync_interval_ms",
+                "fleet.on_redis_down"
+            ]
+        );
+        assert!(toml::from_str::<FleetSection>("redis_url = \"redis://a\"\nredis = 1").is_err());
+    }
+
+    #[test]
+    fn modes_and_tls_urls() {
+        let (s, issues) = parse(
+            r#"redis_url = "rediss://user:pw@redis.internal:6380/2"
+               on_redis_down = "fail-closed""#,
+        );
+        assert!(issues.is_empty());
+        assert_eq!(s.on_redis_down, DownMode::FailClosed);
+    }
+}

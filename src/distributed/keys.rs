@@ -1,0 +1,298 @@
+//! API keys in Redis: one hash of records (hashes only, never secrets), a version counter
+//! bumped in the same script as every write, and a notification on each change. Every
+//! instance mirrors the whole set in its in-memory registry; the hot path reads only that.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::scripts::KEY_WRITE;
+use super::{metrics, FleetError, FleetLink};
+use crate::auth::admin::{apply_patch, validate_new};
+use crate::auth::{generate_secret, ApiKey, KeyAdminError, KeyHash, KeyPatch, KeyRegistry, NewKey};
+use crate::ratelimit::{KeyLimits, Limiter};
+
+/// A key record as stored in Redis (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredKey {
+    pub name: String,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub team: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub enabled: bool,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub limits: KeyLimits,
+    #[serde(default)]
+    pub created_at: Option<u64>,
+}
+
+impl From<&ApiKey> for StoredKey {
+    fn from(k: &ApiKey) -> Self {
+        StoredKey {
+            name: k.name.clone(),
+            hash: hex::encode(k.hash.0),
+            prefix: k.prefix.clone(),
+            team: k.team.clone(),
+            tags: k.tags.clone(),
+            models: k.models.clone(),
+            enabled: k.enabled,
+            expires_at: k.expires_at,
+            limits: k.limits,
+            created_at: k.created_at,
+        }
+    }
+}
+
+impl StoredKey {
+    pub fn into_key(self) -> Option<ApiKey> {
+        let bytes: [u8; 32] = hex::decode(&self.hash).ok()?.try_into().ok()?;
+        Some(ApiKey {
+            name: self.name,
+            hash: KeyHash(bytes),
+            prefix: self.prefix,
+            team: self.team,
+            tags: self.tags,
+            models: self.models,
+            enabled: self.enabled,
+            expires_at: self.expires_at,
+            limits: self.limits,
+            created_at: self.created_at,
+        })
+    }
+
+    fn json(key: &ApiKey) -> String {
+        serde_json::to_string(&StoredKey::from(key)).unwrap_or_default()
+    }
+}
+
+/// A key write that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetKeyError {
+    #[error(transparent)]
+    Key(#[from] KeyAdminError),
+    #[error("The fleet's key store (Redis) is unreachable, so the change was not made on any instance; retry when it is back. ({0})")]
+    Store(#[from] FleetError),
+}
+
+/// The version (`None`: never written, i.e. a new or wiped Redis) and every key in Redis,
+/// read in one transaction.
+pub async fn load_all(link: &FleetLink) -> Result<(Option<u64>, Vec<ApiKey>), FleetError> {
+    let mut conn = link.conn()?;
+    let (version, records): (Option<u64>, HashMap<String, String>) = link
+        .timed(
+            redis::pipe()
+                .atomic()
+                .get(link.names.keys_version())
+                .hgetall(link.names.keys_hash())
+                .query_async(&mut conn),
+        )
+        .await?;
+    let mut keys = Vec::with_capacity(records.len());
+    for (name, json) in records {
+        match serde_json::from_str::<StoredKey>(&json)
+            .ok()
+            .and_then(StoredKey::into_key)
+        {
+            Some(k) => keys.push(k),
+            None => log::error!("fleet: key record `{name}` in Redis is malformed; skipped"),
+        }
+    }
+    Ok((version, keys))
+}
+
+/// Swaps the registry's set for Redis's; forgets the buckets of keys that are gone.
+pub fn apply(registry: &KeyRegistry, limiter: &Limiter, keys: Vec<ApiKey>, trigger: &str) {
+    let before: BTreeSet<String> = registry.list().iter().map(|k| k.name.clone()).collect();
+    let after: BTreeSet<String> = keys.iter().map(|k| k.name.clone()).collect();
+    registry.replace_all(keys);
+    for gone in before.difference(&after) {
+        limiter.forget_key(gone);
+    }
+    metrics::KEY_SYNCS.with_label_values(&[trigger]).inc();
+}
+
+async fn write(link: &FleetLink, name: &str, json: &str, mode: &str) -> Result<u64, FleetError> {
+    let mut conn = link.conn()?;
+    let mut invocation = KEY_WRITE.prepare_invoke();
+    invocation
+        .key(link.names.keys_hash())
+        .key(link.names.keys_version())
+        .arg(name)
+        .arg(json)
+        .arg(mode)
+        .arg(link.names.keys_channel());
+    link.timed(invocation.invoke_async(&mut conn)).await
+}
+
+/// Creates a key in Redis; returns its secret (shown once) and the key.
+pub async fn create(
+    link: &FleetLink,
+    new: NewKey,
+    now_unix: u64,
+) -> Result<(String, ApiKey), FleetKeyError> {
+    let expires_at = validate_new(&new, now_unix)?;
+    let secret = generate_secret().map_err(|e| FleetError::Unreachable(e.to_string()))?;
+    let key = ApiKey {
+        name: new.name.clone(),
+        hash: secret.hash,
+        prefix: Some(secret.prefix),
+        team: new.team,
+        tags: new.tags,
+        models: new.models,
+        enabled: new.enabled,
+        expires_at,
+        limits: new.limits,
+        created_at: Some(now_unix),
+    };
+    match write(link, &key.name, &StoredKey::json(&key), "create").await? {
+        0 => Err(KeyAdminError::Conflict(new.name).into()),
+        _ => Ok((secret.secret, key)),
+    }
+}
+
+async fn get(link: &FleetLink, name: &str) -> Result<Option<String>, FleetError> {
+    let mut conn = link.conn()?;
+    link.timed(
+        redis::cmd("HGET")
+            .arg(link.names.keys_hash())
+            .arg(name)
+            .query_async(&mut conn),
+    )
+    .await
+}
+
+/// Changes a key in Redis (compare-and-set on the record; retried if another instance wrote
+/// it in between).
+pub async fn update(
+    link: &FleetLink,
+    name: &str,
+    patch: &KeyPatch,
+    now_unix: u64,
+) -> Result<ApiKey, FleetKeyError> {
+    for _ in 0..5 {
+        let Some(old) = get(link, name).await? else {
+            return Err(KeyAdminError::NotFound(name.to_string()).into());
+        };
+        let current = serde_json::from_str::<StoredKey>(&old)
+            .ok()
+            .and_then(StoredKey::into_key)
+            .ok_or_else(|| FleetError::Unreachable(format!("key record `{name}` is malformed")))?;
+        let changed = apply_patch(&current, patch, now_unix)?;
+        let mode = format!("replace:{old}");
+        if write(link, name, &StoredKey::json(&changed), &mode).await? != 0 {
+            return Ok(changed);
+        }
+    }
+    Err(FleetError::Unreachable(format!("key `{name}` kept changing; not updated")).into())
+}
+
+pub async fn delete(link: &FleetLink, name: &str) -> Result<(), FleetKeyError> {
+    match write(link, name, "", "delete").await? {
+        0 => Err(KeyAdminError::NotFound(name.to_string()).into()),
+        _ => Ok(()),
+    }
+}
+
+/// `tokengate key import`: writes every key of a keys file into Redis. Existing names are
+/// kept unless `overwrite`. Returns (written, skipped).
+pub async fn import(
+    link: &FleetLink,
+    keys: &[ApiKey],
+    overwrite: bool,
+) -> Result<(usize, usize), FleetError> {
+    let mode = if overwrite { "put" } else { "create" };
+    let (mut written, mut skipped) = (0, 0);
+    for key in keys {
+        if write(link, &key.name, &StoredKey::json(key), mode).await? == 0 {
+            skipped += 1;
+        } else {
+            written += 1;
+        }
+    }
+    Ok((written, skipped))
+}
+
+/// Loads the keys from Redis into `registry` if they changed since `applied` (or the
+/// registry object changed, e.g. a reload pointing at another keys file). Returns the
+/// version now applied.
+pub async fn refresh(
+    link: &FleetLink,
+    registry: &Arc<KeyRegistry>,
+    limiter: &Limiter,
+    applied: Option<u64>,
+    trigger: &str,
+) -> Result<u64, FleetError> {
+    if let Some(v) = applied {
+        let mut conn = link.conn()?;
+        let now: Option<u64> = link
+            .timed(
+                redis::cmd("GET")
+                    .arg(link.names.keys_version())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if now.unwrap_or(0) == v {
+            return Ok(v);
+        }
+    }
+    let (version, keys) = load_all(link).await?;
+    if version.is_none() && keys.is_empty() && !registry.is_empty() {
+        // No version counter: this Redis never held keys or lost them (restarted without
+        // persistence). Deleting every key leaves the counter, so this is never a deletion:
+        // re-seed it from memory instead of locking every client out.
+        let mine: Vec<ApiKey> = registry.list().iter().map(|k| (**k).clone()).collect();
+        let (written, _) = import(link, &mine, false).await?;
+        log::warn!("fleet: Redis has no keys (new or wiped); re-seeded {written} from memory");
+        return Box::pin(refresh(link, registry, limiter, None, trigger)).await;
+    }
+    apply(registry, limiter, keys, trigger);
+    Ok(version.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_without_secrets() {
+        let key = ApiKey {
+            name: "acme".into(),
+            hash: KeyHash::of("tg-secret"),
+            prefix: Some("abcd".into()),
+            team: Some("t".into()),
+            tags: vec!["x".into()],
+            models: vec![],
+            enabled: true,
+            expires_at: Some(10),
+            limits: KeyLimits {
+                requests_per_minute: Some(60),
+                ..KeyLimits::default()
+            },
+            created_at: Some(1),
+        };
+        let json = StoredKey::json(&key);
+        assert!(!json.contains("tg-secret"));
+        let back = serde_json::from_str::<StoredKey>(&json)
+            .unwrap()
+            .into_key()
+            .unwrap();
+        assert_eq!(back, key);
+        assert!(
+            serde_json::from_str::<StoredKey>(r#"{"name":"a","hash":"zz","enabled":true}"#)
+                .unwrap()
+                .into_key()
+                .is_none()
+        );
+    }
+}
