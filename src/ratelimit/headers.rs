@@ -77,7 +77,7 @@ pub fn retry_after_seconds(wait: Duration) -> u64 {
 
 /// `retry-after-ms`: milliseconds, rounded up, at least 1.
 pub fn retry_after_millis(wait: Duration) -> u64 {
-    let ms = wait.as_millis() + u128::from(wait.as_nanos() % 1_000_000 > 0);
+    let ms = wait.as_millis() + u128::from(!wait.as_nanos().is_multiple_of(1_000_000));
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
 }
 
@@ -85,7 +85,7 @@ pub fn retry_after_millis(wait: Duration) -> u64 {
 /// rounded up (a reset time must not be early). `"0s"`, `"120ms"`, `"1s"`, `"6.596s"`,
 /// `"6m0s"`, `"1h2m3s"`.
 pub fn format_openai_duration(d: Duration) -> String {
-    let ms = d.as_millis() + u128::from(d.as_nanos() % 1_000_000 > 0);
+    let ms = d.as_millis() + u128::from(!d.as_nanos().is_multiple_of(1_000_000));
     if ms == 0 {
         return "0s".to_string();
     }
