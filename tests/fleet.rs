@@ -709,7 +709,7 @@ mod timing {
     /// nothing until `healthy_after` (m = 3) probes passed, then takes traffic again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_replica_is_ejected_within_two_intervals_and_readmitted_after_m_passes() {
-        let _serial = serial();
+        let _serial = serial().await;
         const INTERVAL: Duration = Duration::from_millis(200);
         let sim_args = ["--served-model-name", SERVED, "--itl-ms", "5"];
         let a = Sim::start(&sim_args);
@@ -855,7 +855,7 @@ mod timing {
     /// reaches it while out, back after m = 2 passes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failing_health_ejects_after_k_probes_and_the_replica_gets_nothing_while_out() {
-        let _serial = serial();
+        let _serial = serial().await;
         const INTERVAL: Duration = Duration::from_millis(200);
         let sim_args = ["--served-model-name", SERVED, "--itl-ms", "2"];
         let a = Sim::start(&sim_args);
@@ -954,7 +954,7 @@ mod timing {
     /// probe passes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_loading_replica_gets_nothing_until_its_first_probe_passes() {
-        let _serial = serial();
+        let _serial = serial().await;
         let sim_args = ["--served-model-name", SERVED, "--itl-ms", "2"];
         let a = Sim::start(&sim_args);
         let b = Sim::start(&sim_args);
@@ -1074,7 +1074,7 @@ mod timing {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn least_outstanding_and_load_aware_send_less_to_a_slow_replica_than_round_robin() {
-        let _serial = serial();
+        let _serial = serial().await;
         let fast1 = Sim::start(&["--served-model-name", SERVED, "--itl-ms", "10"]);
         let fast2 = Sim::start(&["--served-model-name", SERVED, "--itl-ms", "10"]);
         let slow = Sim::start(&["--served-model-name", SERVED, "--itl-ms", "40"]);
@@ -1154,7 +1154,7 @@ mod timing {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn prefix_affinity_keeps_a_shared_prefix_on_one_replica_and_spreads_distinct_ones() {
-        let _serial = serial();
+        let _serial = serial().await;
         let sim_args = ["--served-model-name", SERVED, "--itl-ms", "2"];
         let s1 = Sim::start(&sim_args);
         let s2 = Sim::start(&sim_args);
@@ -1299,7 +1299,7 @@ mod timing {
 
     #[tokio::test]
     async fn no_first_byte_within_read_ms_is_a_504_without_retry() {
-        let _serial = serial();
+        let _serial = serial().await;
         const READ: Duration = Duration::from_millis(500);
         let slow = Sim::start(&["--served-model-name", SERVED, "--ttft-ms", "10000"]);
         let other = Sim::start(&["--served-model-name", SERVED, "--ttft-ms", "10000"]);
@@ -1329,7 +1329,7 @@ mod timing {
 
     #[tokio::test]
     async fn an_idle_gap_mid_stream_ends_with_an_error_event_and_no_done() {
-        let _serial = serial();
+        let _serial = serial().await;
         const READ: Duration = Duration::from_millis(500);
         let sim = Sim::start(&["--served-model-name", SERVED]);
         let proxy = Proxy::start(
@@ -1365,7 +1365,7 @@ mod timing {
     /// an error event after about 1 s (bound: 3 s).
     #[tokio::test]
     async fn total_ms_caps_a_long_stream() {
-        let _serial = serial();
+        let _serial = serial().await;
         const TOTAL: Duration = Duration::from_millis(1000);
         let sim = Sim::start(&["--served-model-name", SERVED]);
         let proxy = Proxy::start(

@@ -883,7 +883,7 @@ mod timing {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_per_minute_admits_exactly_the_limit_then_refills_one_per_second() {
-        let _serial = serial();
+        let _serial = serial().await;
         let sim = sim();
         let keys = KeysFile::new();
         let rpm = KeyLimits {
@@ -996,7 +996,7 @@ mod timing {
 
     #[tokio::test]
     async fn tokens_are_reserved_up_front_then_settled_to_the_metered_usage() {
-        let _serial = serial();
+        let _serial = serial().await;
         const TPM: u64 = 100_000;
         // A small request's usage (< 200 tokens) refills in 0.12 s at 1667 tokens/s: wait 3x.
         const SMALL_REFILL: Duration = Duration::from_millis(400);

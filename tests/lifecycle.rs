@@ -654,7 +654,7 @@ mod timing {
     /// `graceful_shutdown_timeout_seconds` and exits; a stream still running then is cut.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sigterm_drains_in_flight_streams_and_refuses_new_connections() {
-        let _serial = serial();
+        let _serial = serial().await;
         const GRACE: u64 = 4;
         const SHUTDOWN: u64 = 1;
         // Bounds past a configured period: 3 x the shutdown timeout.
@@ -749,7 +749,7 @@ mod timing {
     /// exited every new connection is served (by B, the only process left).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn binary_upgrade_under_load_drops_nothing() {
-        let _serial = serial();
+        let _serial = serial().await;
         const GRACE: u64 = 12;
         const STREAM_TOKENS: u32 = 100; // x 100 ms: ~10 s per stream
         let sim = Sim::start(&["--served-model-name", "s"]);

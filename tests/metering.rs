@@ -186,7 +186,7 @@ mod timing {
 
     #[tokio::test]
     async fn client_disconnect_cancels_the_upstream_within_a_second() {
-        let _serial = serial();
+        let _serial = serial().await;
         let (sim, proxy) = setup(&["--itl-ms", "20"]);
         let response = client()
             .post(proxy.url("/v1/chat/completions"))

@@ -299,7 +299,7 @@ mod timing {
 
     #[tokio::test]
     async fn oversized_body_is_refused_fast_without_reading_it() {
-        let _serial = serial();
+        let _serial = serial().await;
         let f = fleet();
         let body = chat_body_model_last("alpha", 17 * 1024 * 1024);
         let started = Instant::now();
@@ -326,7 +326,7 @@ mod timing {
 
     #[tokio::test]
     async fn upstream_failures_map_to_502_503_504() {
-        let _serial = serial();
+        let _serial = serial().await;
         // Every replica refuses while health checks still trust them: 502. With active checks
         // they never pass a probe, so there is no replica to try: 503.
         let proxy = Proxy::start(

@@ -14,7 +14,7 @@ mod timing {
 
     #[tokio::test]
     async fn first_event_arrives_before_the_replica_finishes() {
-        let _serial = serial();
+        let _serial = serial().await;
         let sim = Sim::start(&["--served-model-name", "served", "--itl-ms", "100"]);
         let proxy = Proxy::start(
             &ProxyConfig::default()

@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -140,10 +140,10 @@ pub fn dead_addr() -> SocketAddr {
 
 /// The process-wide lock of the timing group: a `timing::` test holds it for its whole run, so
 /// two never overlap even under a plain `cargo test` (run-all.sh also runs them one at a time,
-/// after everything else).
-pub fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// after everything else). Async-aware: each test has its own runtime and awaits with it held.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 /// Poll `probe` (every 10 ms) until it yields `Some`; panics after `within` naming `what`.
