@@ -428,7 +428,7 @@ async fn missing_unknown_disabled_and_expired_keys_get_401_and_secrets_never_lea
         assert!(Instant::now() < deadline, "clock did not reach expires_at");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // No extra sleep: the key is expired from `expires_at` on (`now >= at`), by the same clock.
     let r = post_chat(&c, proxy.addr, Present::Bearer(&carol), &body, &[]).await;
     r.expect_error(401, "api_key_expired");
     assert!(
