@@ -18,7 +18,7 @@ pub struct FleetSection {
     pub redis_url: Spanned<String>,
     /// A file holding the Redis password (wins over one in the URL).
     pub password_file: Option<Spanned<String>>,
-    /// Default: hostname + the first listen port.
+    /// Default: hostname + the first listen port (or the pid when that port is 0).
     pub instance_id: Option<Spanned<String>>,
     /// Prefix of every Redis key and channel (several fleets can share one Redis).
     pub key_prefix: Option<Spanned<String>>,
@@ -132,7 +132,11 @@ pub fn validate(
             }
             id.get_ref().clone()
         }
-        None => format!("{}:{}", hostname(), default_port.unwrap_or(0)),
+        // Port 0 (bound by the OS) names nothing stable: the pid tells instances apart.
+        None => match default_port.filter(|p| *p != 0) {
+            Some(port) => format!("{}:{port}", hostname()),
+            None => format!("{}:pid{}", hostname(), std::process::id()),
+        },
     };
     let key_prefix = raw
         .key_prefix
