@@ -183,13 +183,25 @@ mod timing {
         fleet.redis.signal(libc::SIGSTOP);
         let (s_during, during) = steady(&fleet.nodes, &secret, run, pace).await;
         fleet.redis.signal(libc::SIGCONT);
-        let (b, d) = (p99(before.clone()), p99(during.clone()));
+        let (s_after, after) = steady(&fleet.nodes, &secret, run, pace).await;
+        let (b, d, a) = (p99(before.clone()), p99(during.clone()), p99(after));
         eprintln!(
-            "p99 before the stall {b:?} ({} requests), during the 5 s SIGSTOP {d:?} ({} requests)",
+            "p99 before the stall {b:?} ({} requests), during the 5 s SIGSTOP {d:?} ({} \
+             requests), after {a:?}",
             before.len(),
             during.len()
         );
-        assert!(s_before.iter().chain(&s_during).all(|s| *s == 200));
+        assert!(s_after.iter().all(|s| *s == 200));
+        // The machine is shared: the baseline is the worse of the windows around the stall,
+        // so drift in the machine's load is not blamed on Redis. A request waiting on the
+        // stalled Redis would wait for its 50 ms timeout, far above either.
+        let b = b.max(a);
+        let not_ok: Vec<_> = s_before
+            .iter()
+            .chain(&s_during)
+            .filter(|s| **s != 200)
+            .collect();
+        assert!(not_ok.is_empty(), "not 200: {not_ok:?}");
         assert!(
             d <= b + Duration::from_millis(1),
             "p99 rose from {b:?} to {d:?}"

@@ -40,7 +40,7 @@ pub enum DownMode {
 /// Lease sizing, fixed per process.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LeaseParams {
-    /// How often the sync task runs; a lease lasts about two of these at the current rate.
+    /// How often the sync task runs; a lease lasts about four of these at the current rate.
     pub sync_interval: Duration,
     /// Largest lease as a fraction of this instance's share (`capacity / instances`).
     pub max_fraction: f64,
@@ -364,10 +364,11 @@ impl LeasedBucket {
         op
     }
 
-    /// The lease to hold: about two sync intervals at the recent rate, at least the largest
-    /// amount refused meanwhile (one request must fit), at most the largest lease.
+    /// The lease to hold: four sync intervals at the recent rate (the next top-up, plus the
+    /// time to notice a stalled store before the lease runs dry), at least the largest amount
+    /// refused meanwhile (one request must fit), at most the largest lease.
     fn target(&self, short: u64) -> u64 {
-        let by_rate = (2.0 * self.rate * self.shared.params.sync_interval.as_secs_f64()).ceil();
+        let by_rate = (4.0 * self.rate * self.shared.params.sync_interval.as_secs_f64()).ceil();
         let by_rate = by_rate.min(self.capacity as f64) as u64;
         let floor = short.max(1);
         let ceiling = self.max_lease().max(short);
