@@ -4,7 +4,8 @@
 //! - pure logic: [`errors`], [`config`], [`routing`], [`metering`], [`upstream_error`],
 //!   [`fleet`] (replica health and selection)
 //! - shared runtime state: [`state`], [`metrics`]
-//! - adapters: [`proxy`] (the only module that sees a Pingora `Session`), [`admin`]
+//! - adapters: [`proxy`] (the only module that sees a Pingora `Session`), [`admin`],
+//!   [`distributed`] (fleet mode: the Redis adapter and its background service)
 //! - wiring: [`server`], [`demo`]; the replica simulator [`sim`] is a test and demo tool.
 
 pub mod accesslog;
