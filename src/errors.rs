@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::ratelimit::RateLimited;
 use crate::routing::body::BodyError;
+use crate::routing::RouteError;
 
 /// An error answered to the client by tokengate itself (not relayed from a replica).
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +221,24 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&
     };
     // Serialising plain strings into a Vec cannot fail.
     Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> ApiError {
+        match e {
+            RouteError::UnknownPath { method, path } => ApiError::UnknownPath { method, path },
+            RouteError::MethodNotAllowed {
+                method,
+                path,
+                allowed,
+            } => ApiError::MethodNotAllowed {
+                method,
+                path,
+                allowed,
+            },
+            RouteError::ModelNotFound { model } => ApiError::ModelNotFound { model },
+        }
+    }
 }
 
 #[cfg(test)]

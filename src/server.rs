@@ -82,14 +82,14 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     // The proxy accepts only once every replica was probed (see HealthService).
     let health = server.add_service(background_service(
         "health",
-        crate::health_service::HealthService::new(&state),
+        crate::services::health::HealthService::new(&state),
     ));
     let proxy = server.add_service(proxy);
     proxy.add_dependency(&health);
     server.add_service(admin);
     server.add_service(background_service(
         "sighup reload",
-        crate::reload_signal::SighupReload {
+        crate::services::reload_signal::SighupReload {
             state: state.clone(),
         },
     ));

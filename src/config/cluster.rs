@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::file::ClusterSection;
 use super::model::{ClusterTimeouts, Flavour, ServerSettings};
-use super::Validator;
+use super::validate::Validator;
 use crate::fleet::{BalanceSettings, HealthSettings, PassiveSettings, Policy, ScrapeSettings};
 
 /// Everything of a cluster besides its name, flavour and replicas.

@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::Flavour;
+use super::Flavour;
 use crate::fleet::health::Transition;
 use crate::fleet::replica::{LoadSample, ReplicaId, ReplicaState};
 use crate::fleet::scrape::{extract_load, MAX_SCRAPE_BYTES};

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::time::Instant;
 
-use crate::config::Flavour;
+use super::Flavour;
 
 use super::replica::LoadSample;
 

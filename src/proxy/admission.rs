@@ -37,7 +37,7 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
     let path = session.req_header().uri.path().to_string();
     let endpoint = match routing::classify(&method, &path) {
         Ok(endpoint) => endpoint,
-        Err(e) => return reject(session, ctx, e, true).await,
+        Err(e) => return reject(session, ctx, e.into(), true).await,
     };
     ctx.endpoint = Some(endpoint);
     if endpoint == Endpoint::Health {
@@ -65,7 +65,7 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
             let alias =
                 percent_decode(path.trim_end_matches('/').trim_start_matches("/v1/models/"));
             let found = if visible(&alias) {
-                routing::model_json(&ctx.config, &alias)
+                routing::model_json(&ctx.config, &alias).map_err(ApiError::from)
             } else {
                 Err(ApiError::ModelNotFound { model: alias })
             };
@@ -169,7 +169,9 @@ async fn prepare_upstream(
         .as_ref()
         .is_none_or(|k| k.allows_model(&facts.model));
     let resolved = if allowed {
-        routing::resolve(&ctx.config, &facts.model).cloned()
+        routing::resolve(&ctx.config, &facts.model)
+            .cloned()
+            .map_err(ApiError::from)
     } else {
         Err(ApiError::ModelNotFound {
             model: facts.model.clone(),
