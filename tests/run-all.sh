@@ -42,6 +42,9 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+say "layer check (tests/check-layers.sh)"
+bash tests/check-layers.sh
+
 say "cargo test"
 export TOKENGATE_REQUIRE_PROMTOOL=1
 export TOKENGATE_REQUIRE_SYSTEMD_ANALYZE=1
