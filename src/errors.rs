@@ -139,6 +139,38 @@ impl ApiError {
         }
     }
 
+    /// The access log's `error`: the code, else the type.
+    pub fn log_code(&self) -> &str {
+        self.code().unwrap_or_else(|| self.error_type())
+    }
+
+    /// The `code` label of `tokengate_local_errors_total`: a fixed set. Rule denials carry a
+    /// code from the rule files, so they count as one `rule_denied`.
+    pub fn metric_code(&self) -> &'static str {
+        match self {
+            ApiError::RuleDenied { .. } => "rule_denied",
+            ApiError::InvalidBody(e) => e.code(),
+            ApiError::Unauthorized(e) => e.code(),
+            ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => {
+                "request_too_large"
+            }
+            ApiError::RateLimited(_) => RateLimited::CODE,
+            ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::UnknownPath { .. } => "unknown_url",
+            ApiError::ClientBodyTimeout => "request_timeout",
+            ApiError::InvalidRequestFraming(_) => "invalid_request",
+            ApiError::NoReplicaAvailable { .. } => "no_replica_available",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+            ApiError::UpstreamFailed { .. } | ApiError::UpstreamEmptyError { .. } => {
+                "upstream_error"
+            }
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
     pub fn param(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidBody(e) => e.param(),

@@ -76,6 +76,13 @@ counter_vec!(
     &["model"]
 );
 counter_vec!(
+    LOCAL_ERRORS,
+    "tokengate_local_errors_total",
+    "Errors tokengate answered itself (not relayed from a replica), by error code (a fixed set; \
+     rule denials are `rule_denied`).",
+    &["code"]
+);
+counter_vec!(
     RATE_LIMITED,
     "tokengate_rate_limited_total",
     "Requests refused with 429, by the limit that refused them.",
