@@ -1,4 +1,6 @@
 use super::*;
+use bytes::Bytes;
+use serde_json::Value;
 use proptest::prelude::*;
 
 fn scan(body: &str) -> Result<RequestFacts, BodyError> {
