@@ -2,6 +2,7 @@
 //!
 //! Layers (dependencies point down only; `tests/check-layers.sh` checks it):
 //! - leaves, plain Rust (std, serde, no Pingora): [`diagnostics`] (file problems),
+//!   [`estimate`] (the bytes-per-token estimate), [`usage_totals`] (admin usage totals),
 //!   [`upstream_error`], [`metering`], [`ratelimit`], [`rules`], [`fleet`] (replica health and
 //!   selection), [`auth`] (keys; uses `ratelimit`, `diagnostics`)
 //! - the validated model: [`config`] (file format → model; its TLS check is the one Pingora
@@ -20,6 +21,7 @@ pub mod config;
 pub mod demo;
 pub mod diagnostics;
 pub mod errors;
+pub mod estimate;
 pub mod fleet;
 pub mod metering;
 pub mod metrics;
@@ -32,3 +34,4 @@ pub mod services;
 pub mod sim;
 pub mod state;
 pub mod upstream_error;
+pub mod usage_totals;

@@ -31,6 +31,8 @@ report "pingora used outside the adapters (proxy, admin, services, server, confi
 leaf='config|errors|state|proxy|admin|server|services|routing|accesslog|metrics'
 rules=(
     "diagnostics:$leaf|auth|fleet|rules|ratelimit|metering|upstream_error"
+    "estimate:$leaf|auth|fleet|rules|ratelimit|metering|upstream_error|diagnostics"
+    "usage_totals:$leaf|auth|fleet|rules|ratelimit|metering|upstream_error"
     "upstream_error:$leaf|auth|fleet|rules|metering"
     "ratelimit:$leaf|auth|fleet|rules|metering"
     "metering:$leaf|auth|fleet|rules|ratelimit"

@@ -68,7 +68,7 @@ fn is_event_stream(response: &ResponseHeader) -> bool {
 
 /// Prompt tokens when the replica reports none (a cut stream): ~4 bytes per token.
 fn estimate_prompt_tokens(prompt_bytes: usize) -> u64 {
-    (prompt_bytes as u64).div_ceil(4)
+    crate::estimate::tokens_for(prompt_bytes as u64)
 }
 
 /// The cluster's `timeouts.total_ms` ran out while the response was still coming: end it.

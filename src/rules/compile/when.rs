@@ -12,6 +12,7 @@ use super::{known_list, MAX_DEPTH};
 use crate::rules::expr::{
     BoolField, BoolOp, Cmp, IntField, IpOp, Matcher, NumOp, StrField, StrOp, TagOp,
 };
+use crate::rules::input::BODY_FIELDS;
 use crate::rules::tree::{join, one_of, Cx, Node, Obj};
 use crate::rules::KnownNames;
 
@@ -19,7 +20,8 @@ const HEADS: &[&str] = &["field", "all", "any", "not", "always"];
 const OPERATORS: &[&str] = &[
     "equals", "in", "prefix", "regex", "gt", "gte", "lt", "lte", "exists", "cidr", "contains",
 ];
-const FIELDS: &[&str] = &[
+/// Request fields a `when` can test; the body's follow (`BODY_FIELDS`).
+const REQUEST_FIELDS: &[&str] = &[
     "method",
     "path",
     "header.<name>",
@@ -28,13 +30,6 @@ const FIELDS: &[&str] = &[
     "key.team",
     "key.tags",
     "model",
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "temperature",
-    "tools",
-    "prompt_bytes",
 ];
 
 pub(super) fn matcher(
@@ -196,7 +191,7 @@ fn field_kind(name: &str) -> Result<Kind, String> {
             None => {
                 return Err(format!(
                     "unknown field `{other}`; expected {}",
-                    one_of(FIELDS)
+                    one_of(&[REQUEST_FIELDS, BODY_FIELDS].concat())
                 ))
             }
         },
