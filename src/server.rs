@@ -64,6 +64,8 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
         // loads them again when the listener starts (also in a process taking over with -u,
         // which is how a certificate is rotated without dropping a connection).
         for addr in &server_settings.tls_listen {
+            // Start-up: config validation already loaded these files the same way (config/tls.rs).
+            #[allow(clippy::expect_used)]
             let mut settings =
                 TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
                     .expect("TLS settings from validated files");

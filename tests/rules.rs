@@ -1,6 +1,13 @@
 //! lua-free-rules end to end: every shipped example's action seen at the simulator (rewritten
 //! body, chosen cluster, headers), plus broken rule files rejected at load and at reload.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::path::{Path, PathBuf};

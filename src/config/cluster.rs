@@ -47,6 +47,7 @@ impl Validator<'_> {
         }
     }
 
+    #[allow(clippy::too_many_lines)] // TODO(#12): split by section
     pub(super) fn cluster_settings(
         &mut self,
         c: &ClusterSection,

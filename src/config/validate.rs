@@ -151,6 +151,7 @@ impl Validator<'_> {
         }
     }
 
+    #[allow(clippy::too_many_lines)] // TODO(#12): split by section
     fn server(&mut self, s: &file::ServerSection) -> ServerSettings {
         let mut listen = Vec::new();
         if s.listen.is_empty() && s.tls_listen.is_empty() {

@@ -90,6 +90,7 @@ pub(crate) fn compile_file(
     out
 }
 
+#[allow(clippy::too_many_lines)] // TODO(#12): split the table walk
 fn compile_rule(
     cx: &mut Cx<'_>,
     node: &Node,

@@ -149,6 +149,7 @@ pub(crate) fn run(rules: &RuleSet, tests: &[TestCase]) -> TestReport {
     report
 }
 
+#[allow(clippy::too_many_lines)] // TODO(#12): one comparison per expectation
 fn compare(e: &Expect, got: &RuleOutcome<'_>) -> Vec<Mismatch> {
     let mut out = Vec::new();
     let mut check = |what: &str, expected: String, actual: String| {

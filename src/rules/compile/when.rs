@@ -204,6 +204,7 @@ pub(super) fn header_name(name: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("`{name}` is not a valid HTTP header name"))
 }
 
+#[allow(clippy::too_many_lines)] // TODO(#12): one function per operator
 fn leaf(
     cx: &mut Cx<'_>,
     mut obj: Obj<'_>,
