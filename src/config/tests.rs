@@ -22,6 +22,16 @@ fn p(text: &str) -> Result<Config, ConfigError> {
 }
 
 #[test]
+fn port_zero_listeners_never_clash_but_fixed_ports_do() {
+    let zero = "listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"";
+    let c = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", zero)).unwrap();
+    assert_eq!(c.server.admin_listen.port(), 0);
+    let same = "listen = [\"127.0.0.1:8080\"]\nadmin_listen = \"127.0.0.1:8080\"";
+    let e = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", same)).unwrap_err();
+    assert!(e.to_string().contains("server.admin_listen"), "{e}");
+}
+
+#[test]
 fn parses_a_valid_config_with_defaults() {
     let c = p(GOOD).unwrap();
     assert_eq!(c.server.max_request_body_bytes, 16 * 1024 * 1024);

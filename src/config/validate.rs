@@ -170,7 +170,7 @@ impl Validator<'_> {
         for (i, addr) in s.tls_listen.iter().enumerate() {
             let field = format!("server.tls_listen[{i}]");
             if let Some(a) = self.socket_addr(addr, field.clone()) {
-                if listen.contains(&a) || tls_listen.contains(&a) {
+                if clashes(&a, &listen) || clashes(&a, &tls_listen) {
                     self.fail(addr, field, format!("`{a}` is already a listen address"));
                     continue;
                 }
@@ -181,7 +181,7 @@ impl Validator<'_> {
         let admin_listen = self
             .socket_addr(&s.admin_listen, "server.admin_listen".into())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-        if listen.contains(&admin_listen) || tls_listen.contains(&admin_listen) {
+        if clashes(&admin_listen, &listen) || clashes(&admin_listen, &tls_listen) {
             self.fail(
                 &s.admin_listen,
                 "server.admin_listen",
@@ -473,6 +473,12 @@ impl Validator<'_> {
         }
         (routes, order)
     }
+}
+
+/// `a` is already bound by `taken`. Port 0 never clashes: each such listener gets its own
+/// ephemeral port from the kernel (the tests' way to avoid guessing free ports).
+fn clashes(a: &SocketAddr, taken: &[SocketAddr]) -> bool {
+    a.port() != 0 && taken.contains(a)
 }
 
 fn valid_name(name: &str) -> bool {
