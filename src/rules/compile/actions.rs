@@ -140,11 +140,8 @@ impl<'v> Verb<'v> {
     fn required(&self, cx: &mut Cx<'_>, i: usize) -> Option<&'v Node> {
         let found = self.taken.get(i).copied().flatten();
         if found.is_none() {
-            cx.err(
-                &self.span,
-                &self.path,
-                format!("missing field `{}`", self.mods[i]),
-            );
+            let message = format!("missing field `{}`", self.mods[i]);
+            cx.err(&self.span, &self.path, message);
         }
         found
     }
