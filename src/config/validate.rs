@@ -151,43 +151,10 @@ impl Validator<'_> {
         }
     }
 
-    #[allow(clippy::too_many_lines)] // TODO(#12): split by section
     fn server(&mut self, s: &file::ServerSection) -> ServerSettings {
-        let mut listen = Vec::new();
-        if s.listen.is_empty() && s.tls_listen.is_empty() {
-            self.issues.push(self.at.issue(
-                0..0,
-                "server.listen".into(),
-                "at least one listen address (`listen` or `tls_listen`) is required".into(),
-            ));
-        }
-        for (i, addr) in s.listen.iter().enumerate() {
-            if let Some(a) = self.socket_addr(addr, format!("server.listen[{i}]")) {
-                listen.push(a);
-            }
-        }
-        let mut tls_listen = Vec::new();
-        for (i, addr) in s.tls_listen.iter().enumerate() {
-            let field = format!("server.tls_listen[{i}]");
-            if let Some(a) = self.socket_addr(addr, field.clone()) {
-                if clashes(&a, &listen) || clashes(&a, &tls_listen) {
-                    self.fail(addr, field, format!("`{a}` is already a listen address"));
-                    continue;
-                }
-                tls_listen.push(a);
-            }
-        }
+        let (listen, tls_listen) = self.listeners(s);
         let tls = self.tls_files(s);
-        let admin_listen = self
-            .socket_addr(&s.admin_listen, "server.admin_listen".into())
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-        if clashes(&admin_listen, &listen) || clashes(&admin_listen, &tls_listen) {
-            self.fail(
-                &s.admin_listen,
-                "server.admin_listen",
-                "must differ from every client listen address (admin is never served publicly)",
-            );
-        }
+        let admin_listen = self.admin_listen(s, &listen, &tls_listen);
         let threads = *s.threads.get_ref();
         if threads == 0 || threads > 1024 {
             self.fail(&s.threads, "server.threads", "must be between 1 and 1024");
@@ -200,17 +167,7 @@ impl Validator<'_> {
                 "must be between 1 and 1073741824 (1 GiB)",
             );
         }
-        let upstream_idle_timeout = self.positive_ms(
-            &s.upstream_idle_timeout_ms,
-            "server.upstream_idle_timeout_ms",
-        );
-        if upstream_idle_timeout >= Duration::from_secs(5) {
-            self.fail(
-                &s.upstream_idle_timeout_ms,
-                "server.upstream_idle_timeout_ms",
-                "must be under 5000: vLLM and trtllm-serve close idle connections after 5 s",
-            );
-        }
+        let upstream_idle_timeout = self.upstream_idle_timeout(s);
         ServerSettings {
             listen,
             tls_listen,
@@ -236,26 +193,96 @@ impl Validator<'_> {
                 .upgrade_sock
                 .clone()
                 .unwrap_or_else(|| "/tmp/tokengate_upgrade.sock".to_string()),
-            admin_token_file: s.admin_token_file.as_ref().map(|p| {
-                let path = self.relative_to_config(p.get_ref());
-                if p.get_ref().is_empty() {
-                    self.fail(p, "server.admin_token_file", "must not be empty");
+            admin_token_file: self.admin_token_file(s),
+            access_log: self.access_log(s),
+        }
+    }
+
+    /// The plain and TLS client listeners; a TLS address may not repeat any listen address.
+    fn listeners(&mut self, s: &file::ServerSection) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+        let mut listen = Vec::new();
+        if s.listen.is_empty() && s.tls_listen.is_empty() {
+            self.issues.push(self.at.issue(
+                0..0,
+                "server.listen".into(),
+                "at least one listen address (`listen` or `tls_listen`) is required".into(),
+            ));
+        }
+        for (i, addr) in s.listen.iter().enumerate() {
+            if let Some(a) = self.socket_addr(addr, format!("server.listen[{i}]")) {
+                listen.push(a);
+            }
+        }
+        let mut tls_listen = Vec::new();
+        for (i, addr) in s.tls_listen.iter().enumerate() {
+            let field = format!("server.tls_listen[{i}]");
+            if let Some(a) = self.socket_addr(addr, field.clone()) {
+                if clashes(&a, &listen) || clashes(&a, &tls_listen) {
+                    self.fail(addr, field, format!("`{a}` is already a listen address"));
+                    continue;
                 }
-                path
-            }),
-            access_log: match s.access_log.get_ref().as_str() {
-                "stdout" => AccessLogTarget::Stdout,
-                "off" => AccessLogTarget::Off,
-                "" => {
-                    self.fail(
-                        &s.access_log,
-                        "server.access_log",
-                        "use `stdout`, `off` or a file path",
-                    );
-                    AccessLogTarget::Off
-                }
-                path => AccessLogTarget::File(self.relative_to_config(path)),
-            },
+                tls_listen.push(a);
+            }
+        }
+        (listen, tls_listen)
+    }
+
+    fn admin_listen(
+        &mut self,
+        s: &file::ServerSection,
+        listen: &[SocketAddr],
+        tls_listen: &[SocketAddr],
+    ) -> SocketAddr {
+        let admin_listen = self
+            .socket_addr(&s.admin_listen, "server.admin_listen".into())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+        if clashes(&admin_listen, listen) || clashes(&admin_listen, tls_listen) {
+            self.fail(
+                &s.admin_listen,
+                "server.admin_listen",
+                "must differ from every client listen address (admin is never served publicly)",
+            );
+        }
+        admin_listen
+    }
+
+    fn upstream_idle_timeout(&mut self, s: &file::ServerSection) -> Duration {
+        let timeout = self.positive_ms(
+            &s.upstream_idle_timeout_ms,
+            "server.upstream_idle_timeout_ms",
+        );
+        if timeout >= Duration::from_secs(5) {
+            self.fail(
+                &s.upstream_idle_timeout_ms,
+                "server.upstream_idle_timeout_ms",
+                "must be under 5000: vLLM and trtllm-serve close idle connections after 5 s",
+            );
+        }
+        timeout
+    }
+
+    fn admin_token_file(&mut self, s: &file::ServerSection) -> Option<PathBuf> {
+        let p = s.admin_token_file.as_ref()?;
+        let path = self.relative_to_config(p.get_ref());
+        if p.get_ref().is_empty() {
+            self.fail(p, "server.admin_token_file", "must not be empty");
+        }
+        Some(path)
+    }
+
+    fn access_log(&mut self, s: &file::ServerSection) -> AccessLogTarget {
+        match s.access_log.get_ref().as_str() {
+            "stdout" => AccessLogTarget::Stdout,
+            "off" => AccessLogTarget::Off,
+            "" => {
+                self.fail(
+                    &s.access_log,
+                    "server.access_log",
+                    "use `stdout`, `off` or a file path",
+                );
+                AccessLogTarget::Off
+            }
+            path => AccessLogTarget::File(self.relative_to_config(path)),
         }
     }
 

@@ -5,9 +5,9 @@ use std::ops::Range;
 
 use http::{HeaderName, HeaderValue};
 
-use super::known_list;
+use super::split::{check_cluster, split};
 use super::when::header_name;
-use crate::rules::action::{stable_hash, Action, Num, NumField, Split, Sticky};
+use crate::rules::action::{Action, Num, NumField};
 use crate::rules::input::Deny;
 use crate::rules::tree::{self, join, one_of, Cx, Node, Obj};
 use crate::rules::KnownNames;
@@ -428,130 +428,6 @@ fn body_num(cx: &mut Cx<'_>, field: NumField, node: &Node, path: &str) -> Option
     } else {
         cx.number(node, path).map(Num::Float)
     }
-}
-
-fn check_cluster(
-    cx: &mut Cx<'_>,
-    name: &str,
-    span: &Range<usize>,
-    path: &str,
-    known: &KnownNames,
-) -> bool {
-    if known.clusters.contains(name) {
-        return true;
-    }
-    cx.err(
-        span,
-        path,
-        format!(
-            "unknown cluster `{name}` (known: {})",
-            known_list(&known.clusters)
-        ),
-    );
-    false
-}
-
-#[allow(clippy::too_many_lines)] // TODO(#12): split validation from building
-fn split(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    sticky: Option<&Node>,
-    path: &str,
-    known: &KnownNames,
-    rule_name: &str,
-) -> Option<Split> {
-    let sticky = match sticky {
-        None => Sticky::Key,
-        Some(s) => {
-            let spath = format!("{path}.sticky");
-            match cx.string(s, &spath)? {
-                "key" => Sticky::Key,
-                "request" => Sticky::Request,
-                other => {
-                    cx.err(
-                        &s.span(),
-                        &spath,
-                        format!("unknown value `{other}`; expected `key` or `request`"),
-                    );
-                    return None;
-                }
-            }
-        }
-    };
-    let items = cx.array(node, path)?;
-    if items.is_empty() {
-        cx.err(
-            &node.span(),
-            path,
-            "needs at least one `{ cluster, weight }`",
-        );
-        return None;
-    }
-    let mut arms: Vec<(Box<str>, u64)> = Vec::with_capacity(items.len());
-    let mut total: u64 = 0;
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let ipath = format!("{path}[{i}]");
-        let Some(mut arm) = cx.table(item, &ipath) else {
-            ok = false;
-            continue;
-        };
-        let cluster = arm.take("cluster");
-        let weight = arm.take("weight");
-        arm.finish(cx, &ipath, &["cluster", "weight"]);
-        let cluster = match cluster {
-            Some(c) => cx
-                .string(c, &join(&ipath, "cluster"))
-                .filter(|name| check_cluster(cx, name, &c.span(), &join(&ipath, "cluster"), known)),
-            None => {
-                cx.err(&item.span(), &ipath, "missing field `cluster`");
-                None
-            }
-        };
-        if let Some(name) = cluster {
-            if arms.iter().any(|(c, _)| &**c == name) {
-                cx.err(
-                    &item.span(),
-                    &ipath,
-                    format!("cluster `{name}` appears twice in one split"),
-                );
-                ok = false;
-            }
-        }
-        let weight = match weight {
-            Some(w) => {
-                let wpath = join(&ipath, "weight");
-                cx.int(w, &wpath).filter(|v| {
-                    let fine = (0..=1_000_000).contains(v);
-                    if !fine {
-                        cx.err(&w.span(), &wpath, "must be 0..=1000000");
-                    }
-                    fine
-                })
-            }
-            None => {
-                cx.err(&item.span(), &ipath, "missing field `weight`");
-                None
-            }
-        };
-        match (cluster, weight) {
-            (Some(cluster), Some(weight)) => {
-                total += weight as u64;
-                arms.push((cluster.into(), total));
-            }
-            _ => ok = false,
-        }
-    }
-    if ok && total == 0 {
-        cx.err(&node.span(), path, "the weights add up to 0");
-        return None;
-    }
-    ok.then(|| Split {
-        arms: arms.into(),
-        total,
-        sticky,
-        salt: stable_hash(0, rule_name.as_bytes()),
-    })
 }
 
 fn header_action_name(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HeaderName> {
