@@ -36,9 +36,8 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     let config = config::load(config_path)?;
     let server_settings = config.server.clone();
     crate::accesslog::configure(server_settings.access_log.clone());
-    let fleet_settings = config.fleet.clone();
     let state = AppState::new(config, config_path)?;
-    let fleet_link = fleet_link(&state, fleet_settings.as_ref(), config_path)?;
+    let fleet_link = fleet_link(&state, config_path)?;
 
     let opt = Opt {
         upgrade: flags.upgrade,
@@ -76,6 +75,8 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
         // which is how a certificate is rotated without dropping a connection).
         for (i, addr) in server_settings.tls_listen.iter().enumerate() {
             let endpoint = Endpoint::new(format!("tls_listen[{i}]"), *addr);
+            // Start-up: config validation already loaded these files the same way (config/tls.rs).
+            #[allow(clippy::expect_used)]
             let mut settings =
                 TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
                     .expect("TLS settings from validated files");
@@ -97,22 +98,15 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     // The proxy accepts only once every replica was probed (see HealthService).
     let health = server.add_service(background_service(
         "health",
-        crate::health_service::HealthService::new(&state),
+        crate::services::health::HealthService::new(&state),
     ));
     let proxy = server.add_service(Prebound::new(proxy, proxy_endpoints, report.clone()));
     proxy.add_dependency(&health);
-    if let Some(link) = fleet_link {
-        // Accept only after the first key sync from Redis was tried.
-        let fleet = server.add_service(background_service(
-            "fleet",
-            crate::distributed::service::FleetService::new(link, state.clone()),
-        ));
-        proxy.add_dependency(&fleet);
-    }
+    add_fleet_service(&mut server, fleet_link, &state, &proxy);
     server.add_service(Prebound::new(admin, vec![admin_endpoint], report));
     server.add_service(background_service(
         "sighup reload",
-        crate::reload_signal::SighupReload {
+        crate::services::reload_signal::SighupReload {
             state: state.clone(),
         },
     ));
@@ -130,14 +124,30 @@ fn absolute_path(path: &Path) -> PathBuf {
     std::env::current_dir().map_or_else(|_| path.to_path_buf(), |dir| dir.join(path))
 }
 
+/// Fleet mode's background service; the proxy accepts only after its first key sync from
+/// Redis was tried.
+fn add_fleet_service(
+    server: &mut Server,
+    link: Option<std::sync::Arc<crate::distributed::FleetLink>>,
+    state: &std::sync::Arc<AppState>,
+    proxy: &pingora_core::services::ServiceHandle,
+) {
+    if let Some(link) = link {
+        proxy.add_dependency(server.add_service(background_service(
+            "fleet",
+            crate::services::fleet::FleetService::new(link, state.clone()),
+        )));
+    }
+}
+
 /// Fleet mode's Redis link (`None` without `[fleet]`); a bad URL or password file stops the
 /// start with the config's kind of error.
 fn fleet_link(
     state: &AppState,
-    settings: Option<&crate::config::FleetSettings>,
     config_path: &Path,
 ) -> Result<Option<std::sync::Arc<crate::distributed::FleetLink>>, ConfigError> {
-    let (Some(settings), Some(shared)) = (settings, state.limiter.lease_shared()) else {
+    let snapshot = state.snapshot();
+    let (Some(settings), Some(shared)) = (&snapshot.fleet, state.limiter.lease_shared()) else {
         return Ok(None);
     };
     crate::distributed::FleetLink::new(settings, shared.clone())

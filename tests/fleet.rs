@@ -6,6 +6,13 @@
 //! Ground truth is what the simulators recorded (`/sim/requests`) and what the proxy's admin
 //! API reports. Every wait has a deadline; every load phase has a fixed length.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -3,6 +3,15 @@
 //! `/metrics`, and resume leasing once Redis is back, without a restart), and a 5 s stall
 //! (SIGSTOP) that must not raise client latency. Timing-sensitive: the serial timing group.
 
+// kill(2) on the redis-server this test started (SIGKILL, SIGSTOP, SIGCONT): the one unsafe.
+#![allow(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 mod fleet_common;
 

@@ -5,6 +5,15 @@
 //! instances for 70 s hold fleet-wide within the README's bound. The two 70 s hammers use
 //! separate Redis servers and run side by side, in one test of the serial timing group.
 
+// kill(2) on the redis-server this test started (SIGKILL, SIGSTOP, SIGCONT): the one unsafe.
+#![allow(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 mod fleet_common;
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::scripts::HEARTBEAT;
 use super::{metrics, FleetError, FleetLink};
-use crate::ratelimit::{UsageCounts, UsageSnapshot};
+use crate::usage_totals::{UsageCounts, UsageSnapshot};
 
 /// An instance is live while it beat within this many heartbeats.
 const TTL_BEATS: u32 = 3;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scripts::KEY_WRITE;
 use super::{metrics, FleetError, FleetLink};
-use crate::auth::admin::{apply_patch, validate_new};
+use crate::auth::changes::{apply_patch, validate_new};
 use crate::auth::{generate_secret, ApiKey, KeyAdminError, KeyHash, KeyPatch, KeyRegistry, NewKey};
 use crate::ratelimit::{KeyLimits, Limiter};
 

@@ -1,5 +1,6 @@
 //! Fleet mode (`[fleet]`): several tokengate instances sharing API keys, rate limits and
-//! usage through Redis. Not to be confused with `crate::fleet`, the GPU replicas.
+//! usage through Redis. Not to be confused with `crate::fleet`, the GPU replicas. Free of
+//! Pingora: the background service that runs these tasks is `services::fleet`.
 //!
 //! The hot path never talks to Redis: it reads the in-memory key registry and spends local
 //! leases (`ratelimit::lease`). Background tasks here keep both in step with Redis: the lease
@@ -13,7 +14,6 @@ pub mod keys;
 pub mod leases;
 pub mod metrics;
 pub mod scripts;
-pub mod service;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};

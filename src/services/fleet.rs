@@ -14,9 +14,9 @@ use pingora_core::services::ServiceReadyNotifier;
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::{fleet_view, keys, leases, metrics, FleetLink};
-use crate::ratelimit::UsageSnapshot;
+use crate::distributed::{fleet_view, keys, leases, metrics, FleetLink};
 use crate::state::AppState;
+use crate::usage_totals::UsageSnapshot;
 
 pub struct FleetService {
     pub link: Arc<FleetLink>,

@@ -1,0 +1,9 @@
+//! Pingora background services: the adapters that run beside the proxy, not per request.
+//!
+//! - [`health`]: active health probes and metrics scrapes of every replica.
+//! - [`reload_signal`]: SIGHUP → config reload.
+//! - [`fleet`]: fleet mode's Redis tasks (leases, key sync, heartbeat, usage, fleet reloads).
+
+pub mod fleet;
+pub mod health;
+pub mod reload_signal;
