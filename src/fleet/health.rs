@@ -88,11 +88,9 @@ pub enum Transition {
     /// Probes took it out (always from `Healthy`; a `Starting` replica that fails its
     /// probes stays `Starting`).
     Down { from: ActiveState },
-    /// Passive ejection began; it lasts `cooldown` unless a probe passes first.
+    /// Passive ejection began; it lasts `cooldown` whatever the probes say, then the replica
+    /// is on probation (its next failed request ejects it again, for longer).
     Ejected { cooldown: Duration },
-    /// A passing probe ended a passive ejection early (the replica is on probation: its next
-    /// failed request ejects it again).
-    Readmitted,
 }
 
 /// The thresholds one replica is judged by; replaced on config reload.
@@ -218,7 +216,7 @@ impl HealthCore {
     }
 
     /// Feed one probe result.
-    pub fn on_probe(&mut self, success: bool, now: Instant) -> Option<Transition> {
+    pub fn on_probe(&mut self, success: bool, _now: Instant) -> Option<Transition> {
         if success {
             self.probe_fail_streak = 0;
             self.probe_ok_streak = self.probe_ok_streak.saturating_add(1);
@@ -229,19 +227,10 @@ impl HealthCore {
             if self.active != ActiveState::Healthy && self.probe_ok_streak >= needed {
                 let from = self.active;
                 self.active = ActiveState::Healthy;
-                // A fresh admission wipes passive history except the growth, which only a
-                // calm period resets.
+                // A fresh admission wipes the failure streak. A passive ejection still holds
+                // for its cool-down: a replica can pass `/health` and fail every request.
                 self.request_fail_streak = 0;
-                if self.ejected_until.is_some() {
-                    self.end_ejection(now);
-                }
                 return Some(Transition::Up { from });
-            }
-            if self.active == ActiveState::Healthy {
-                if let PassiveState::Ejected { .. } = self.passive(now) {
-                    self.end_ejection(now);
-                    return Some(Transition::Readmitted);
-                }
             }
             None
         } else {
@@ -315,13 +304,6 @@ impl HealthCore {
         self.request_fail_streak = 0;
         self.ejections = self.ejections.saturating_add(1);
         Transition::Ejected { cooldown }
-    }
-
-    /// End an ejection early: probation, so one more failure re-ejects with a longer
-    /// cool-down.
-    fn end_ejection(&mut self, now: Instant) {
-        self.ejected_until = Some(now);
-        self.last_ejection_end = Some(now);
     }
 }
 
@@ -486,17 +468,30 @@ mod tests {
     }
 
     #[test]
-    fn passing_probe_readmits_a_passively_ejected_replica() {
+    fn passing_probes_do_not_cut_a_passive_ejection_short() {
         let t0 = Instant::now();
         let mut h = HealthCore::new(rules(1, 2, 1));
         h.on_probe(true, t0);
         let (_, tr) = h.on_request_outcome(Outcome::Upstream5xx, t0);
         assert_eq!(tr, Some(Transition::Ejected { cooldown: secs(5) }));
-        assert!(!h.is_available(t0 + secs(1)));
-        assert_eq!(h.on_probe(true, t0 + secs(1)), Some(Transition::Readmitted));
-        assert!(h.is_available(t0 + secs(1)));
+        for s in 1..5 {
+            assert_eq!(h.on_probe(true, t0 + secs(s)), None);
+            assert!(!h.is_available(t0 + secs(s)), "probe readmitted at {s} s");
+        }
+        // Down and up again by probes: still out until the cool-down ends.
+        assert!(matches!(
+            h.on_probe(false, t0 + secs(2)),
+            Some(Transition::Down { .. })
+        ));
+        assert_eq!(h.on_probe(true, t0 + secs(3)), None);
+        assert!(matches!(
+            h.on_probe(true, t0 + secs(3)),
+            Some(Transition::Up { .. })
+        ));
+        assert!(!h.is_available(t0 + secs(3)));
+        assert!(h.is_available(t0 + secs(5)));
         // On probation: the next failure ejects again, longer.
-        let (_, tr) = h.on_request_outcome(Outcome::Upstream5xx, t0 + secs(2));
+        let (_, tr) = h.on_request_outcome(Outcome::Upstream5xx, t0 + secs(6));
         assert_eq!(tr, Some(Transition::Ejected { cooldown: secs(10) }));
     }
 

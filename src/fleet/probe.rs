@@ -400,9 +400,6 @@ fn log_transition(
         Transition::Up { from } => {
             log::info!("replica {id} is up (was {from:?}): health probe passed")
         }
-        Transition::Readmitted => {
-            log::info!("replica {id} readmitted: health probe passed during its ejection")
-        }
         Transition::Down { from } => log::warn!(
             "replica {id} is down (was {from:?}): health probe GET http://{addr}{path} failed: {failure}"
         ),
