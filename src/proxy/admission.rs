@@ -30,7 +30,10 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
     // shuts down (SIGTERM, or handing its listeners to a new binary) Pingora has already
     // turned keep-alive off so clients do not reuse a connection that is about to close:
     // leave that alone.
-    if !session.is_process_shutting_down() {
+    // HTTP/1.0 clients get Pingora's default: no keep-alive unless they asked for it, and a
+    // close-delimited body (they cannot read chunked encoding).
+    let http10 = session.req_header().version == http::Version::HTTP_10;
+    if !session.is_process_shutting_down() && !http10 {
         session.set_keepalive(Some(ctx.config.server.client_keepalive_seconds));
     }
     let method = session.req_header().method.as_str().to_string();

@@ -128,8 +128,8 @@ impl ProxyHttp for TokenGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let started = Instant::now();
-        let http11 = session.req_header().version == http::Version::HTTP_11;
-        let filtered = upstream::on_response_header(response, ctx, http11);
+        let version = session.req_header().version;
+        let filtered = upstream::on_response_header(response, ctx, version);
         ctx.overhead += started.elapsed();
         filtered
     }

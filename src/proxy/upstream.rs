@@ -258,8 +258,9 @@ pub fn on_upstream_response_header(response: &ResponseHeader, ctx: &mut RequestC
 pub fn on_response_header(
     response: &mut ResponseHeader,
     ctx: &mut RequestCtx,
-    http11: bool,
+    version: http::Version,
 ) -> Result<()> {
+    let http11 = version == http::Version::HTTP_11;
     let status = response.status.as_u16();
     ctx.upstream_status = Some(status);
     response.insert_header("x-request-id", ctx.request_id.as_str())?;
@@ -296,6 +297,11 @@ pub fn on_response_header(
         if http11 {
             response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
+    }
+    if version < http::Version::HTTP_11 {
+        // HTTP/1.0 cannot read chunked encoding: the body ends when the connection closes.
+        response.remove_header(&http::header::TRANSFER_ENCODING);
+        response.insert_header(http::header::CONNECTION, "close")?;
     }
     Ok(())
 }
