@@ -383,6 +383,13 @@ impl Validator<'_> {
                 let path = self.relative_to_config(p.get_ref());
                 if p.get_ref().is_empty() {
                     self.fail(p, "server.admin_token_file", "must not be empty");
+                } else if std::env::var_os("TOKENGATE_ADMIN_TOKEN").is_none() {
+                    // Caught here, a missing file fails `check`, start-up and reload (the
+                    // running token stays) instead of silently switching the admin API off.
+                    if let Err(e) = std::fs::read(&path) {
+                        let message = format!("cannot read {}: {e}", path.display());
+                        self.fail(p, "server.admin_token_file", message);
+                    }
                 }
                 path
             }),
