@@ -57,6 +57,8 @@ pub struct AppState {
     keys: ArcSwap<Option<Arc<KeyRegistry>>>,
     /// Bucket consumption and concurrency, keyed by key name / alias: survives reloads.
     pub limiter: Limiter,
+    /// Request-body bytes held in memory by all requests (limits in the snapshot's config).
+    pub body_budget: Arc<crate::ratelimit::body_budget::BodyBudget>,
     /// Tokens and requests per key and model since start (`GET /admin/usage`).
     pub usage: Usage,
     /// Set once every replica was probed once after start (readiness).
@@ -156,6 +158,7 @@ impl AppState {
             fleet,
             keys: ArcSwap::from_pointee(keys),
             limiter: Limiter::new(),
+            body_budget: Arc::default(),
             usage: Usage::new(),
             probed_once: std::sync::atomic::AtomicBool::new(false),
             reload_lock: Mutex::new(()),

@@ -16,6 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use toml::Spanned;
 
+use crate::ratelimit::body_budget::{self, BudgetLimits};
+
 pub use model::{
     AccessLogTarget, AuthSettings, Cluster, Config, Flavour, Replica, Route, ServerSettings,
     TlsFiles,
@@ -125,6 +127,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 struct Locator<'a> {
     text: &'a str,
     path: &'a Path,
+}
+
+/// Memory this process may use: its cgroup's `memory.max`, else `MemTotal`.
+fn available_memory() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let meminfo = || {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    cgroup.or_else(meminfo)
 }
 
 /// 1-based line and column (in characters) of a byte offset into `text`; the one place every
@@ -245,6 +261,28 @@ impl Validator<'_> {
         }
     }
 
+    /// The body-bytes budget: configured, or derived from the memory available.
+    fn body_budget(&mut self, s: &file::ServerSection, max_body: u64) -> BudgetLimits {
+        let total = match &s.max_buffered_body_bytes {
+            Some(v) if *v.get_ref() == 0 => {
+                self.fail(v, "server.max_buffered_body_bytes", "must be at least 1");
+                1
+            }
+            Some(v) => *v.get_ref(),
+            None => body_budget::default_total(available_memory()),
+        };
+        let per_key = match &s.max_buffered_body_bytes_per_key {
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > total => {
+                let message = "must be between 1 and server.max_buffered_body_bytes";
+                self.fail(v, "server.max_buffered_body_bytes_per_key", message);
+                total
+            }
+            Some(v) => *v.get_ref(),
+            None => (total / 4).max(max_body).min(total),
+        };
+        BudgetLimits { total, per_key }
+    }
+
     fn positive_ms(&mut self, value: &Spanned<u64>, field: &str) -> Duration {
         if *value.get_ref() == 0 {
             self.fail(value, field, "must be greater than 0");
@@ -354,6 +392,7 @@ impl Validator<'_> {
                 "must be under 5000: vLLM and trtllm-serve close idle connections after 5 s",
             );
         }
+        let body_budget = self.body_budget(s, max_body);
         ServerSettings {
             listen,
             tls_listen,
@@ -361,6 +400,7 @@ impl Validator<'_> {
             admin_listen,
             threads: threads.max(1),
             max_request_body_bytes: max_body,
+            body_budget,
             connect_timeout: self.positive_ms(&s.connect_timeout_ms, "server.connect_timeout_ms"),
             read_timeout: self.positive_ms(&s.read_timeout_ms, "server.read_timeout_ms"),
             write_timeout: self.positive_ms(&s.write_timeout_ms, "server.write_timeout_ms"),

@@ -137,12 +137,13 @@ async fn prepare_upstream(
 ) -> Result<bool> {
     let server = &ctx.config.server;
     let read_started = std::time::Instant::now();
-    let read = body::read_bounded(
-        session,
-        server.max_request_body_bytes,
-        server.client_body_timeout,
-    )
-    .await;
+    let limits = body::BodyLimits {
+        max_bytes: server.max_request_body_bytes,
+        timeout: server.client_body_timeout,
+        budget: server.body_budget,
+    };
+    let mut lease = state.body_budget.lease(ctx.key_name.as_deref());
+    let read = body::read_bounded(session, &limits, &mut lease).await;
     ctx.body_wait = read_started.elapsed();
     let client_body = match read {
         Ok(b) => b,
@@ -150,6 +151,7 @@ async fn prepare_upstream(
         Err(BodyReadError::Client(e)) => return Err(e),
     };
     ctx.client_body_len = client_body.len();
+    ctx.body_lease = Some(lease);
 
     let scan = match BodyScan::parse(&client_body) {
         Ok(scan) => scan,

@@ -26,6 +26,8 @@ pub struct RequestCtx {
     /// Whether the client asked for a streamed response.
     pub stream: bool,
     pub client_body_len: usize,
+    /// The body bytes this request holds in the process-wide budget, returned when it ends.
+    pub body_lease: Option<crate::ratelimit::body_budget::BodyLease>,
     /// The rewritten body sent on every attempt (cloned, never taken: retries resend it).
     pub upstream_body: Option<Bytes>,
     /// Replica indexes of the route's cluster already tried, in order.
@@ -92,6 +94,7 @@ impl RequestCtx {
             route: None,
             stream: false,
             client_body_len: 0,
+            body_lease: None,
             upstream_body: None,
             tried: Vec::new(),
             replica_index: None,

@@ -6,6 +6,7 @@
 //! response headers from `Reservation::headers` → at the end `Reservation::settle` with the
 //! metered tokens and `Usage::record_usage`.
 
+pub mod body_budget;
 pub mod bucket;
 pub mod headers;
 pub mod limiter;
