@@ -185,8 +185,80 @@ async fn malformed_chunked_bodies_get_400_json() {
             "not an OpenAI error: {response}"
         );
     }
-    let server_errors = metric_sum(&proxy, "tokengate_requests_total", &[("status", "500")]).await;
+    let server_errors = metric_sum(
+        &proxy,
+        "tokengate_requests_total",
+        &[("status_class", "5xx")],
+    )
+    .await;
     assert_eq!(server_errors, 0.0, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn clients_dropping_mid_stream_are_client_closed_not_server_errors() {
+    let sim = Sim::start(&["--served-model-name", SERVED, "--itl-ms", "20"]);
+    let proxy = Proxy::start(&one_replica(&sim));
+    let body = r#"{"model":"m","stream":true,"max_tokens":200,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let clients = 200;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let request = request.clone();
+        let addr = proxy.addr;
+        tasks.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(request.as_bytes()).expect("write");
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            // Read the header and a first event, then hang up mid-stream.
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(6).any(|w| w == b"data: ") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            drop(s);
+            String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200")
+        }));
+    }
+    let started = tasks
+        .into_iter()
+        .filter_map(|t| t.join().ok())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(started, clients, "every stream started");
+    // Each request ends when the proxy notices the closed socket on its next write.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let lines = proxy.access_log();
+        if lines.len() >= clients || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(lines.len(), clients, "access log lines");
+    for line in &lines {
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["error"], "client_closed", "{line}");
+        assert_eq!(line["truncated"], false, "{line}");
+    }
+    let labels = [("status_class", "client_closed")];
+    let closed = metric_sum(&proxy, "tokengate_requests_total", &labels).await;
+    assert_eq!(closed, clients as f64);
+    let server_errors = metric_sum(
+        &proxy,
+        "tokengate_requests_total",
+        &[("status_class", "5xx")],
+    )
+    .await;
+    assert_eq!(server_errors, 0.0);
+    let truncated = metric_sum(&proxy, "tokengate_truncated_streams_total", &[]).await;
+    assert_eq!(truncated, 0.0);
 }
 
 #[tokio::test]

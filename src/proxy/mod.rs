@@ -159,6 +159,11 @@ impl ProxyHttp for TokenGate {
         failure::answer(session, e, ctx).await
     }
 
+    /// A client that hung up is counted (499 `client_closed`), not logged at ERROR per event.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        failure::client_gone(e)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         settle::settle(&self.state, session, e, ctx);
     }

@@ -7,23 +7,30 @@ use pingora_core::{Error, ErrorType};
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
+use super::failure;
 use crate::accesslog;
 use crate::metrics;
 use crate::state::AppState;
 
 pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-    let status = ctx
-        .local_status
-        .or(ctx.upstream_status)
-        .or_else(|| session.response_written().map(|r| r.status.as_u16()))
-        .unwrap_or(0);
+    let client_closed = e.is_some_and(failure::client_gone);
+    let status = if client_closed {
+        failure::CLIENT_CLOSED
+    } else {
+        ctx.local_status
+            .or(ctx.upstream_status)
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0)
+    };
     let model = ctx.model_label().to_string();
     let cluster = ctx
         .route
         .as_ref()
         .map_or_else(|| "-".to_string(), |r| r.cluster.name.clone());
     if let Some(meter) = ctx.meter.as_mut() {
-        let usage = meter.finish(Instant::now());
+        let mut usage = meter.finish(Instant::now());
+        // The client cut it, not the replica: the stream is not "truncated".
+        usage.truncated &= !client_closed;
         metrics::record_usage(ctx.key_name.as_deref().unwrap_or("-"), &model, &usage);
         ctx.usage = Some(usage);
     }
@@ -50,7 +57,12 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
             .with_label_values(&[&cluster])
             .inc_by((ctx.attempts - 1) as u64);
     }
-    if let Some(kind) = upstream_error_kind(e, ctx.upstream_status) {
+    let upstream_error = if client_closed {
+        None
+    } else {
+        upstream_error_kind(e, ctx.upstream_status)
+    };
+    if let Some(kind) = upstream_error {
         metrics::UPSTREAM_ERRORS
             .with_label_values(&[&cluster, kind])
             .inc();
@@ -86,7 +98,11 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         bytes_in: ctx.client_body_len,
         bytes_out: ctx.response_bytes,
         retries: ctx.attempts.saturating_sub(1),
-        error: e.map(|e| e.etype().as_str()),
+        error: if client_closed {
+            Some("client_closed")
+        } else {
+            e.map(|e| e.etype().as_str())
+        },
         tags: &ctx.tags,
         rules: &ctx.rules_matched,
         rate_limit_class: ctx.rate_limit_class.as_deref(),
