@@ -444,11 +444,14 @@ fn systemd_units_pass_systemd_analyze_verify() {
     }
     let pki = tempfile::tempdir().unwrap();
     make_test_pki(pki.path());
+    // An unreadable admin token file is a config error: give the sample one.
+    std::fs::write(pki.path().join("admin-token"), "sample").unwrap();
     let sample = tokengate::config::parse(
         &std::fs::read_to_string(Path::new(ROOT).join("systemd/tokengate.toml"))
             .unwrap()
             .replace("/etc/tokengate/tls/fullchain.pem", "server.pem")
-            .replace("/etc/tokengate/tls/privkey.pem", "server.key"),
+            .replace("/etc/tokengate/tls/privkey.pem", "server.key")
+            .replace("/etc/tokengate/admin-token", "admin-token"),
         &pki.path().join("tokengate.toml"),
     )
     .unwrap_or_else(|e| panic!("systemd/tokengate.toml: {e}"));

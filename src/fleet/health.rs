@@ -88,7 +88,8 @@ pub enum Transition {
     /// Probes took it out (always from `Healthy`; a `Starting` replica that fails its
     /// probes stays `Starting`).
     Down { from: ActiveState },
-    /// Passive ejection began; it lasts `cooldown` whatever the probes say, then the replica
+    /// Passive ejection began; passing probes do not shorten it (only a death and return the
+    /// probes saw does). It lasts `cooldown`, then the replica
     /// is on probation (its next failed request ejects it again, for longer).
     Ejected { cooldown: Duration },
 }
@@ -216,7 +217,7 @@ impl HealthCore {
     }
 
     /// Feed one probe result.
-    pub fn on_probe(&mut self, success: bool, _now: Instant) -> Option<Transition> {
+    pub fn on_probe(&mut self, success: bool, now: Instant) -> Option<Transition> {
         if success {
             self.probe_fail_streak = 0;
             self.probe_ok_streak = self.probe_ok_streak.saturating_add(1);
@@ -227,9 +228,15 @@ impl HealthCore {
             if self.active != ActiveState::Healthy && self.probe_ok_streak >= needed {
                 let from = self.active;
                 self.active = ActiveState::Healthy;
-                // A fresh admission wipes the failure streak. A passive ejection still holds
-                // for its cool-down: a replica can pass `/health` and fail every request.
+                // A fresh admission wipes the failure streak. Passing probes alone never end
+                // a passive ejection (a replica can pass `/health` and fail every request),
+                // but one the probes saw die and come back (a restart) starts afresh, on
+                // probation: its next failure ejects it again, for longer.
                 self.request_fail_streak = 0;
+                if from == ActiveState::Unhealthy && self.ejected_until.is_some_and(|u| now < u) {
+                    self.ejected_until = Some(now);
+                    self.last_ejection_end = Some(now);
+                }
                 return Some(Transition::Up { from });
             }
             None
@@ -305,6 +312,16 @@ impl HealthCore {
         self.ejections = self.ejections.saturating_add(1);
         Transition::Ejected { cooldown }
     }
+}
+
+/// The error is this host's, not the replica's: out of file descriptors, buffers, memory or
+/// local ports. It must never count against a replica's health, or an fd-exhaustion attack
+/// on the proxy would also eject every replica.
+pub fn is_local_resource_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// `base × 2^growth`, capped at `max`.
@@ -468,6 +485,15 @@ mod tests {
     }
 
     #[test]
+    fn local_resource_errors_are_told_apart() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(is_local_resource_error(&emfile));
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(!is_local_resource_error(&refused));
+        assert!(!is_local_resource_error(&std::io::Error::other("x")));
+    }
+
+    #[test]
     fn passing_probes_do_not_cut_a_passive_ejection_short() {
         let t0 = Instant::now();
         let mut h = HealthCore::new(rules(1, 2, 1));
@@ -478,21 +504,17 @@ mod tests {
             assert_eq!(h.on_probe(true, t0 + secs(s)), None);
             assert!(!h.is_available(t0 + secs(s)), "probe readmitted at {s} s");
         }
-        // Down and up again by probes: still out until the cool-down ends.
-        assert!(matches!(
-            h.on_probe(false, t0 + secs(2)),
-            Some(Transition::Down { .. })
-        ));
-        assert_eq!(h.on_probe(true, t0 + secs(3)), None);
-        assert!(matches!(
-            h.on_probe(true, t0 + secs(3)),
-            Some(Transition::Up { .. })
-        ));
-        assert!(!h.is_available(t0 + secs(3)));
         assert!(h.is_available(t0 + secs(5)));
         // On probation: the next failure ejects again, longer.
         let (_, tr) = h.on_request_outcome(Outcome::Upstream5xx, t0 + secs(6));
         assert_eq!(tr, Some(Transition::Ejected { cooldown: secs(10) }));
+        // Seen dead by probes and back (a restart): the ejection ends with the readmission.
+        let down = h.on_probe(false, t0 + secs(7));
+        assert!(matches!(down, Some(Transition::Down { .. })));
+        assert_eq!(h.on_probe(true, t0 + secs(8)), None);
+        let up = h.on_probe(true, t0 + secs(8));
+        assert!(matches!(up, Some(Transition::Up { .. })));
+        assert!(h.is_available(t0 + secs(8)));
     }
 
     #[test]

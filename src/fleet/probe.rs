@@ -365,6 +365,13 @@ async fn probe_target(target: ProbeTarget, hook: Option<TransitionHook>) {
         MAX_PROBE_BODY_BYTES,
     )
     .await;
+    if let Err(ProbeError::Connect(io)) = &result {
+        if super::health::is_local_resource_error(io) {
+            // Our own shortage (e.g. no file descriptors), says nothing about the replica.
+            log::warn!("health probe of {addr} skipped: {io}");
+            return;
+        }
+    }
     let (success, failure) = match &result {
         Ok((status, _)) if probe_status_is_healthy(*status) => (true, String::new()),
         Ok((status, _)) => (false, format!("status {status}")),

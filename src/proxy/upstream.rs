@@ -130,12 +130,26 @@ fn can_retry(ctx: &RequestCtx) -> bool {
 /// A refused or timed-out connect: nothing reached the replica, so another one may be tried.
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let outcome = match e.etype() {
+        _ if local_resource_error(&e) => Outcome::Neutral,
         ErrorType::ConnectTimedout => Outcome::Timeout,
         _ => Outcome::ConnectFailed,
     };
     report(ctx, outcome);
     e.set_retry(can_retry(ctx));
     e
+}
+
+/// The connect failed for lack of a local resource (fds, ports, memory): not the replica's
+/// fault.
+fn local_resource_error(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.root_cause());
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return crate::fleet::health::is_local_resource_error(io);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// A failure after connecting. A POST may already be generating on a GPU, so it is replayed
