@@ -334,118 +334,6 @@ async fn declared_lengths_reserve_no_memory() {
     assert_eq!(status, 200);
 }
 
-#[tokio::test]
-async fn bodies_over_the_budget_get_a_fast_503_and_the_budget_holds() {
-    let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(
-        &one_replica(&sim)
-            .server("max_buffered_body_bytes = 4000000")
-            .server("max_buffered_body_bytes_per_key = 4000000")
-            .server("client_body_timeout_ms = 20000"),
-    );
-    // Eight uploads of 1.5 MB: the first 1 MB of each is sent, then they stall.
-    let total = 1_500_000;
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {total}\r\n\r\n"
-    );
-    let mut streams = Vec::new();
-    let chunk = vec![b' '; 1_000_000];
-    for _ in 0..8 {
-        let mut s = TcpStream::connect(proxy.addr).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        s.write_all(head.as_bytes()).expect("head");
-        let _ = s.write_all(&chunk);
-        streams.push(s);
-    }
-    let started = Instant::now();
-    let mut busy = 0;
-    for s in &mut streams {
-        let mut buf = [0u8; 4096];
-        s.set_read_timeout(Some(Duration::from_millis(1500)))
-            .expect("timeout");
-        if let Ok(n) = s.read(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
-            if status_of(&text) == 503 {
-                assert!(
-                    text.to_ascii_lowercase().contains("retry-after: 1"),
-                    "{text}"
-                );
-                assert_eq!(
-                    json_body(&text)["error"]["code"],
-                    "body_budget_exceeded",
-                    "{text}"
-                );
-                busy += 1;
-            }
-        }
-    }
-    println!("{busy} of 8 uploads refused in {:?}", started.elapsed());
-    // Declared lengths are reserved up front: 4 MB admit two uploads of 1.5 MB, the other
-    // six are refused at once (not after each has buffered part of its body).
-    assert_eq!(busy, 6, "refused");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "refusals were not fast"
-    );
-    drop(streams);
-    // The budget is returned when they close: a normal request goes through.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _, reply) = post(
-            &proxy.url("/v1/chat/completions"),
-            br#"{"model":"m","messages":[]}"#.to_vec(),
-        )
-        .await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "budget not returned: {status} {reply}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[tokio::test]
-async fn a_body_sent_one_byte_a_second_is_cut_at_the_whole_body_deadline() {
-    let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim).server("client_body_timeout_ms = 3000"));
-    let mut s = TcpStream::connect(proxy.addr).expect("connect");
-    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
-        .expect("head");
-    s.set_read_timeout(Some(Duration::from_millis(900)))
-        .expect("timeout");
-    let started = Instant::now();
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
-    while started.elapsed() < Duration::from_secs(12) {
-        let _ = s.write_all(b" ");
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                reply.extend_from_slice(&buf[..n]);
-                if reply.windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            Err(_) => {}
-        }
-    }
-    let elapsed = started.elapsed();
-    let text = String::from_utf8_lossy(&reply);
-    println!(
-        "1 byte/s body answered after {elapsed:?}: {}",
-        text.lines().next().unwrap_or("")
-    );
-    assert_eq!(status_of(&text), 408, "{text}");
-    assert!(
-        elapsed >= Duration::from_secs(2) && elapsed <= Duration::from_secs(5),
-        "cut after {elapsed:?}, deadline 3 s"
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Admin and reload (item 5)
 // ---------------------------------------------------------------------------------------------
@@ -488,10 +376,10 @@ async fn a_reload_that_changes_listeners_says_they_wait_for_an_upgrade() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
     let proxy = Proxy::start(&one_replica(&sim));
     let text = std::fs::read_to_string(&proxy.config_path).expect("config");
-    let other = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // A second listener (nothing binds it before an upgrade).
     let changed = text.replacen(
-        &format!("listen = [\"{}\"]", proxy.addr),
-        &format!("listen = [\"{other}\"]"),
+        &format!("\nlisten = [\"{ANY_PORT}\"]"),
+        "\nlisten = [\"127.0.0.1:0\", \"127.0.0.2:0\"]",
         1,
     );
     assert_ne!(changed, text);
@@ -508,37 +396,156 @@ async fn a_reload_that_changes_listeners_says_they_wait_for_an_upgrade() {
     );
 }
 
-// ---------------------------------------------------------------------------------------------
-// Health (item 6)
-// ---------------------------------------------------------------------------------------------
+/// Wall-clock windows (the budget's fast refusals, the body deadline, the passive cool-down
+/// with probes passing): the serial timing group.
+mod timing {
+    use super::*;
 
-#[tokio::test]
-async fn a_replica_passing_health_but_failing_requests_stays_out_for_its_cool_down() {
-    let good = Sim::start(&["--served-model-name", SERVED, "--replica-name", "good"]);
-    let bad = Sim::start(&["--served-model-name", SERVED, "--replica-name", "bad"]);
-    bad.set_faults(json!({"error_status": 500})).await;
-    let proxy = Proxy::start(
-        &ProxyConfig::default()
-            .cluster("pool", "vllm", &[good.addr, bad.addr])
-            .with(&[
-                "policy = \"round-robin\"",
-                "health = { interval_ms = 100, healthy_after = 1 }",
-                "passive = { failures = 1, base_cooldown_ms = 3000, max_cooldown_ms = 3000 }",
-            ])
-            .model("m", "pool", SERVED),
-    );
-    let url = proxy.url("/v1/chat/completions");
-    let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
-    let started = Instant::now();
-    let (mut failed, mut sent) = (0, 0);
-    // Two cool-down periods with probes passing every 100 ms all along.
-    while started.elapsed() < Duration::from_secs(6) {
-        let (status, _, _) = post(&url, body.to_vec()).await;
-        sent += 1;
-        failed += usize::from(status >= 500);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    #[tokio::test]
+    async fn bodies_over_the_budget_get_a_fast_503_and_the_budget_holds() {
+        let _serial = serial().await;
+        let sim = Sim::start(&["--served-model-name", SERVED]);
+        let proxy = Proxy::start(
+            &one_replica(&sim)
+                .server("max_buffered_body_bytes = 4000000")
+                .server("max_buffered_body_bytes_per_key = 4000000")
+                .server("client_body_timeout_ms = 20000"),
+        );
+        // Eight uploads of 1.5 MB: the first 1 MB of each is sent, then they stall.
+        let total = 1_500_000;
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {total}\r\n\r\n"
+        );
+        let mut streams = Vec::new();
+        let chunk = vec![b' '; 1_000_000];
+        for _ in 0..8 {
+            let mut s = TcpStream::connect(proxy.addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(head.as_bytes()).expect("head");
+            let _ = s.write_all(&chunk);
+            streams.push(s);
+        }
+        let started = Instant::now();
+        let mut busy = 0;
+        for s in &mut streams {
+            let mut buf = [0u8; 4096];
+            s.set_read_timeout(Some(Duration::from_millis(1500)))
+                .expect("timeout");
+            if let Ok(n) = s.read(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                if status_of(&text) == 503 {
+                    assert!(
+                        text.to_ascii_lowercase().contains("retry-after: 1"),
+                        "{text}"
+                    );
+                    assert_eq!(
+                        json_body(&text)["error"]["code"],
+                        "body_budget_exceeded",
+                        "{text}"
+                    );
+                    busy += 1;
+                }
+            }
+        }
+        println!("{busy} of 8 uploads refused in {:?}", started.elapsed());
+        // Declared lengths are reserved up front: 4 MB admit two uploads of 1.5 MB, the other
+        // six are refused at once (not after each has buffered part of its body).
+        assert_eq!(busy, 6, "refused");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusals were not fast"
+        );
+        drop(streams);
+        // The budget is returned when they close: a normal request goes through.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, _, reply) = post(
+                &proxy.url("/v1/chat/completions"),
+                br#"{"model":"m","messages":[]}"#.to_vec(),
+            )
+            .await;
+            if status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "budget not returned: {status} {reply}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    println!("{failed} of {sent} requests failed in 6 s (cool-down 3 s)");
-    // One failure ejects; one more at most when the cool-down ends and probation fails.
-    assert!(failed <= 3, "{failed} failures in two cool-downs of 3 s");
+
+    #[tokio::test]
+    async fn a_body_sent_one_byte_a_second_is_cut_at_the_whole_body_deadline() {
+        let _serial = serial().await;
+        let sim = Sim::start(&["--served-model-name", SERVED]);
+        let proxy = Proxy::start(&one_replica(&sim).server("client_body_timeout_ms = 3000"));
+        let mut s = TcpStream::connect(proxy.addr).expect("connect");
+        s.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+        )
+        .expect("head");
+        s.set_read_timeout(Some(Duration::from_millis(900)))
+            .expect("timeout");
+        let started = Instant::now();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while started.elapsed() < Duration::from_secs(12) {
+            let _ = s.write_all(b" ");
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    if reply.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&reply);
+        println!(
+            "1 byte/s body answered after {elapsed:?}: {}",
+            text.lines().next().unwrap_or("")
+        );
+        assert_eq!(status_of(&text), 408, "{text}");
+        assert!(
+            elapsed >= Duration::from_secs(2) && elapsed <= Duration::from_secs(5),
+            "cut after {elapsed:?}, deadline 3 s"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replica_passing_health_but_failing_requests_stays_out_for_its_cool_down() {
+        let _serial = serial().await;
+        let good = Sim::start(&["--served-model-name", SERVED, "--replica-name", "good"]);
+        let bad = Sim::start(&["--served-model-name", SERVED, "--replica-name", "bad"]);
+        bad.set_faults(json!({"error_status": 500})).await;
+        let proxy = Proxy::start(
+            &ProxyConfig::default()
+                .cluster("pool", "vllm", &[good.addr, bad.addr])
+                .with(&[
+                    "policy = \"round-robin\"",
+                    "health = { interval_ms = 100, healthy_after = 1 }",
+                    "passive = { failures = 1, base_cooldown_ms = 3000, max_cooldown_ms = 3000 }",
+                ])
+                .model("m", "pool", SERVED),
+        );
+        let url = proxy.url("/v1/chat/completions");
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let started = Instant::now();
+        let (mut failed, mut sent) = (0, 0);
+        // Two cool-down periods with probes passing every 100 ms all along.
+        while started.elapsed() < Duration::from_secs(6) {
+            let (status, _, _) = post(&url, body.to_vec()).await;
+            sent += 1;
+            failed += usize::from(status >= 500);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!("{failed} of {sent} requests failed in 6 s (cool-down 3 s)");
+        // One failure ejects; one more at most when the cool-down ends and probation fails.
+        assert!(failed <= 3, "{failed} failures in two cool-downs of 3 s");
+    }
 }
