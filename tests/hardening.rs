@@ -396,6 +396,63 @@ async fn a_reload_that_changes_listeners_says_they_wait_for_an_upgrade() {
     );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Replica answers (item 6) and smaller items
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_replica_429_is_retried_elsewhere_and_a_final_429_or_503_carries_retry_after() {
+    let a = Sim::start(&["--served-model-name", SERVED, "--replica-name", "a"]);
+    let b = Sim::start(&["--served-model-name", SERVED, "--replica-name", "b"]);
+    a.set_faults(json!({"error_status": 429})).await;
+    let proxy = Proxy::start(
+        &ProxyConfig::default()
+            .cluster("pool", "vllm", &[a.addr, b.addr])
+            .with(&["policy = \"round-robin\"", "passive = { failures = 0 }"])
+            .model("m", "pool", SERVED),
+    );
+    let url = proxy.url("/v1/chat/completions");
+    let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..4 {
+        let (status, _, reply) = post(&url, body.to_vec()).await;
+        assert_eq!(status, 200, "a 429 was not retried on b: {reply}");
+    }
+    assert!(!a.requests().await.is_empty(), "round robin reached a");
+    for (fault, want) in [(429, 429), (503, 503)] {
+        a.set_faults(json!({"error_status": fault})).await;
+        b.set_faults(json!({"error_status": fault})).await;
+        let (status, headers, reply) = post(&url, body.to_vec()).await;
+        assert_eq!(status, want, "{reply}");
+        assert!(headers.contains_key("retry-after"), "{fault}: {headers:?}");
+        assert_openai_error(&reply);
+    }
+}
+
+#[tokio::test]
+async fn upgrade_headers_are_not_forwarded() {
+    let sim = Sim::start(&["--served-model-name", SERVED]);
+    let proxy = Proxy::start(&one_replica(&sim));
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("http2-settings", "AAMAAABkAAQAAP__")
+        .body(r#"{"model":"m","messages":[]}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 200);
+    let recorded = sim.requests().await;
+    let headers = &recorded[0]["headers"];
+    assert!(headers.get("upgrade").is_none(), "{headers}");
+    assert!(headers.get("http2-settings").is_none(), "{headers}");
+    let connection = headers["connection"].as_str().unwrap_or("");
+    assert!(
+        !connection.to_ascii_lowercase().contains("upgrade"),
+        "{headers}"
+    );
+}
+
 /// Wall-clock windows (the budget's fast refusals, the body deadline, the passive cool-down
 /// with probes passing): the serial timing group.
 mod timing {

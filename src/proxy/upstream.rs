@@ -203,6 +203,18 @@ pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Res
     request.remove_header(&http::header::EXPECT);
     request.remove_header(&http::header::TRANSFER_ENCODING);
     request.remove_header(&http::header::ACCEPT_ENCODING);
+    // Completions are plain request/response: a protocol switch (WebSocket, h2c) asked of a
+    // replica could only confuse it or a proxy between us.
+    request.remove_header(&http::header::UPGRADE);
+    request.remove_header("http2-settings");
+    let asks_upgrade = request
+        .headers
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    if asks_upgrade {
+        request.remove_header(&http::header::CONNECTION);
+    }
     if let Some(body) = ctx.upstream_body.as_ref() {
         request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         request.insert_header(http::header::CONTENT_TYPE, "application/json")?;
@@ -245,8 +257,9 @@ pub fn on_upstream_response_header(response: &ResponseHeader, ctx: &mut RequestC
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
     // Nothing has reached the client yet: a replica that is overloaded, scaling or dead
-    // (502/503, vLLM's empty 500) gets the request retried on another one.
-    if (matches!(status, 502 | 503) || (status == 500 && empty)) && can_retry(ctx) {
+    // (429/502/503, vLLM's empty 500) gets the request retried on another one. A 429 or 503
+    // means the replica did not start generating.
+    if (matches!(status, 429 | 502 | 503) || (status == 500 && empty)) && can_retry(ctx) {
         ctx.retry_status = true;
         ctx.upstream_status = None;
         return Err(Error::explain(
@@ -278,6 +291,12 @@ pub fn on_response_header(
     let status = response.status.as_u16();
     ctx.upstream_status = Some(status);
     response.insert_header("x-request-id", ctx.request_id.as_str())?;
+    // A replica's 429/503 (every retry spent) tells SDKs when to come back; vLLM sends none.
+    if matches!(status, 429 | 503) && !response.headers.contains_key(http::header::RETRY_AFTER) {
+        let secs = crate::errors::RETRY_AFTER_SECONDS;
+        response.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+        response.insert_header("retry-after-ms", (secs * 1000).to_string())?;
+    }
     if let Some(reservation) = ctx.reservation.as_ref() {
         for (name, value) in reservation.headers().pairs() {
             response.insert_header(name, value)?;
