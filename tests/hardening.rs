@@ -334,6 +334,72 @@ async fn declared_lengths_reserve_no_memory() {
     assert_eq!(status, 200);
 }
 
+/// A key limited to one request at a time holds at most one body: the second upload is
+/// refused from its headers alone, before a byte of its body is read.
+#[tokio::test]
+async fn key_limits_apply_before_the_body_is_buffered() {
+    use tokengate::auth::{now_unix, KeyRegistry, NewKey};
+    use tokengate::ratelimit::KeyLimits;
+    let sim = Sim::start(&["--served-model-name", SERVED]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(&keys, "# keys\n").expect("keys file");
+    let registry = KeyRegistry::load_or_empty(&keys).expect("keys load");
+    let limits = KeyLimits {
+        max_concurrent: Some(1),
+        requests_per_minute: Some(3),
+        ..KeyLimits::default()
+    };
+    let new = NewKey {
+        limits,
+        ..NewKey::named("one-at-a-time")
+    };
+    let (secret, _) = registry.create(new, now_unix()).expect("key");
+    let proxy = Proxy::start(
+        &one_replica(&sim).table(&format!("[auth]\nkeys_file = \"{}\"", keys.display())),
+    );
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    // The first upload holds the key's one slot while it dribbles.
+    let mut first = TcpStream::connect(proxy.addr).expect("connect");
+    first.write_all(head.as_bytes()).expect("head");
+    first.write_all(&[b' '; 1000]).expect("some body");
+    std::thread::sleep(Duration::from_millis(300));
+    // The second is refused with only its headers sent.
+    let (reply, _) = raw(proxy.addr, head.as_bytes(), Duration::from_secs(5));
+    assert_eq!(status_of(&reply), 429, "{reply}");
+    assert_eq!(
+        json_body(&reply)["error"]["code"],
+        "rate_limit_exceeded",
+        "{reply}"
+    );
+    assert!(reply.contains("max_concurrent"), "{reply}");
+    drop(first);
+    // requests_per_minute = 3: the first upload and two more; the next is refused, also from
+    // its headers (a concurrency refusal takes nothing from the bucket).
+    let body = br#"{"model":"m","messages":[]}"#;
+    let ask = || {
+        client()
+            .post(proxy.url("/v1/chat/completions"))
+            .bearer_auth(&secret)
+            .body(body.to_vec())
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut statuses = Vec::new();
+    while statuses.len() < 3 && Instant::now() < deadline {
+        let status = ask().await.expect("send").status().as_u16();
+        if status == 429 && statuses.is_empty() {
+            // The first upload's slot is freed when the proxy notices it closed.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 429], "requests_per_minute = 3");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Admin and reload (item 5)
 // ---------------------------------------------------------------------------------------------

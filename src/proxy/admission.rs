@@ -16,8 +16,8 @@ use crate::config::Route;
 use crate::errors::ApiError;
 use crate::fleet::{prefix_key, Policy};
 use crate::ratelimit::{
-    estimate_request_tokens, AdmissionRequest, GlobalLimits, KeyLimits, ModelLimits, RateLimited,
-    Reservation,
+    estimate_request_tokens, AdmissionRequest, GlobalLimits, KeyLimits, KeyTicket, ModelLimits,
+    RateLimited, Reservation,
 };
 use crate::routing::body::{BodyScan, RequestFacts, RewritePlan, StreamUsage};
 use crate::routing::{self, Endpoint};
@@ -135,6 +135,15 @@ async fn prepare_upstream(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<bool> {
+    let ticket = match admit_key_early(state, ctx) {
+        Ok(ticket) => ticket,
+        Err(e) => {
+            crate::metrics::RATE_LIMITED
+                .with_label_values(&[e.limit.as_str()])
+                .inc();
+            return reject(session, ctx, ApiError::RateLimited(e), true).await;
+        }
+    };
     let server = &ctx.config.server;
     let read_started = std::time::Instant::now();
     let limits = body::BodyLimits {
@@ -194,7 +203,7 @@ async fn prepare_upstream(
             ..(*route).clone()
         });
     }
-    match admit_limits(state, ctx, facts, &route) {
+    match admit_limits(state, ctx, facts, &route, ticket) {
         Ok(reservation) => ctx.reservation = reservation,
         Err(e) => {
             crate::metrics::RATE_LIMITED
@@ -298,12 +307,37 @@ fn evaluate_rules(session: &Session, ctx: &mut RequestCtx, facts: &RequestFacts)
     }
 }
 
-/// Reserve the request's estimated tokens against the key, model and global buckets.
+/// The key's concurrency slot and requests-per-minute, known from the headers: applied before
+/// a byte of body is buffered.
+fn admit_key_early(
+    state: &AppState,
+    ctx: &RequestCtx,
+) -> std::result::Result<Option<KeyTicket>, Box<RateLimited>> {
+    let Some(key) = ctx.key.as_ref().filter(|k| !k.limits.is_empty()) else {
+        return Ok(None);
+    };
+    let request = AdmissionRequest {
+        key_name: &key.name,
+        key_limits: &key.limits,
+        model: "-",
+        model_limits: &ModelLimits::default(),
+        global_limits: &GlobalLimits::default(),
+        estimated_tokens: 0,
+    };
+    state
+        .limiter
+        .admit_key(&request, std::time::Instant::now())
+        .map(Some)
+}
+
+/// Reserve the request's estimated tokens against the key, model and global buckets
+/// (`ticket`: the key's part, taken before the body was read).
 fn admit_limits(
     state: &AppState,
     ctx: &RequestCtx,
     facts: &RequestFacts,
     route: &Route,
+    ticket: Option<KeyTicket>,
 ) -> std::result::Result<Option<Reservation>, Box<RateLimited>> {
     let no_key_limits = KeyLimits::default();
     let key_limits = ctx.key.as_ref().map_or(&no_key_limits, |k| &k.limits);
@@ -324,20 +358,20 @@ fn admit_limits(
         .map(|m| m.saturating_mul(facts.n.unwrap_or(1).max(1)));
     let estimated =
         estimate_request_tokens(facts.prompt_bytes, completion_budget, reservation_default);
-    state
-        .limiter
-        .admit(
-            &AdmissionRequest {
-                key_name: ctx.key_label(),
-                key_limits,
-                model: &route.alias,
-                model_limits: &route.limits,
-                global_limits: &ctx.config.global_limits,
-                estimated_tokens: estimated,
-            },
-            std::time::Instant::now(),
-        )
-        .map(Some)
+    let request = AdmissionRequest {
+        key_name: ctx.key_label(),
+        key_limits,
+        model: &route.alias,
+        model_limits: &route.limits,
+        global_limits: &ctx.config.global_limits,
+        estimated_tokens: estimated,
+    };
+    let now = std::time::Instant::now();
+    match ticket {
+        Some(ticket) => state.limiter.admit_after(ticket, &request, now),
+        None => state.limiter.admit(&request, now),
+    }
+    .map(Some)
 }
 
 /// How many leading bytes of the prompt identify a shared prefix (system prompt and the first

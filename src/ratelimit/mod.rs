@@ -17,7 +17,9 @@ pub use bucket::{Refusal, TokenBucket};
 pub use headers::{
     format_openai_duration, retry_after_millis, retry_after_seconds, RateLimitHeaders, WindowState,
 };
-pub use limiter::{AdmissionRequest, Limiter, RateLimited, Reservation, CONCURRENCY_RETRY_AFTER};
+pub use limiter::{
+    AdmissionRequest, KeyTicket, Limiter, RateLimited, Reservation, CONCURRENCY_RETRY_AFTER,
+};
 pub use limits::{Dimension, GlobalLimits, KeyLimits, LimitKind, ModelLimits, Scope};
 pub use usage::{Usage, UsageCounts, UsageSnapshot};
 
