@@ -172,7 +172,7 @@ counter_vec!(
     UPSTREAM_ERRORS,
     "tokengate_upstream_errors_total",
     "Upstream failures by cluster and kind (connect_refused, connect_timeout, read_timeout, \
-     closed, http_5xx, http_4xx, other).",
+     closed, http_5xx, http_4xx, stream_error: an error event mid-stream, other).",
     &["cluster", "kind"]
 );
 counter_vec!(

@@ -57,7 +57,26 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
             .with_label_values(&[&cluster])
             .inc_by((ctx.attempts - 1) as u64);
     }
-    let upstream_error = if client_closed {
+    // A replica's error event mid-stream: the status was 200, but the request failed.
+    let stream_error = ctx
+        .usage
+        .as_ref()
+        .and_then(|u| u.upstream_error.as_ref())
+        .map(|e| {
+            e.code
+                .clone()
+                .unwrap_or_else(|| "upstream_error".to_string())
+        });
+    if let Some(code) = &stream_error {
+        log::warn!(
+            "request {}: replica {} sent an error event mid-stream ({code})",
+            ctx.request_id,
+            ctx.replica.as_deref().unwrap_or("-")
+        );
+    }
+    let upstream_error = if stream_error.is_some() {
+        Some("stream_error")
+    } else if client_closed {
         None
     } else {
         upstream_error_kind(e, ctx.upstream_status)
@@ -100,6 +119,8 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         retries: ctx.attempts.saturating_sub(1),
         error: if client_closed {
             Some("client_closed")
+        } else if let Some(code) = stream_error.as_deref() {
+            Some(code)
         } else {
             e.map(|e| e.etype().as_str())
         },
