@@ -74,6 +74,8 @@ fn spawn(mut cmd: Command, capture_stdout: bool) -> Result<Child, String> {
         cmd.stdout(Stdio::piped());
     }
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    // Allowed: a child started by the demo must die with it (no std API for PDEATHSIG).
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -153,6 +155,8 @@ impl Children {
     fn stop_all(&mut self) {
         for child in &mut self.0 {
             // SIGINT: Pingora's fast shutdown; the simulator exits on it too.
+            // Allowed: std can only SIGKILL a child; kill(2) on our own child's pid is sound.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(child.id() as libc::pid_t, libc::SIGINT);
             }

@@ -1,6 +1,13 @@
 //! Smoke run of the seeded fuzzer (bench/fuzz.rs): 10^4 inputs per target, 0 panics and 0 broken
 //! invariants. The 10^6 runs are done in release mode by hand (README, "Security").
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 use std::process::Command;
 
 #[test]

@@ -3,6 +3,13 @@
 //! body-bytes budget and deadlines, the admin token file, passive ejection under passing probes.
 //! Tests that measure time or memory bound them generously (≥ 3× what they expect).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::io::{Read, Write};
