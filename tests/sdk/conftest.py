@@ -38,7 +38,7 @@ def wait_for_port(port: int, deadline_s: float = 30.0) -> None:
 class Demo:
     """The demo config with every fixed port replaced by a free one."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, extra_args=()):
         text = (ROOT / "conf" / "demo.toml").read_text()
         self.ports = {}
         for fixed in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", text))):
@@ -53,9 +53,11 @@ class Demo:
         self.config.write_text(text)
         self.proxy_port = self.ports[8080]
         self.admin_port = self.ports[9090]
+        # A file, not a pipe nobody reads: the demo prints as it runs (health changes).
+        self.log = tmp / "demo.log"
         self.proc = subprocess.Popen(
-            [str(BIN), "demo", "--config", str(self.config)],
-            stdout=subprocess.PIPE,
+            [str(BIN), "demo", "--config", str(self.config), *extra_args],
+            stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": "warn"},
             start_new_session=True,
