@@ -73,12 +73,17 @@ impl Supervisor {
         // `block_on` runs on this (the main) thread, so restarted children keep a live
         // parent-death thread.
         runtime.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(|e| e.to_string())?;
+            // Registered once, before the loop: a signal between two polls is kept, not lost.
+            let listen = |kind| tokio::signal::unix::signal(kind).map_err(|e| e.to_string());
+            let mut int = listen(tokio::signal::unix::SignalKind::interrupt())?;
+            let mut term = listen(tokio::signal::unix::SignalKind::terminate())?;
             let mut tick = tokio::time::interval(TICK);
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => { eprintln!("\nstopping the demo"); return Ok(()); }
+                    // Signals first: Ctrl-C reaches the children too, and their exit then
+                    // is the stop, not a crash to report or a replica to restart.
+                    biased;
+                    _ = int.recv() => { eprintln!("\nstopping the demo"); return Ok(()); }
                     _ = term.recv() => return Ok(()),
                     _ = tick.tick() => {
                         if let Some(status) = self.proxy.as_mut().and_then(process::exited) {

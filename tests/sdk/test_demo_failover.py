@@ -22,6 +22,9 @@ def own_demo(tmp_path_factory):
     d = Demo(tmp_path_factory.mktemp("failover"), ["--restart-after-secs", str(RESTART_AFTER_S)])
     yield d
     d.stop()
+    # Ctrl-C is a clean stop, even though the children exit with the supervisor.
+    assert d.proc.returncode == 0, d.log.read_text()
+    assert "stopping the demo" in d.log.read_text()
     for port in d.ports.values():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after Ctrl-C"
