@@ -53,9 +53,11 @@ fi
 arch=$(dpkg --print-architecture)
 cache=${TOKENGATE_ROOTFS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokengate-test-rootfs}
 rootfs=$cache/$suite-$arch
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9   # one build at a time; a concurrent run waits for it, then reuses it
 if [ ! -x "$rootfs/lib/systemd/systemd" ]; then
     say "building the $suite rootfs from $mirror into $rootfs (once; later runs reuse it)"
-    mkdir -p "$cache"
     tmp=$(mktemp -d "$cache/.build.XXXXXX")
     if ! debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus \
         "$suite" "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1; then
@@ -66,6 +68,7 @@ if [ ! -x "$rootfs/lib/systemd/systemd" ]; then
     rm -rf "$rootfs" && mv "$tmp" "$rootfs"
     say "rootfs built"
 fi
+exec 9>&-
 
 # --- host side: a simulated replica and free ports -------------------------------------------
 run=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-systemd-live.XXXXXX")
