@@ -664,7 +664,10 @@ async fn binary_upgrade_under_load_drops_nothing() {
     let refused = reload(&bad);
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{refused:?}");
-    assert!(why.contains("is invalid") && why.contains("not reloaded"), "{why}");
+    assert!(
+        why.contains("is invalid") && why.contains("not reloaded"),
+        "{why}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(b.alive());
     let (status, _, _) = common::post(&url, chat(false, 2).into_bytes()).await;
