@@ -31,6 +31,11 @@ struct RunArgs {
     /// Validate and exit (Pingora `-t`).
     #[arg(short = 't', long)]
     test: bool,
+    /// Once every listener accepts, write the bound addresses here as JSON
+    /// (`{"pid", "listen", "tls_listen", "admin_listen"}`); how a supervisor or a test learns
+    /// the ports of `127.0.0.1:0` listeners.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +136,7 @@ fn run(args: RunArgs) -> ExitCode {
         daemon: args.daemon,
         upgrade: args.upgrade,
         test: args.test,
+        ready_file: args.ready_file,
     };
     match server::run(&args.config, flags) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,8 @@
 //! Building and running the Pingora server from a validated config.
 
-use std::path::Path;
+mod listeners;
+
+use std::path::{Path, PathBuf};
 
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
@@ -13,13 +15,16 @@ use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
 use crate::proxy::TokenGate;
 use crate::state::AppState;
+use listeners::{BoundReport, Endpoint, Prebound};
 
 /// Process-level switches, with Pingora's letters.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunFlags {
     pub daemon: bool,
     pub upgrade: bool,
     pub test: bool,
+    /// Where to write the bound addresses (JSON) once every listener accepts.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Load the config and serve until a signal ends the process.
@@ -27,6 +32,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     // `-d` changes the working directory to `/`: keep SIGHUP reloads finding the same file.
     let absolute = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     let config_path = absolute.as_path();
+    let ready_file = flags.ready_file.as_deref().map(absolute_path);
     let config = config::load(config_path)?;
     let server_settings = config.server.clone();
     crate::accesslog::configure(server_settings.access_log.clone());
@@ -56,37 +62,44 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
         TokenGate::new(state.clone()),
         "tokengate proxy",
     );
-    for addr in &server_settings.listen {
-        proxy.add_tcp(&addr.to_string());
+    let mut proxy_endpoints = Vec::new();
+    for (i, addr) in server_settings.listen.iter().enumerate() {
+        let endpoint = Endpoint::new(format!("listen[{i}]"), *addr);
+        proxy.add_tcp(&endpoint.key());
+        proxy_endpoints.push(endpoint);
     }
     if let Some(tls) = &server_settings.tls {
         // The files were loaded and matched during validation (config::tls_check); Pingora
         // loads them again when the listener starts (also in a process taking over with -u,
         // which is how a certificate is rotated without dropping a connection).
-        for addr in &server_settings.tls_listen {
+        for (i, addr) in server_settings.tls_listen.iter().enumerate() {
+            let endpoint = Endpoint::new(format!("tls_listen[{i}]"), *addr);
             let mut settings =
                 TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
                     .expect("TLS settings from validated files");
             if tls.http2 {
                 settings.enable_h2();
             }
-            proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+            proxy.add_tls_with_settings(&endpoint.key(), None, settings);
+            proxy_endpoints.push(endpoint);
         }
     }
     let mut admin = Service::new(
         "tokengate admin".to_string(),
         HttpServer::new_app(AdminApp::new(state.clone())),
     );
-    admin.add_tcp(&server_settings.admin_listen.to_string());
+    let admin_endpoint = Endpoint::new("admin_listen", server_settings.admin_listen);
+    admin.add_tcp(&admin_endpoint.key());
+    let report = BoundReport::new(proxy_endpoints.len() + 1, ready_file);
 
     // The proxy accepts only once every replica was probed (see HealthService).
     let health = server.add_service(background_service(
         "health",
         crate::health_service::HealthService::new(&state),
     ));
-    let proxy = server.add_service(proxy);
+    let proxy = server.add_service(Prebound::new(proxy, proxy_endpoints, report.clone()));
     proxy.add_dependency(&health);
-    server.add_service(admin);
+    server.add_service(Prebound::new(admin, vec![admin_endpoint], report));
     server.add_service(background_service(
         "sighup reload",
         crate::reload_signal::SighupReload {
@@ -94,10 +107,15 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
         },
     ));
     log::info!(
-        "tokengate listening on {:?}, TLS on {:?}, admin on {}",
+        "tokengate configured to listen on {:?}, TLS on {:?}, admin on {}",
         server_settings.listen,
         server_settings.tls_listen,
         server_settings.admin_listen
     );
     server.run_forever()
+}
+
+/// `path` from the current directory: `-d` changes the working directory to `/`.
+fn absolute_path(path: &Path) -> PathBuf {
+    std::env::current_dir().map_or_else(|_| path.to_path_buf(), |dir| dir.join(path))
 }

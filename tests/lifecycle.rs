@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_for_port, Sim, PROXY_BIN};
+use common::{serial, wait_for_ready_file, Sim, ANY_PORT, PROXY_BIN};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -87,6 +87,7 @@ impl Drop for Owned {
     }
 }
 
+/// A config on port-0 listeners; the addresses are known once `start` read the ready file.
 struct Setup {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -98,19 +99,16 @@ struct Setup {
 impl Setup {
     fn new(sim: &Sim, server_extra: &str, tls: bool) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let tls_addr = tls.then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let mut text = format!(
-            "[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+            "[server]\nlisten = [\"{ANY_PORT}\"]\nadmin_listen = \"{ANY_PORT}\"\nthreads = 2\n\
              pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\naccess_log = \"off\"\n{server_extra}\n",
             pid = dir.path().join("tokengate.pid").display(),
             sock = dir.path().join("upgrade.sock").display(),
         );
-        if let Some(addr) = tls_addr {
+        if tls {
             make_test_pki(dir.path());
             text += &format!(
-                "tls_listen = [\"{addr}\"]\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n"
+                "tls_listen = [\"{ANY_PORT}\"]\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n"
             );
         }
         text += &format!(
@@ -120,12 +118,13 @@ impl Setup {
         );
         let config = dir.path().join("tokengate.toml");
         std::fs::write(&config, text).expect("write config");
+        let unknown = SocketAddr::from(([127, 0, 0, 1], 0));
         Setup {
             dir,
             config,
-            listen,
-            admin,
-            tls: tls_addr,
+            listen: unknown,
+            admin: unknown,
+            tls: None,
         }
     }
 
@@ -133,24 +132,27 @@ impl Setup {
         self.dir.path().join(name)
     }
 
-    /// `tokengate run` in the foreground, ready (listeners up, replicas probed).
-    fn start(&self) -> Owned {
+    /// `tokengate run` in the foreground, ready (listeners up, replicas probed, signal
+    /// handlers installed); learns the bound addresses from the ready file.
+    fn start(&mut self) -> Owned {
         let log = std::fs::File::create(self.path("proxy-a.log")).expect("log file");
-        let child = Command::new(PROXY_BIN)
+        let ready_file = self.path("ready.json");
+        let mut child = Command::new(PROXY_BIN)
             .args(["run", "--config"])
             .arg(&self.config)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start tokengate");
+        let bound = wait_for_ready_file(&ready_file, &mut child);
+        self.listen = bound.listen[0];
+        self.admin = bound.admin;
+        self.tls = bound.tls_listen.first().copied();
         let owned = Owned::child(child);
-        wait_for_port(self.listen);
-        wait_for_port(self.admin);
-        if let Some(tls) = self.tls {
-            wait_for_port(tls);
-        }
-        wait_ready(self.admin);
+        wait_ready(self.admin, owned.pid);
         owned
     }
 
@@ -159,11 +161,11 @@ impl Setup {
     }
 }
 
-/// Admin `/health` says every replica was probed; then a little more, past Pingora's
-/// signal-handler setup (PINGORA.md §8: signal only a ready process).
-fn wait_ready(admin: SocketAddr) {
+/// Admin `/health` says every replica was probed, and Pingora has installed its signal
+/// handlers (PINGORA.md §8: signal only a ready process).
+fn wait_ready(admin: SocketAddr, pid: i32) {
     common::wait_until_ready(admin);
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_for_signal_handlers(pid as u32, &[libc::SIGINT, libc::SIGQUIT, libc::SIGTERM]);
 }
 
 /// A test CA and a server certificate for `localhost` / `127.0.0.1`, made with the openssl CLI:
@@ -463,228 +465,6 @@ fn systemd_units_pass_systemd_analyze_verify() {
         .is_some_and(|a| a.keys_file.starts_with("/var/lib/tokengate/")));
 }
 
-/// SIGTERM: Pingora closes the listeners at once (new connections are refused within
-/// milliseconds), keeps serving every request and stream already accepted, sleeps the whole
-/// `grace_period_seconds` (even when nothing is in flight), then gives the runtimes
-/// `graceful_shutdown_timeout_seconds` and exits; a stream still running then is cut.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_drains_in_flight_streams_and_refuses_new_connections() {
-    const GRACE: u64 = 4;
-    const SHUTDOWN: u64 = 1;
-    let sim = Sim::start(&["--served-model-name", "s"]);
-    let setup = Setup::new(
-        &sim,
-        &format!("grace_period_seconds = {GRACE}\ngraceful_shutdown_timeout_seconds = {SHUTDOWN}"),
-        false,
-    );
-    let mut proxy = setup.start();
-    let url = setup.url("/v1/chat/completions");
-
-    // Five streams of ~2.5 s, and one of ~20 s that cannot finish within the grace period.
-    let short: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(stream(url.clone(), 25, 100)))
-        .collect();
-    let long = tokio::spawn(stream(url.clone(), 200, 100));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-
-    let t0 = Instant::now();
-    proxy.signal(libc::SIGTERM);
-    let refused_after = tokio::task::spawn_blocking(move || loop {
-        match TcpStream::connect_timeout(&setup.listen, Duration::from_millis(200)) {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break t0.elapsed(),
-            _ if t0.elapsed() > Duration::from_secs(3) => panic!("listener still open after 3 s"),
-            _ => std::thread::sleep(Duration::from_millis(5)),
-        }
-    })
-    .await
-    .unwrap();
-
-    for s in short {
-        let sse = s.await.unwrap().expect("in-flight stream survives SIGTERM");
-        assert!(complete(&sse, 25), "truncated stream: {sse}");
-    }
-    let streams_done = t0.elapsed();
-    let long = long.await.unwrap();
-    let long_cut = t0.elapsed();
-    let status = tokio::task::spawn_blocking(move || {
-        let s = proxy.wait_exit(Duration::from_secs(GRACE + SHUTDOWN + 10));
-        (s, t0.elapsed())
-    })
-    .await
-    .unwrap();
-    let (exit, exited_after) = status;
-    eprintln!(
-        "SIGTERM: refused after {refused_after:?}; 5 streams done at {streams_done:?}; \
-         20 s stream ended at {long_cut:?} ({}); exit {exit:?} at {exited_after:?}",
-        if long.as_ref().is_ok_and(|s| complete(s, 200)) {
-            "complete"
-        } else {
-            "cut"
-        }
-    );
-    assert!(
-        refused_after < Duration::from_millis(500),
-        "{refused_after:?}"
-    );
-    assert!(exit.expect("exited in time").success());
-    assert!(
-        exited_after >= Duration::from_secs(GRACE),
-        "{exited_after:?}"
-    );
-    assert!(
-        exited_after < Duration::from_secs(GRACE + SHUTDOWN + 2),
-        "{exited_after:?}"
-    );
-    assert!(
-        !long.as_ref().is_ok_and(|s| complete(s, 200)),
-        "a 20 s stream cannot outlive grace + shutdown timeout"
-    );
-    // Pingora's runtime shutdown drops async tasks at once: a stream is cut when the grace
-    // period ends (graceful_shutdown_timeout_seconds only bounds blocking threads).
-    assert!(long_cut >= Duration::from_secs(GRACE), "{long_cut:?}");
-    assert!(long_cut < Duration::from_secs(GRACE + 1), "{long_cut:?}");
-}
-
-/// The unit's ExecReload helper performs Pingora's hand-off while clients stream and send
-/// short requests: new process B started with `--upgrade --daemon` (same config, same
-/// upgrade_sock), old process A gets SIGQUIT, sends its listeners, keeps accepting for 5 s,
-/// then drains for grace_period_seconds. No request fails, no stream is cut, and after A has
-/// exited every new connection is served (by B, the only process left).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn binary_upgrade_under_load_drops_nothing() {
-    const GRACE: u64 = 12;
-    const STREAM_TOKENS: u32 = 100; // x 100 ms: ~10 s per stream
-    let sim = Sim::start(&["--served-model-name", "s"]);
-    let setup = Setup::new(
-        &sim,
-        &format!("grace_period_seconds = {GRACE}\ngraceful_shutdown_timeout_seconds = 2"),
-        false,
-    );
-    let mut a = setup.start();
-    let url = setup.url("/v1/chat/completions");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let loops: Vec<_> = (0..4)
-        .map(|i| tokio::spawn(short_loop(url.clone(), i % 2 == 0, stop.clone())))
-        .collect();
-    let mut streams: Vec<_> = (0..4)
-        .map(|_| tokio::spawn(stream(url.clone(), STREAM_TOKENS, 100)))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-
-    // What systemd runs for `tokengate-upgrade`: the request file, then ExecReload $MAINPID.
-    let request = setup.path("upgrade.request");
-    std::fs::write(&request, "").unwrap();
-    let t_quit = Instant::now();
-    let script = Command::new(Path::new(ROOT).join("systemd/tokengate-reload"))
-        .arg(a.pid.to_string())
-        .env("TOKENGATE_BIN", PROXY_BIN)
-        .env("TOKENGATE_CONFIG", &setup.config)
-        .env("TOKENGATE_PID_FILE", setup.path("tokengate.pid"))
-        .env("TOKENGATE_UPGRADE_SOCK", setup.path("upgrade.sock"))
-        .env("TOKENGATE_UPGRADE_REQUEST", &request)
-        .env("TOKENGATE_UPGRADE_RESULT", setup.path("upgrade.result"))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(setup.path("proxy-b.log")).unwrap())
-        .status()
-        .expect("run tokengate-reload");
-    let handoff = t_quit.elapsed();
-    let pid_b: i32 = std::fs::read_to_string(setup.path("tokengate.pid"))
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let b = (pid_b > 0).then(|| Owned::daemon(pid_b));
-    assert!(
-        script.success() && b.is_some(),
-        "tokengate-reload failed ({script}): {}",
-        std::fs::read_to_string(setup.path("proxy-b.log")).unwrap_or_default()
-    );
-    let b = b.unwrap();
-    assert_ne!(pid_b, a.pid);
-    assert!(!request.exists(), "the upgrade request is consumed");
-
-    // More streams during the overlap (A and B both accept) and after A stopped accepting.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    streams.extend((0..2).map(|_| tokio::spawn(stream(url.clone(), STREAM_TOKENS, 100))));
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    streams.extend((0..2).map(|_| tokio::spawn(stream(url.clone(), STREAM_TOKENS, 100))));
-
-    let (a_status, a_exit) = tokio::task::spawn_blocking(move || {
-        let s = a.wait_exit(Duration::from_secs(5 + GRACE + 2 + 10));
-        (s, t_quit.elapsed())
-    })
-    .await
-    .unwrap();
-    assert!(a_status.expect("A exited in time").success());
-    assert!(b.alive(), "B must outlive A");
-
-    // After A has gone, new connections (admin included) are B's.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for l in loops {
-        let (o, f) = l.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    let total_streams = streams.len();
-    let mut cut = Vec::new();
-    for s in streams {
-        match s.await.unwrap() {
-            Ok(sse) if complete(&sse, STREAM_TOKENS) => {}
-            Ok(sse) => cut.push(format!("truncated: {}", sse.len())),
-            Err(e) => cut.push(e),
-        }
-    }
-    let after_a = common::client()
-        .get(format!("http://{}/health", setup.admin))
-        .send()
-        .await
-        .expect("admin listener served by B");
-    assert!(after_a.status().is_success());
-
-    // The plain reload path of the same helper (POSIX sh, builtin kill): SIGHUP, B keeps
-    // running. A config the proxy would reject fails the helper (so `systemctl reload`
-    // fails) with the reason, and B is not signalled.
-    let reload = |config: &Path| {
-        Command::new(Path::new(ROOT).join("systemd/tokengate-reload"))
-            .arg(pid_b.to_string())
-            .env("TOKENGATE_BIN", PROXY_BIN)
-            .env("TOKENGATE_CONFIG", config)
-            .env("TOKENGATE_UPGRADE_REQUEST", &request)
-            .output()
-            .unwrap()
-    };
-    let hup = reload(&setup.config);
-    assert!(hup.status.success(), "{hup:?}");
-    let bad = setup.path("bad.toml");
-    std::fs::write(&bad, "[server]\nlisten = 80\n").unwrap();
-    let refused = reload(&bad);
-    let why = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{refused:?}");
-    assert!(
-        why.contains("is invalid") && why.contains("not reloaded"),
-        "{why}"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(b.alive());
-    let (status, _, _) = common::post(&url, chat(false, 2).into_bytes()).await;
-    assert_eq!(status, 200);
-
-    eprintln!(
-        "upgrade: hand-off script took {handoff:?}; A exited {a_exit:?} after SIGQUIT; \
-         short requests ok={ok} failed={}; streams {total_streams}, cut {}",
-        failed.len(),
-        cut.len()
-    );
-    assert!(ok > 100, "too little load to mean anything: {ok}");
-    assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(cut.is_empty(), "cut streams: {cut:?}");
-    assert!(a_exit >= Duration::from_secs(5 + GRACE - 1), "{a_exit:?}");
-}
-
 fn curl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "30"])
@@ -705,7 +485,7 @@ async fn tls_listener_serves_http2_and_http1() {
     let (_, version, _) = curl(&["-V"]);
     assert!(version.contains("HTTP2"), "curl without HTTP/2: {version}");
     let sim = Sim::start(&["--served-model-name", "s"]);
-    let setup = Setup::new(&sim, "grace_period_seconds = 0", true);
+    let mut setup = Setup::new(&sim, "grace_period_seconds = 0", true);
     let _proxy = setup.start();
     let tls = setup.tls.unwrap();
     let ca = setup.path("ca.pem");
@@ -860,5 +640,251 @@ fn tls_config_errors_name_the_file_and_field() {
             !ok && want.split('|').all(|w| err.contains(w)),
             "{server}\n---\n{err}\n--- wanted: {want}"
         );
+    }
+}
+
+/// Tests whose assertions hang on shutdown and hand-over periods: run alone and one at a time
+/// (see tests/common: `serial`).
+mod timing {
+    use super::*;
+
+    /// SIGTERM: Pingora closes the listeners at once (new connections are refused within
+    /// milliseconds), keeps serving every request and stream already accepted, sleeps the whole
+    /// `grace_period_seconds` (even when nothing is in flight), then gives the runtimes
+    /// `graceful_shutdown_timeout_seconds` and exits; a stream still running then is cut.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sigterm_drains_in_flight_streams_and_refuses_new_connections() {
+        let _serial = serial().await;
+        const GRACE: u64 = 4;
+        const SHUTDOWN: u64 = 1;
+        // Bounds past a configured period: 3 x the shutdown timeout.
+        const SLACK: Duration = Duration::from_secs(3 * SHUTDOWN);
+        let sim = Sim::start(&["--served-model-name", "s"]);
+        let mut setup = Setup::new(
+            &sim,
+            &format!(
+                "grace_period_seconds = {GRACE}\ngraceful_shutdown_timeout_seconds = {SHUTDOWN}"
+            ),
+            false,
+        );
+        let mut proxy = setup.start();
+        let url = setup.url("/v1/chat/completions");
+
+        // Five streams of ~2.5 s, and one of ~20 s that cannot finish within the grace period.
+        let short: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(stream(url.clone(), 25, 100)))
+            .collect();
+        let long = tokio::spawn(stream(url.clone(), 200, 100));
+        common::assert_eventually(
+            Duration::from_secs(10),
+            "6 streams at the replica",
+            || async { sim.stats().await["in_flight"] == 6 },
+        )
+        .await;
+
+        let t0 = Instant::now();
+        proxy.signal(libc::SIGTERM);
+        let refused_after = tokio::task::spawn_blocking(move || loop {
+            match TcpStream::connect_timeout(&setup.listen, Duration::from_millis(200)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break t0.elapsed(),
+                _ if t0.elapsed() > Duration::from_secs(3) => {
+                    panic!("listener still open after 3 s")
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        })
+        .await
+        .unwrap();
+
+        for s in short {
+            let sse = s.await.unwrap().expect("in-flight stream survives SIGTERM");
+            assert!(complete(&sse, 25), "truncated stream: {sse}");
+        }
+        let streams_done = t0.elapsed();
+        let long = long.await.unwrap();
+        let long_cut = t0.elapsed();
+        let status = tokio::task::spawn_blocking(move || {
+            let s = proxy.wait_exit(Duration::from_secs(GRACE + SHUTDOWN + 10));
+            (s, t0.elapsed())
+        })
+        .await
+        .unwrap();
+        let (exit, exited_after) = status;
+        eprintln!(
+            "SIGTERM: refused after {refused_after:?}; 5 streams done at {streams_done:?}; \
+         20 s stream ended at {long_cut:?} ({}); exit {exit:?} at {exited_after:?}",
+            if long.as_ref().is_ok_and(|s| complete(s, 200)) {
+                "complete"
+            } else {
+                "cut"
+            }
+        );
+        assert!(refused_after < Duration::from_secs(1), "{refused_after:?}");
+        assert!(exit.expect("exited in time").success());
+        assert!(
+            exited_after >= Duration::from_secs(GRACE),
+            "{exited_after:?}"
+        );
+        assert!(
+            exited_after < Duration::from_secs(GRACE + SHUTDOWN) + SLACK,
+            "{exited_after:?}"
+        );
+        assert!(
+            !long.as_ref().is_ok_and(|s| complete(s, 200)),
+            "a 20 s stream cannot outlive grace + shutdown timeout"
+        );
+        // Pingora's runtime shutdown drops async tasks at once: a stream is cut when the grace
+        // period ends (graceful_shutdown_timeout_seconds only bounds blocking threads).
+        assert!(long_cut >= Duration::from_secs(GRACE), "{long_cut:?}");
+        assert!(
+            long_cut < Duration::from_secs(GRACE) + SLACK,
+            "{long_cut:?}"
+        );
+    }
+
+    /// The unit's ExecReload helper performs Pingora's hand-off while clients stream and send
+    /// short requests: new process B started with `--upgrade --daemon` (same config, same
+    /// upgrade_sock), old process A gets SIGQUIT, sends its listeners, keeps accepting for 5 s,
+    /// then drains for grace_period_seconds. No request fails, no stream is cut, and after A has
+    /// exited every new connection is served (by B, the only process left).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn binary_upgrade_under_load_drops_nothing() {
+        let _serial = serial().await;
+        const GRACE: u64 = 12;
+        const STREAM_TOKENS: u32 = 100; // x 100 ms: ~10 s per stream
+        let sim = Sim::start(&["--served-model-name", "s"]);
+        let mut setup = Setup::new(
+            &sim,
+            &format!("grace_period_seconds = {GRACE}\ngraceful_shutdown_timeout_seconds = 2"),
+            false,
+        );
+        let mut a = setup.start();
+        let url = setup.url("/v1/chat/completions");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let loops: Vec<_> = (0..4)
+            .map(|i| tokio::spawn(short_loop(url.clone(), i % 2 == 0, stop.clone())))
+            .collect();
+        let mut streams: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(stream(url.clone(), STREAM_TOKENS, 100)))
+            .collect();
+        common::assert_eventually(
+            Duration::from_secs(10),
+            "4 streams at the replica",
+            || async { sim.stats().await["in_flight"].as_u64().unwrap_or(0) >= 4 },
+        )
+        .await;
+
+        // What systemd runs for `tokengate-upgrade`: the request file, then ExecReload $MAINPID.
+        let request = setup.path("upgrade.request");
+        std::fs::write(&request, "").unwrap();
+        let t_quit = Instant::now();
+        let script = Command::new(Path::new(ROOT).join("systemd/tokengate-reload"))
+            .arg(a.pid.to_string())
+            .env("TOKENGATE_BIN", PROXY_BIN)
+            .env("TOKENGATE_CONFIG", &setup.config)
+            .env("TOKENGATE_PID_FILE", setup.path("tokengate.pid"))
+            .env("TOKENGATE_UPGRADE_SOCK", setup.path("upgrade.sock"))
+            .env("TOKENGATE_UPGRADE_REQUEST", &request)
+            .env("TOKENGATE_UPGRADE_RESULT", setup.path("upgrade.result"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(setup.path("proxy-b.log")).unwrap())
+            .status()
+            .expect("run tokengate-reload");
+        let handoff = t_quit.elapsed();
+        let pid_b: i32 = std::fs::read_to_string(setup.path("tokengate.pid"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let b = (pid_b > 0).then(|| Owned::daemon(pid_b));
+        assert!(
+            script.success() && b.is_some(),
+            "tokengate-reload failed ({script}): {}",
+            std::fs::read_to_string(setup.path("proxy-b.log")).unwrap_or_default()
+        );
+        let b = b.unwrap();
+        assert_ne!(pid_b, a.pid);
+        assert!(!request.exists(), "the upgrade request is consumed");
+
+        // More streams during the overlap (A and B both accept) and after A stopped accepting.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        streams.extend((0..2).map(|_| tokio::spawn(stream(url.clone(), STREAM_TOKENS, 100))));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        streams.extend((0..2).map(|_| tokio::spawn(stream(url.clone(), STREAM_TOKENS, 100))));
+
+        let (a_status, a_exit) = tokio::task::spawn_blocking(move || {
+            let s = a.wait_exit(Duration::from_secs(5 + GRACE + 2 + 10));
+            (s, t_quit.elapsed())
+        })
+        .await
+        .unwrap();
+        assert!(a_status.expect("A exited in time").success());
+        assert!(b.alive(), "B must outlive A");
+
+        // After A has gone, new connections (admin included) are B's.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for l in loops {
+            let (o, f) = l.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        let total_streams = streams.len();
+        let mut cut = Vec::new();
+        for s in streams {
+            match s.await.unwrap() {
+                Ok(sse) if complete(&sse, STREAM_TOKENS) => {}
+                Ok(sse) => cut.push(format!("truncated: {}", sse.len())),
+                Err(e) => cut.push(e),
+            }
+        }
+        let after_a = common::client()
+            .get(format!("http://{}/health", setup.admin))
+            .send()
+            .await
+            .expect("admin listener served by B");
+        assert!(after_a.status().is_success());
+
+        // The plain reload path of the same helper (POSIX sh, builtin kill): SIGHUP, B keeps
+        // running. A config the proxy would reject fails the helper (so `systemctl reload`
+        // fails) with the reason, and B is not signalled.
+        let reload = |config: &Path| {
+            Command::new(Path::new(ROOT).join("systemd/tokengate-reload"))
+                .arg(pid_b.to_string())
+                .env("TOKENGATE_BIN", PROXY_BIN)
+                .env("TOKENGATE_CONFIG", config)
+                .env("TOKENGATE_UPGRADE_REQUEST", &request)
+                .output()
+                .unwrap()
+        };
+        let hup = reload(&setup.config);
+        assert!(hup.status.success(), "{hup:?}");
+        let bad = setup.path("bad.toml");
+        std::fs::write(&bad, "[server]\nlisten = 80\n").unwrap();
+        let refused = reload(&bad);
+        let why = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{refused:?}");
+        assert!(
+            why.contains("is invalid") && why.contains("not reloaded"),
+            "{why}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(b.alive());
+        let (status, _, _) = common::post(&url, chat(false, 2).into_bytes()).await;
+        assert_eq!(status, 200);
+
+        eprintln!(
+            "upgrade: hand-off script took {handoff:?}; A exited {a_exit:?} after SIGQUIT; \
+         short requests ok={ok} failed={}; streams {total_streams}, cut {}",
+            failed.len(),
+            cut.len()
+        );
+        assert!(ok > 100, "too little load to mean anything: {ok}");
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        assert!(cut.is_empty(), "cut streams: {cut:?}");
+        assert!(a_exit >= Duration::from_secs(5 + GRACE - 1), "{a_exit:?}");
     }
 }

@@ -180,35 +180,41 @@ async fn midstream_error_events_are_normalised() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
 }
 
-#[tokio::test]
-async fn client_disconnect_cancels_the_upstream_within_a_second() {
-    let (sim, proxy) = setup(&["--itl-ms", "20"]);
-    let response = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(r#"{"model":"m","stream":true,"max_tokens":200,"messages":[]}"#)
-        .send()
-        .await
-        .unwrap();
-    let mut body = response.bytes_stream();
-    let mut seen = String::new();
-    while seen.matches("\"content\":\" ").count() < 5 {
-        let piece = body.next().await.expect("open").unwrap();
-        seen.push_str(&String::from_utf8_lossy(&piece));
-    }
-    drop(body);
-    let left_at = Instant::now();
-    loop {
-        let stats = sim.stats().await;
-        if stats["abandoned_total"] == 1 {
-            break;
+/// Tests with wall-clock bounds: run alone and one at a time (see tests/common: `serial`).
+mod timing {
+    use super::*;
+
+    #[tokio::test]
+    async fn client_disconnect_cancels_the_upstream_within_a_second() {
+        let _serial = serial().await;
+        let (sim, proxy) = setup(&["--itl-ms", "20"]);
+        let response = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(r#"{"model":"m","stream":true,"max_tokens":200,"messages":[]}"#)
+            .send()
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let mut seen = String::new();
+        while seen.matches("\"content\":\" ").count() < 5 {
+            let piece = body.next().await.expect("open").unwrap();
+            seen.push_str(&String::from_utf8_lossy(&piece));
         }
-        assert!(
-            left_at.elapsed() < Duration::from_secs(1),
-            "replica still generating 1 s after the client left: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(body);
+        let left_at = Instant::now();
+        loop {
+            let stats = sim.stats().await;
+            if stats["abandoned_total"] == 1 {
+                break;
+            }
+            assert!(
+                left_at.elapsed() < Duration::from_secs(1),
+                "replica still generating 1 s after the client left: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let record = &sim.requests().await[0];
+        assert!(record["completion_tokens"].as_u64().unwrap() < 200);
     }
-    let record = &sim.requests().await[0];
-    assert!(record["completion_tokens"].as_u64().unwrap() < 200);
 }

@@ -85,13 +85,9 @@ async fn every_body_size_reaches_the_replica_rewritten() {
     ];
     for size in sizes {
         let body = chat_body_model_last("alpha", size);
-        let started = Instant::now();
+        // No time bound: speed belongs in bench/, the client's own timeout catches a hang.
         let (status, _, resp) = post(&f.proxy.url("/v1/chat/completions"), body).await;
         assert_eq!(status, 200, "size {size}: {resp}");
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "size {size} took too long"
-        );
     }
     let mut seen: Vec<u64> = all_requests(&[&f.a1, &f.a2])
         .await
@@ -200,32 +196,6 @@ async fn request_errors_are_openai_shaped() {
 }
 
 #[tokio::test]
-async fn oversized_body_is_refused_fast_without_reading_it() {
-    let f = fleet();
-    let body = chat_body_model_last("alpha", 17 * 1024 * 1024);
-    let started = Instant::now();
-    let (status, _, resp) = post(&f.proxy.url("/v1/chat/completions"), body).await;
-    assert_eq!(status, 413, "{resp}");
-    assert_eq!(assert_openai_error(&resp)["code"], "request_too_large");
-    assert!(started.elapsed() < Duration::from_secs(5));
-
-    // Chunked (no Content-Length): refused once the limit is crossed.
-    let chunk = vec![b' '; 1024 * 1024];
-    let pieces = (0..17).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
-    let r = client()
-        .post(f.proxy.url("/v1/chat/completions"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            pieces,
-        )))
-        .send()
-        .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), 413);
-    } // a client may also see the connection closed mid-upload; never a hang
-    assert!(all_requests(&[&f.a1, &f.a2]).await.is_empty());
-}
-
-#[tokio::test]
 async fn local_endpoints() {
     let f = fleet();
     let models = get_json(client().get(f.proxy.url("/v1/models"))).await;
@@ -279,65 +249,6 @@ async fn connect_failure_retries_on_another_replica() {
 }
 
 #[tokio::test]
-async fn upstream_failures_map_to_502_503_504() {
-    // Every replica refuses while health checks still trust them: 502. With active checks
-    // they never pass a probe, so there is no replica to try: 503.
-    let proxy = Proxy::start(
-        &ProxyConfig::default()
-            .cluster("dead", "vllm", &[dead_addr(), dead_addr()])
-            .with(&["health = { enabled = false }"])
-            .cluster("down", "vllm", &[dead_addr()])
-            .cluster("empty", "vllm", &[])
-            .model("gone", "dead", "x")
-            .model("down", "down", "x")
-            .model("none", "empty", "x"),
-    );
-    let (status, _, body) = post(
-        &proxy.url("/v1/chat/completions"),
-        br#"{"model":"gone","messages":[]}"#.to_vec(),
-    )
-    .await;
-    assert_eq!(status, 502, "{body}");
-    assert_eq!(assert_openai_error(&body)["code"], "upstream_unreachable");
-    let (status, headers, body) = post(
-        &proxy.url("/v1/chat/completions"),
-        br#"{"model":"down","messages":[]}"#.to_vec(),
-    )
-    .await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(assert_openai_error(&body)["code"], "no_replica_available");
-    assert_eq!(headers["retry-after"], "1");
-
-    // No replica at all: 503 with Retry-After.
-    let (status, headers, body) = post(
-        &proxy.url("/v1/chat/completions"),
-        br#"{"model":"none","messages":[]}"#.to_vec(),
-    )
-    .await;
-    assert_eq!(status, 503, "{body}");
-    assert_openai_error(&body);
-    assert_eq!(headers["retry-after"], "1");
-
-    // Replica stalls past the read timeout: 504 within the timeout.
-    let slow = Sim::start(&["--served-model-name", "s", "--stall-ms", "5000"]);
-    let proxy = Proxy::start(
-        &ProxyConfig::default()
-            .server("read_timeout_ms = 700")
-            .cluster("slow", "vllm", &[slow.addr])
-            .model("slow", "slow", "s"),
-    );
-    let started = Instant::now();
-    let (status, _, body) = post(
-        &proxy.url("/v1/chat/completions"),
-        br#"{"model":"slow","messages":[]}"#.to_vec(),
-    )
-    .await;
-    assert_eq!(status, 504, "{body}");
-    assert_eq!(assert_openai_error(&body)["code"], "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_secs(3));
-}
-
-#[tokio::test]
 async fn upstream_error_bodies_are_normalised_with_status_kept() {
     let f = fleet();
     // vLLM 404 for a served name it does not have (misconfigured route).
@@ -380,4 +291,97 @@ async fn upstream_error_bodies_are_normalised_with_status_kept() {
     .await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(assert_openai_error(&body)["type"], "server_error");
+}
+
+/// Tests with wall-clock bounds: run alone and one at a time (see tests/common: `serial`).
+mod timing {
+    use super::*;
+
+    #[tokio::test]
+    async fn oversized_body_is_refused_fast_without_reading_it() {
+        let _serial = serial().await;
+        let f = fleet();
+        let body = chat_body_model_last("alpha", 17 * 1024 * 1024);
+        let started = Instant::now();
+        let (status, _, resp) = post(&f.proxy.url("/v1/chat/completions"), body).await;
+        assert_eq!(status, 413, "{resp}");
+        assert_eq!(assert_openai_error(&resp)["code"], "request_too_large");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Chunked (no Content-Length): refused once the limit is crossed.
+        let chunk = vec![b' '; 1024 * 1024];
+        let pieces = (0..17).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+        let r = client()
+            .post(f.proxy.url("/v1/chat/completions"))
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                pieces,
+            )))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            assert_eq!(r.status(), 413);
+        } // a client may also see the connection closed mid-upload; never a hang
+        assert!(all_requests(&[&f.a1, &f.a2]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn upstream_failures_map_to_502_503_504() {
+        let _serial = serial().await;
+        // Every replica refuses while health checks still trust them: 502. With active checks
+        // they never pass a probe, so there is no replica to try: 503.
+        let proxy = Proxy::start(
+            &ProxyConfig::default()
+                .cluster("dead", "vllm", &[dead_addr(), dead_addr()])
+                .with(&["health = { enabled = false }"])
+                .cluster("down", "vllm", &[dead_addr()])
+                .cluster("empty", "vllm", &[])
+                .model("gone", "dead", "x")
+                .model("down", "down", "x")
+                .model("none", "empty", "x"),
+        );
+        let (status, _, body) = post(
+            &proxy.url("/v1/chat/completions"),
+            br#"{"model":"gone","messages":[]}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(assert_openai_error(&body)["code"], "upstream_unreachable");
+        let (status, headers, body) = post(
+            &proxy.url("/v1/chat/completions"),
+            br#"{"model":"down","messages":[]}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(assert_openai_error(&body)["code"], "no_replica_available");
+        assert_eq!(headers["retry-after"], "1");
+
+        // No replica at all: 503 with Retry-After.
+        let (status, headers, body) = post(
+            &proxy.url("/v1/chat/completions"),
+            br#"{"model":"none","messages":[]}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 503, "{body}");
+        assert_openai_error(&body);
+        assert_eq!(headers["retry-after"], "1");
+
+        // Replica stalls past the read timeout: 504 within the timeout.
+        let slow = Sim::start(&["--served-model-name", "s", "--stall-ms", "5000"]);
+        let proxy = Proxy::start(
+            &ProxyConfig::default()
+                .server("read_timeout_ms = 700")
+                .cluster("slow", "vllm", &[slow.addr])
+                .model("slow", "slow", "s"),
+        );
+        let started = Instant::now();
+        let (status, _, body) = post(
+            &proxy.url("/v1/chat/completions"),
+            br#"{"model":"slow","messages":[]}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(status, 504, "{body}");
+        assert_eq!(assert_openai_error(&body)["code"], "upstream_timeout");
+        // 3x read_timeout_ms, and well below the replica's 5 s stall.
+        assert!(started.elapsed() < 3 * Duration::from_millis(700));
+    }
 }

@@ -313,7 +313,7 @@ impl Validator<'_> {
         for (i, addr) in s.tls_listen.iter().enumerate() {
             let field = format!("server.tls_listen[{i}]");
             if let Some(a) = self.socket_addr(addr, field.clone()) {
-                if listen.contains(&a) || tls_listen.contains(&a) {
+                if clashes(&a, &listen) || clashes(&a, &tls_listen) {
                     self.fail(addr, field, format!("`{a}` is already a listen address"));
                     continue;
                 }
@@ -324,7 +324,7 @@ impl Validator<'_> {
         let admin_listen = self
             .socket_addr(&s.admin_listen, "server.admin_listen".into())
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-        if listen.contains(&admin_listen) || tls_listen.contains(&admin_listen) {
+        if clashes(&admin_listen, &listen) || clashes(&admin_listen, &tls_listen) {
             self.fail(
                 &s.admin_listen,
                 "server.admin_listen",
@@ -718,6 +718,12 @@ mod tls_check {
     }
 }
 
+/// `a` is already bound by `taken`. Port 0 never clashes: each such listener gets its own
+/// ephemeral port from the kernel (the tests' way to avoid guessing free ports).
+fn clashes(a: &SocketAddr, taken: &[SocketAddr]) -> bool {
+    a.port() != 0 && taken.contains(a)
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -746,6 +752,16 @@ served_name = "org/model"
 
     fn p(text: &str) -> Result<Config, ConfigError> {
         parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn port_zero_listeners_never_clash_but_fixed_ports_do() {
+        let zero = "listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"";
+        let c = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", zero)).unwrap();
+        assert_eq!(c.server.admin_listen.port(), 0);
+        let same = "listen = [\"127.0.0.1:8080\"]\nadmin_listen = \"127.0.0.1:8080\"";
+        let e = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", same)).unwrap_err();
+        assert!(e.to_string().contains("server.admin_listen"), "{e}");
     }
 
     #[test]

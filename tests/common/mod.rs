@@ -1,12 +1,23 @@
 //! Integration-test harness: real `tokengate` and `tokengate-sim` processes on 127.0.0.1
 //! ephemeral ports, owned by the test and killed on drop. Every wait has a deadline.
+//!
+//! Ports: every process binds port 0 and reports what the kernel chose (the simulator prints
+//! `LISTENING addr`, the proxy writes its `--ready-file`); nothing guesses a free port.
+//!
+//! Timing: a test whose assertions depend on wall-clock windows (health intervals, timeouts,
+//! refill rates, shutdown grace) lives in a `mod timing` of its file and takes [`serial`];
+//! `tests/run-all.sh` runs every `timing::` test alone, after the rest, one at a time. Bounds
+//! there are generous multiples of the configured interval, and waits poll until a deadline
+//! ([`eventually`]) instead of sleeping a fixed time.
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -55,6 +66,12 @@ impl Sim {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// SIGKILL, like a crashed engine: every open connection is reset by the kernel.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub async fn requests(&self) -> Vec<Value> {
         let v: Value = reqwest::get(self.url("/sim/requests"))
             .await
@@ -96,7 +113,9 @@ impl Drop for Sim {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago. Racy by nature: only for a process that must not listen
+/// yet when its address is needed (a replica "still loading its weights"); everything else
+/// binds port 0 and reports its address.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -104,10 +123,141 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// An address where nothing listens (connections are refused).
+/// Sockets bound (never listening) for [`dead_addr`], kept for the life of the test process.
+static DEAD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+
+/// An address where nothing listens (connections are refused). The port stays bound by this
+/// process, so no other test's port-0 listener can land on it.
 pub fn dead_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind a dead port");
+    let addr = socket.local_addr().expect("dead port address");
+    DEAD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    addr
 }
+
+/// The process-wide lock of the timing group: a `timing::` test holds it for its whole run, so
+/// two never overlap even under a plain `cargo test` (run-all.sh also runs them one at a time,
+/// after everything else). Async-aware: each test has its own runtime and awaits with it held.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
+/// Poll `probe` (every 10 ms) until it yields `Some`; panics after `within` naming `what`.
+/// Returns the value and how long it took.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> (T, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return (v, started.elapsed());
+        }
+        assert!(started.elapsed() < within, "not {what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// [`eventually`] for a condition; returns how long it took to hold.
+pub async fn assert_eventually<F, Fut>(within: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually(within, what, || {
+        let c = cond();
+        async move { c.await.then_some(()) }
+    })
+    .await
+    .1
+}
+
+/// What a tokengate process wrote to its `--ready-file` once every listener accepted.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub pid: u32,
+    pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+impl Bound {
+    fn parse(text: &str) -> Option<Bound> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let addrs = |key: &str| -> Option<Vec<SocketAddr>> {
+            v[key]
+                .as_array()?
+                .iter()
+                .map(|a| a.as_str()?.parse().ok())
+                .collect()
+        };
+        Some(Bound {
+            pid: u32::try_from(v["pid"].as_u64()?).ok()?,
+            listen: addrs("listen")?,
+            tls_listen: addrs("tls_listen")?,
+            admin: v["admin_listen"].as_str()?.parse().ok()?,
+        })
+    }
+}
+
+/// Wait until `child` wrote its ready file at `path` (the file is written whole, by rename);
+/// panics with the exit status if the process died first.
+pub fn wait_for_ready_file(path: &Path, child: &mut Child) -> Bound {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(bound) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| Bound::parse(&t))
+            .filter(|b| b.pid == child.id())
+        {
+            return bound;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "tokengate exited ({status}) before writing {}",
+                path.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tokengate wrote no ready file ({}) within 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait until process `pid` catches every signal in `signals` (`SigCgt` in /proc): a signal
+/// sent before its handler exists would take the default action, or be ignored by a process a
+/// non-interactive shell started in the background.
+pub fn wait_for_signal_handlers(pid: u32, signals: &[i32]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let caught = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("SigCgt:"))?;
+                u64::from_str_radix(line["SigCgt:".len()..].trim(), 16).ok()
+            })
+            .unwrap_or(0);
+        if signals.iter().all(|s| caught & (1 << (s - 1)) != 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} installed no handlers for {signals:?} within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The config text's listeners: port 0 everywhere, so the kernel picks and the proxy reports.
+pub const ANY_PORT: &str = "127.0.0.1:0";
 
 /// A cluster for [`ProxyConfig`].
 pub struct ClusterSpec {
@@ -191,14 +341,14 @@ impl ProxyConfig {
         self
     }
 
-    fn render(&self, listen: SocketAddr, admin: SocketAddr, dir: &std::path::Path) -> String {
+    fn render(&self, dir: &std::path::Path) -> String {
         let mut out = String::new();
         for line in &self.top_extra {
             out.push_str(line);
             out.push('\n');
         }
         out += &format!(
-            "[server]\nlisten = [\"{listen}\"]\nadmin_listen = \"{admin}\"\nthreads = 2\n\
+            "[server]\nlisten = [\"{ANY_PORT}\"]\nadmin_listen = \"{ANY_PORT}\"\nthreads = 2\n\
              grace_period_seconds = 0\ngraceful_shutdown_timeout_seconds = 1\n\
              pid_file = \"{pid}\"\nupgrade_sock = \"{sock}\"\n\
              admin_token_file = \"admin-token\"\naccess_log = \"access.log\"\n",
@@ -247,32 +397,34 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Start on port-0 listeners; returns once the ready file names them (the proxy listener
+    /// opens only after every replica was probed).
     pub fn start(config: &ProxyConfig) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config_path = dir.path().join("tokengate.toml");
-        std::fs::write(&config_path, config.render(addr, admin, dir.path())).expect("write config");
+        std::fs::write(&config_path, config.render(dir.path())).expect("write config");
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("write admin token");
-        let child = Command::new(PROXY_BIN)
+        let ready_file = dir.path().join("ready.json");
+        let mut child = Command::new(PROXY_BIN)
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready_file)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start tokengate");
+        let bound = wait_for_ready_file(&ready_file, &mut child);
         let proxy = Proxy {
             child,
-            addr,
-            admin,
+            addr: bound.listen[0],
+            admin: bound.admin,
             dir,
             config_path,
         };
-        wait_for_port(addr);
-        wait_for_port(admin);
-        wait_until_ready(admin);
+        wait_until_ready(proxy.admin);
         proxy
     }
 
@@ -291,8 +443,7 @@ impl Proxy {
     /// Replace the config file (same listeners) with a new rendering.
     pub fn rewrite_config(&self, config: &ProxyConfig) {
         let tmp = self.dir.path().join("tokengate.toml.tmp");
-        std::fs::write(&tmp, config.render(self.addr, self.admin, self.dir.path()))
-            .expect("write config");
+        std::fs::write(&tmp, config.render(self.dir.path())).expect("write config");
         std::fs::rename(&tmp, &self.config_path).expect("swap config");
     }
 

@@ -1,12 +1,14 @@
-"""Fixtures: the demo (`tokengate demo`) on free loopback ports, driven by the OpenAI SDK."""
+"""Fixtures: the demo's gateway (conf/demo.toml: its simulated replicas, keys, limits and rules)
+on ports the processes report, driven by the OpenAI SDK."""
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
+import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -16,34 +18,78 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("TOKENGATE_BIN", ROOT / "target" / "debug" / "tokengate"))
+ANY_PORT = "127.0.0.1:0"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_sim(args: list) -> tuple:
+    """`tokengate sim` on port 0: (process, "127.0.0.1:port" it printed as `LISTENING addr`)."""
+    proc = subprocess.Popen(
+        [str(BIN), "sim", "--listen", ANY_PORT, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    line = proc.stdout.readline().strip()
+    if not line.startswith("LISTENING "):
+        proc.kill()
+        raise RuntimeError(f"simulator did not start: {line!r}")
+    # Keep draining so the simulator never blocks on a full pipe.
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return proc, line.split()[1]
 
 
-def wait_for_port(port: int, deadline_s: float = 30.0) -> None:
+def wait_ready_file(path: Path, proc: subprocess.Popen, deadline_s: float = 30.0) -> dict:
+    """What `tokengate run --ready-file` wrote once every listener accepted (written whole)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+            bound = json.loads(path.read_text())
+        except (OSError, ValueError):
+            bound = None
+        if bound and bound.get("pid") == proc.pid:
+            return bound
+        if proc.poll() is not None:
+            raise RuntimeError(f"tokengate exited ({proc.returncode}) before writing {path}")
+        time.sleep(0.02)
+    raise TimeoutError(f"tokengate wrote no ready file {path} within {deadline_s} s")
+
+
+def port_of(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
 
 
 class Demo:
-    """The demo config with every fixed port replaced by a free one."""
+    """What `tokengate demo` runs (one simulator per replica with the demo's flags, then the
+    proxy on conf/demo.toml), but on port 0: the simulators and the proxy report their
+    addresses, and the config handed to the proxy names the simulators' real ones."""
 
-    def __init__(self, tmp: Path, extra_args=()):
+    def __init__(self, tmp: Path):
         text = (ROOT / "conf" / "demo.toml").read_text()
-        self.ports = {}
-        for fixed in sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", text))):
-            self.ports[int(fixed)] = free_port()
-            text = text.replace(f"127.0.0.1:{fixed}", f"127.0.0.1:{self.ports[int(fixed)]}")
+        config = tomllib.loads(text)
+        self.procs = []
+        self.ports = {}  # the demo's fixed replica port -> the simulator's real port
+        for cluster in config["clusters"]:
+            served = []
+            for model in config.get("models", []):
+                if model["cluster"] == cluster["name"] and model["served_name"] not in served:
+                    served.append(model["served_name"])
+            for replica in cluster["replicas"]:
+                fixed = port_of(replica)
+                if fixed in self.ports:
+                    continue  # a replica listed in two clusters (the demo canary) runs once
+                args = ["--flavour", cluster["flavour"], "--replica-name",
+                        f"{cluster['name']}@{replica}", "--ttft-ms", "150", "--itl-ms", "25",
+                        "--tokens", "24"]
+                for name in served:
+                    args += ["--served-model-name", name]
+                proc, addr = start_sim(args)
+                self.procs.append(proc)
+                self.ports[fixed] = port_of(addr)
+        for fixed, real in self.ports.items():
+            text = text.replace(f'"127.0.0.1:{fixed}"', f'"127.0.0.1:{real}"')
+        for listener in ("127.0.0.1:8080", "127.0.0.1:9090"):
+            assert f'"{listener}"' in text, f"conf/demo.toml no longer listens on {listener}"
+            text = text.replace(f'"{listener}"', f'"{ANY_PORT}"')
         text = text.replace("/tmp/tokengate-demo", str(tmp / "tokengate-demo"))
         text = text.replace('"../lua-free-rules/', f'"{ROOT}/lua-free-rules/')
         for name in ("demo-keys.toml", "demo-admin-token"):
@@ -51,18 +97,16 @@ class Demo:
         self.admin_token = (tmp / "demo-admin-token").read_text().strip()
         self.config = tmp / "demo.toml"
         self.config.write_text(text)
-        self.proxy_port = self.ports[8080]
-        self.admin_port = self.ports[9090]
-        # A file, not a pipe nobody reads: the demo prints as it runs (health changes).
-        self.log = tmp / "demo.log"
+        ready_file = tmp / "ready.json"
         self.proc = subprocess.Popen(
-            [str(BIN), "demo", "--config", str(self.config), *extra_args],
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
+            [str(BIN), "run", "--config", str(self.config), "--ready-file", str(ready_file)],
             env={**os.environ, "RUST_LOG": "warn"},
             start_new_session=True,
         )
-        wait_for_port(self.proxy_port)
+        self.procs.append(self.proc)
+        bound = wait_ready_file(ready_file, self.proc)
+        self.proxy_port = port_of(bound["listen"][0])
+        self.admin_port = port_of(bound["admin_listen"])
         self.wait_ready()
         # The tests' own key, without limits (the demo key's are modest).
         self.key = self.create_key({"name": "sdk-tests"})
@@ -116,13 +160,17 @@ class Demo:
             self.sim_post(fixed, "/sim/reset", {})
 
     def stop(self) -> None:
-        # Ctrl-C, as a user would: the supervisor stops every child.
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        # Ctrl-C, as the demo's supervisor does: SIGINT is Pingora's fast shutdown, and the
+        # simulator exits on it too.
+        for p in self.procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +180,7 @@ def demo(tmp_path_factory):
     d = Demo(tmp_path_factory.mktemp("demo"))
     yield d
     d.stop()
-    for port in d.ports.values():
+    for port in [*d.ports.values(), d.proxy_port, d.admin_port]:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open after Ctrl-C"
 

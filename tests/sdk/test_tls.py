@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import BIN, free_port, wait_for_port
+from conftest import ANY_PORT, BIN, port_of, wait_ready_file
 
 
 def openssl(tmp, *args):
@@ -63,14 +63,13 @@ def tls_proxy(tmp_path_factory):
         line = sim.p.stdout.readline().strip()
         assert line.startswith("LISTENING "), line
         sim_addr = line.split()[1]
-        listen, tls, admin = free_port(), free_port(), free_port()
         (tmp / "tokengate.toml").write_text(
             f"""[server]
-listen = ["127.0.0.1:{listen}"]
-tls_listen = ["127.0.0.1:{tls}"]
+listen = ["{ANY_PORT}"]
+tls_listen = ["{ANY_PORT}"]
 tls_cert = "server.pem"
 tls_key = "server.key"
-admin_listen = "127.0.0.1:{admin}"
+admin_listen = "{ANY_PORT}"
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
 pid_file = "{tmp}/tokengate.pid"
@@ -88,10 +87,12 @@ cluster = "pool"
 served_name = "org/served"
 """
         )
-        procs.append(Proc([str(BIN), "run", "--config", str(tmp / "tokengate.toml")],
-                          env={**os.environ, "RUST_LOG": "warn"}))
-        for port in (listen, tls, admin):
-            wait_for_port(port)
+        proxy = Proc([str(BIN), "run", "--config", str(tmp / "tokengate.toml"),
+                      "--ready-file", str(tmp / "ready.json")],
+                     env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(proxy)
+        bound = wait_ready_file(tmp / "ready.json", proxy.p)
+        tls, admin = port_of(bound["tls_listen"][0]), port_of(bound["admin_listen"])
         end = time.monotonic() + 30
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{admin}/health", timeout=2) as r:
