@@ -140,7 +140,15 @@ def test_killed_replica_is_survived_reported_and_restarted(demo_client, own_demo
     old_pid = replica_pid(own_demo, port)
     os.kill(old_pid, signal.SIGTERM)  # exits 0, as in the report that the demo died of
 
-    # Every request to the alias succeeds, from the kill until the replica is back.
+    def gone() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) != 0
+
+    # From the moment the replica is gone. A request the replica had already accepted when
+    # it died fails (502): it may have acted on it, so the proxy does not send it elsewhere.
+    wait_for(gone, "the killed replica's port to close", 10)
+
+    # Every request to the alias succeeds, from then until the replica is back.
     answered, back = 0, False
     end = time.monotonic() + 60
     while not back:
