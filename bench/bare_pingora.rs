@@ -6,6 +6,8 @@
 //! bare-pingora --listen 127.0.0.1:7001 --upstream 127.0.0.1:7101 --upstream 127.0.0.1:7102 --threads 2
 //! ```
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench fails loudly
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

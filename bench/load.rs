@@ -11,6 +11,11 @@
 //! Bounded in count (`--requests`) and time (`--duration-s`, then in-flight requests get
 //! `--timeout-s` to finish). Not a test: nothing here runs in CI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// a bench fails loudly
+// libc sysconf/getrusage: CPU and RSS figures of this process, read-only FFI.
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -156,6 +161,7 @@ fn request_body(args: &Args, prefix: Option<usize>) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).expect("json"))
 }
 
+#[allow(clippy::too_many_lines)] // a bench binary, outside the src/ function rule
 async fn run(args: Args) -> Value {
     let args = Arc::new(args);
     let body = request_body(&args, None);

@@ -5,6 +5,8 @@
 //! Also the non-streaming JSON usage scanner on an embeddings-sized body. Not a test: no
 //! assertion on time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench fails loudly
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,8 @@
 //! `authenticate + admit + settle` (median of several rounds, keys visited round robin), and
 //! the two halves alone. Not a test: no assertion on time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench fails loudly
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

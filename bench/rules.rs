@@ -6,6 +6,8 @@
 //! matches none. Prints markdown rows: ns per request and per rule, median of rounds. Not a
 //! test: no assertion on time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a bench fails loudly
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::auth::AuthError;
 use crate::ratelimit::RateLimited;
 use crate::routing::body::BodyError;
+use crate::routing::RouteError;
 
 /// An error answered to the client by tokengate itself (not relayed from a replica).
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +139,38 @@ impl ApiError {
         }
     }
 
+    /// The access log's `error`: the code, else the type.
+    pub fn log_code(&self) -> &str {
+        self.code().unwrap_or_else(|| self.error_type())
+    }
+
+    /// The `code` label of `tokengate_local_errors_total`: a fixed set. Rule denials carry a
+    /// code from the rule files, so they count as one `rule_denied`.
+    pub fn metric_code(&self) -> &'static str {
+        match self {
+            ApiError::RuleDenied { .. } => "rule_denied",
+            ApiError::InvalidBody(e) => e.code(),
+            ApiError::Unauthorized(e) => e.code(),
+            ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => {
+                "request_too_large"
+            }
+            ApiError::RateLimited(_) => RateLimited::CODE,
+            ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::UnknownPath { .. } => "unknown_url",
+            ApiError::ClientBodyTimeout => "request_timeout",
+            ApiError::InvalidRequestFraming(_) => "invalid_request",
+            ApiError::NoReplicaAvailable { .. } => "no_replica_available",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+            ApiError::UpstreamFailed { .. } | ApiError::UpstreamEmptyError { .. } => {
+                "upstream_error"
+            }
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
     pub fn param(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidBody(e) => e.param(),
@@ -220,6 +253,24 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&
     };
     // Serialising plain strings into a Vec cannot fail.
     Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> ApiError {
+        match e {
+            RouteError::UnknownPath { method, path } => ApiError::UnknownPath { method, path },
+            RouteError::MethodNotAllowed {
+                method,
+                path,
+                allowed,
+            } => ApiError::MethodNotAllowed {
+                method,
+                path,
+                allowed,
+            },
+            RouteError::ModelNotFound { model } => ApiError::ModelNotFound { model },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,17 @@
 //! tokengate: an LLM edge proxy on Cloudflare Pingora.
 //!
-//! Layers (dependencies point down only):
-//! - pure logic: [`errors`], [`config`], [`routing`], [`metering`], [`upstream_error`],
-//!   [`fleet`] (replica health and selection)
-//! - shared runtime state: [`state`], [`metrics`]
-//! - adapters: [`proxy`] (the only module that sees a Pingora `Session`), [`admin`]
-//! - wiring: [`server`], [`demo`]; the replica simulator [`sim`] is a test and demo tool.
+//! Layers (dependencies point down only; `tests/check-layers.sh` checks it):
+//! - leaves, plain Rust (std, serde, no Pingora): [`diagnostics`] (file problems),
+//!   [`estimate`] (the bytes-per-token estimate), [`usage_totals`] (admin usage totals),
+//!   [`upstream_error`], [`metering`], [`ratelimit`], [`rules`], [`fleet`] (replica health and
+//!   selection), [`auth`] (keys; uses `ratelimit`, `diagnostics`)
+//! - the validated model: [`config`] (file format → model; its TLS check is the one Pingora
+//!   use), [`routing`] (endpoints, aliases, body scan and rewrite), [`errors`] (the one
+//!   client-facing error)
+//! - shared runtime state: [`state`], [`metrics`], [`accesslog`]
+//! - adapters (the only modules that see Pingora): [`proxy`] (the only one that sees a
+//!   `Session`), [`admin`], [`services`] (background services), [`server`]
+//! - wiring: [`cli`], [`demo`]; the replica simulator [`sim`] is a test and demo tool.
 
 pub mod accesslog;
 pub mod admin;
@@ -13,17 +19,19 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod diagnostics;
 pub mod errors;
+pub mod estimate;
 pub mod fleet;
-pub mod health_service;
 pub mod metering;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
-pub mod reload_signal;
 pub mod routing;
 pub mod rules;
 pub mod server;
+pub mod services;
 pub mod sim;
 pub mod state;
 pub mod upstream_error;
+pub mod usage_totals;

@@ -2,6 +2,10 @@
 //! model aliases and cluster names come from config (anything else is `other`), key *names*
 //! (never secrets), fixed enums for kinds and classes.
 
+// Start-up invariant: registering fails only on a duplicate metric name, a bug caught by the
+// first scrape of any test; there is no caller to return an error to from a static.
+#![allow(clippy::expect_used)]
+
 use std::sync::LazyLock;
 
 use prometheus::{
@@ -74,6 +78,13 @@ counter_vec!(
     "tokengate_truncated_streams_total",
     "Streams that ended without [DONE] (replica died or cut the connection).",
     &["model"]
+);
+counter_vec!(
+    LOCAL_ERRORS,
+    "tokengate_local_errors_total",
+    "Errors tokengate answered itself (not relayed from a replica), by error code (a fixed set; \
+     rule denials are `rule_denied`).",
+    &["code"]
 );
 counter_vec!(
     RATE_LIMITED,

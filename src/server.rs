@@ -74,6 +74,8 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
         // which is how a certificate is rotated without dropping a connection).
         for (i, addr) in server_settings.tls_listen.iter().enumerate() {
             let endpoint = Endpoint::new(format!("tls_listen[{i}]"), *addr);
+            // Start-up: config validation already loaded these files the same way (config/tls.rs).
+            #[allow(clippy::expect_used)]
             let mut settings =
                 TlsSettings::intermediate(&tls.cert.to_string_lossy(), &tls.key.to_string_lossy())
                     .expect("TLS settings from validated files");
@@ -95,14 +97,14 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     // The proxy accepts only once every replica was probed (see HealthService).
     let health = server.add_service(background_service(
         "health",
-        crate::health_service::HealthService::new(&state),
+        crate::services::health::HealthService::new(&state),
     ));
     let proxy = server.add_service(Prebound::new(proxy, proxy_endpoints, report.clone()));
     proxy.add_dependency(&health);
     server.add_service(Prebound::new(admin, vec![admin_endpoint], report));
     server.add_service(background_service(
         "sighup reload",
-        crate::reload_signal::SighupReload {
+        crate::services::reload_signal::SighupReload {
             state: state.clone(),
         },
     ));

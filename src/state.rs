@@ -19,7 +19,8 @@ use crate::config::diff::{diff, ConfigDiff};
 use crate::config::{self, Config, ConfigError};
 use crate::fleet::{Balancer, Fleet, HealthRules, ReplicaId, ReplicaState};
 use crate::metrics;
-use crate::ratelimit::{Limiter, Usage};
+use crate::ratelimit::Limiter;
+use crate::usage_totals::Usage;
 
 /// One cluster's replicas (in config order) with their shared states, and its selector.
 pub struct ClusterRuntime {

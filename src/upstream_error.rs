@@ -276,6 +276,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // one table of cases
     fn upstream_shapes_table() {
         const CTX: &str = "This model's maximum context length is 4096 tokens. However, your request has 4100 input tokens.";
         let ctx_nested = format!(

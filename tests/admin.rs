@@ -1,6 +1,15 @@
 //! Operating tokengate without restarts: the admin API, hot reload (admin and SIGHUP) under
 //! load, /metrics and the access log.
 
+// kill(2) on the proxy this test started: the one unsafe, to send it signals.
+#![allow(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

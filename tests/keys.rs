@@ -3,6 +3,15 @@
 //! safety of the keys file under SIGKILL, and the limits themselves (requests per minute,
 //! token reservation and refund, concurrency caps per key, per model and for the gateway).
 
+// kill(2) on the proxy this test started: the one unsafe, to send it signals.
+#![allow(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::collections::BTreeSet;

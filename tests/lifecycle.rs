@@ -5,6 +5,15 @@
 //! Every process is started here, on 127.0.0.1 ephemeral ports, and killed by its own pid when
 //! the test ends; every wait has a deadline.
 
+// kill(2) on the proxy this test started: the one unsafe, to send it signals.
+#![allow(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::net::{SocketAddr, TcpStream};

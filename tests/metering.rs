@@ -1,6 +1,13 @@
 //! Exact token metering through the proxy: usage injected and stripped, truncation made
 //! visible, upstream cancelled when the client leaves. Ground truth is the simulator's record.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,13 @@
 //! Foundation behaviour over real TCP: routing by the body's `model`, byte-exact rewrite at
 //! every body size, and every error path answered in the OpenAI shape.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,13 @@
 //! lua-free-rules end to end: every shipped example's action seen at the simulator (rewritten
 //! body, chosen cluster, headers), plus broken rule files rejected at load and at reload.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -44,10 +51,14 @@ fn setup(rule_files: &[&str]) -> Setup {
         ("intern-1", Some("interns"), vec![]),
         ("contractor-1", None, vec!["contractor".to_string()]),
         ("batch-1", None, vec!["batch".to_string()]),
+        ("limited-1", None, vec![]),
     ] {
         let mut new = NewKey::named(name);
         new.team = team.map(str::to_string);
         new.tags = tags;
+        if name == "limited-1" {
+            new.limits.requests_per_minute = Some(1);
+        }
         let (secret, _) = registry.create(new, now_unix()).unwrap();
         keys.push((name.to_string(), secret));
     }
@@ -179,6 +190,73 @@ async fn body_caps_and_model_denial_for_key_groups() {
         }
         assert!(Instant::now() < deadline, "no access log line: {log:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The access-log line of the request `x-request-id` names, polled until it is written.
+async fn log_line(s: &Setup, headers: &reqwest::header::HeaderMap) -> Value {
+    let id = headers["x-request-id"].to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(line) = s
+            .proxy
+            .access_log()
+            .into_iter()
+            .find(|l| l["request_id"] == id)
+        {
+            return line;
+        }
+        assert!(Instant::now() < deadline, "no access log line for {id}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn locally_answered_errors_log_their_code() {
+    let s = setup(&["20-forbid-models.toml"]);
+    let mistral = r#"{"model":"mistral-7b","messages":[]}"#;
+    let llama = r#"{"model":"llama-3.1-8b","messages":[]}"#;
+    let mut cases = Vec::new();
+    // 401: an unknown key.
+    let r = client()
+        .post(s.proxy.url("/v1/chat/completions"))
+        .bearer_auth("tg-not-a-real-key")
+        .body(llama)
+        .send()
+        .await
+        .unwrap();
+    let headers = r.headers().clone();
+    let status = r.status().as_u16();
+    cases.push((status, headers, r.json::<Value>().await.unwrap(), 401));
+    // 404 model_not_found.
+    let (status, headers, body) = send(&s, "alice", r#"{"model":"nope","messages":[]}"#, &[]).await;
+    cases.push((status, headers, body, 404));
+    // 429: the second request of a key allowed one a minute.
+    let (status, _, body) = send(&s, "limited-1", llama, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, headers, body) = send(&s, "limited-1", llama, &[]).await;
+    cases.push((status, headers, body, 429));
+    // A rule's deny.
+    let (status, headers, body) = send(&s, "contractor-1", mistral, &[]).await;
+    cases.push((status, headers, body, 403));
+
+    for (status, headers, body, expected) in cases {
+        assert_eq!(status, expected, "{body}");
+        let code = assert_openai_error(&body)["code"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let line = log_line(&s, &headers).await;
+        assert_eq!(line["status"], expected, "{line}");
+        assert_eq!(line["error"], code.as_str(), "{line}");
+    }
+    // Counted by code in /metrics (rule denials under one bounded `rule_denied`).
+    for code in ["model_not_found", "rate_limit_exceeded", "rule_denied"] {
+        let n = metric_sum(&s.proxy, "tokengate_local_errors_total", &[("code", code)]).await;
+        assert!(
+            n >= 1.0,
+            "tokengate_local_errors_total{{code={code}}} = {n}"
+        );
     }
 }
 

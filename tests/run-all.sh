@@ -24,6 +24,12 @@ cargo fmt --all -- --check
 say "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+say "layer check (tests/check-layers.sh)"
+bash tests/check-layers.sh
+
+say "size check (tests/check-size.sh): files <= 600 lines, no too_many_lines exemption"
+bash tests/check-size.sh
+
 export TOKENGATE_REQUIRE_PROMTOOL=1
 export TOKENGATE_REQUIRE_SYSTEMD_ANALYZE=1
 # Tests whose assertions hang on wall-clock windows live in a `mod timing` of their file

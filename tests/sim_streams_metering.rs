@@ -2,6 +2,13 @@
 //! every chunk, multi-byte text), metered split at every byte position: identical results,
 //! equal to the stream's own final usage, and stripping removes exactly the usage chunk.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::time::Instant;

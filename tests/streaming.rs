@@ -1,6 +1,13 @@
 //! Streaming responses pass through incrementally: the client holds the first event while the
 //! replica is still generating.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::too_many_lines
+)] // tests fail loudly; scenarios read top to bottom
+
 mod common;
 
 use std::time::{Duration, Instant};

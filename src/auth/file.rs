@@ -34,8 +34,8 @@ use super::key::{
 use super::secret::KeyHash;
 use crate::ratelimit::KeyLimits;
 
-/// One problem in a keys file: the same shape (file, line, column, field) as a config issue.
-pub use crate::config::ConfigIssue as KeysFileIssue;
+/// One problem in a keys file: the shared diagnostics shape.
+pub use crate::diagnostics::FileIssue as KeysFileIssue;
 
 /// Every problem found in one read; never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,29 +46,17 @@ pub struct KeysFileError {
 impl KeysFileError {
     pub(crate) fn unreadable(path: &Path, e: &std::io::Error) -> Self {
         KeysFileError {
-            issues: vec![KeysFileIssue {
-                file: path.to_path_buf(),
-                line: None,
-                column: None,
-                field: String::new(),
-                message: format!("cannot read keys file: {e}"),
-            }],
+            issues: vec![KeysFileIssue::whole_file(
+                path,
+                format!("cannot read keys file: {e}"),
+            )],
         }
     }
 }
 
 impl fmt::Display for KeysFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.issues.len();
-        writeln!(
-            f,
-            "keys file rejected ({n} error{}):",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for issue in &self.issues {
-            writeln!(f, "  {issue}")?;
-        }
-        Ok(())
+        crate::diagnostics::write_rejected(f, "keys file", &self.issues)
     }
 }
 
@@ -161,18 +149,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn issue(&self, span: Range<usize>, field: String, message: String) -> KeysFileIssue {
-        let (line, column) = if span == (0..0) {
-            (None, None)
-        } else {
-            crate::config::line_col(self.text, span.start)
-        };
-        KeysFileIssue {
-            file: self.path.to_path_buf(),
-            line,
-            column,
-            field,
-            message,
-        }
+        KeysFileIssue::at_span(self.path, self.text, span, field, message)
     }
 
     fn check<T>(&mut self, value: &Spanned<T>, field: String, rule: Result<(), String>) -> bool {
@@ -333,6 +310,7 @@ pub fn render<'a>(keys: impl IntoIterator<Item = &'a ApiKey>) -> String {
     };
     // Plain strings, bools, integers and tables always serialise; an error here would be a
     // bug in this struct, and writing an empty file instead would lose every key.
+    #[allow(clippy::panic)] // a bug in this struct, never input (see above)
     match toml::to_string(&out) {
         Ok(body) => format!("{HEADER}{body}"),
         Err(e) => panic!("keys file serialisation failed: {e}"),

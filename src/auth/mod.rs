@@ -6,15 +6,15 @@
 //! Per request: `extract_presented_key(headers)` → `KeyRegistry::authenticate(key, now_unix)`
 //! (401 on `AuthError`) → `ApiKey::allows_model(alias)` → `ApiKey::limits` into the limiter.
 
-pub mod admin;
 pub mod atomic;
+pub mod changes;
 pub mod error;
 pub mod file;
 pub mod key;
 pub mod registry;
 pub mod secret;
 
-pub use admin::{FieldError, KeyAdminError, KeyPatch, LimitsPatch, NewKey};
+pub use changes::{FieldError, KeyAdminError, KeyPatch, LimitsPatch, NewKey};
 pub use error::AuthError;
 pub use file::{KeysFileError, KeysFileIssue};
 pub use key::{format_rfc3339, now_unix, parse_rfc3339, ApiKey, KeyStatus, KeyView};

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::admin::{apply_patch, validate_new, KeyAdminError, KeyPatch, NewKey};
 use super::atomic::write_atomically;
+use super::changes::{apply_patch, validate_new, KeyAdminError, KeyPatch, NewKey};
 use super::error::AuthError;
 use super::file::{self, KeysFileError};
 use super::key::ApiKey;

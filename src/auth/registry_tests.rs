@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::thread;
 
 use super::*;
-use crate::auth::admin::LimitsPatch;
+use crate::auth::changes::LimitsPatch;
 use crate::ratelimit::KeyLimits;
 
 const NOW: u64 = 1_750_000_000;

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::file::ClusterSection;
+use super::file::{ClusterSection, HealthSection, PassiveSection, ScrapeSection, TimeoutSection};
 use super::model::{ClusterTimeouts, Flavour, ServerSettings};
-use super::Validator;
+use super::validate::Validator;
 use crate::fleet::{BalanceSettings, HealthSettings, PassiveSettings, Policy, ScrapeSettings};
 
 /// Everything of a cluster besides its name, flavour and replicas.
@@ -55,69 +55,111 @@ impl Validator<'_> {
         server: &ServerSettings,
     ) -> ClusterSettings {
         let at = |f: &str| format!("clusters[{i}].{f}");
+        let health = self.health_settings(c.health.as_ref(), flavour, &at);
+        let passive = self.passive_settings(c.passive.as_ref(), &at);
+        let mut scrape = self.scrape_settings(c.scrape.as_ref(), flavour, &at);
+        let balance = self.balance_settings(c, &mut scrape, &at);
+        let affinity_header = self.affinity_header(c, &at);
+        let timeouts = self.cluster_timeouts(c.timeouts.as_ref(), server, &at);
+        ClusterSettings {
+            health,
+            passive,
+            scrape,
+            balance,
+            affinity_header,
+            timeouts,
+        }
+    }
 
+    fn health_settings(
+        &mut self,
+        h: Option<&HealthSection>,
+        flavour: Flavour,
+        at: &dyn Fn(&str) -> String,
+    ) -> HealthSettings {
         let mut health = HealthSettings::for_flavour(flavour);
-        if let Some(h) = &c.health {
-            health.enabled = h.enabled.unwrap_or(health.enabled);
-            health.interval = self.ms(&h.interval_ms, at("health.interval_ms"), health.interval);
-            health.timeout = self.ms(&h.timeout_ms, at("health.timeout_ms"), health.timeout);
-            for (value, field, target) in [
-                (
-                    &h.unhealthy_after,
-                    "health.unhealthy_after",
-                    &mut health.unhealthy_after,
-                ),
-                (
-                    &h.healthy_after,
-                    "health.healthy_after",
-                    &mut health.healthy_after,
-                ),
-            ] {
-                if let Some(v) = value {
-                    if *v.get_ref() == 0 {
-                        self.fail(v, at(field), "must be at least 1");
-                    } else {
-                        *target = *v.get_ref();
-                    }
+        let Some(h) = h else { return health };
+        health.enabled = h.enabled.unwrap_or(health.enabled);
+        health.interval = self.ms(&h.interval_ms, at("health.interval_ms"), health.interval);
+        health.timeout = self.ms(&h.timeout_ms, at("health.timeout_ms"), health.timeout);
+        for (value, field, target) in [
+            (
+                &h.unhealthy_after,
+                "health.unhealthy_after",
+                &mut health.unhealthy_after,
+            ),
+            (
+                &h.healthy_after,
+                "health.healthy_after",
+                &mut health.healthy_after,
+            ),
+        ] {
+            if let Some(v) = value {
+                if *v.get_ref() == 0 {
+                    self.fail(v, at(field), "must be at least 1");
+                } else {
+                    *target = *v.get_ref();
                 }
             }
-            health.path = self.http_path(&h.path, at("health.path"), &health.path);
-            health.port = h.port;
         }
+        health.path = self.http_path(&h.path, at("health.path"), &health.path);
+        health.port = h.port;
+        health
+    }
 
+    fn passive_settings(
+        &mut self,
+        p: Option<&PassiveSection>,
+        at: &dyn Fn(&str) -> String,
+    ) -> PassiveSettings {
         let mut passive = PassiveSettings::default();
-        if let Some(p) = &c.passive {
-            passive.failures = p.failures.unwrap_or(passive.failures);
-            passive.base_cooldown = self.ms(
-                &p.base_cooldown_ms,
-                at("passive.base_cooldown_ms"),
-                passive.base_cooldown,
-            );
-            passive.max_cooldown = self.ms(
-                &p.max_cooldown_ms,
-                at("passive.max_cooldown_ms"),
-                passive.max_cooldown,
-            );
-            if passive.max_cooldown < passive.base_cooldown {
-                if let Some(v) = &p.max_cooldown_ms {
-                    self.fail(
-                        v,
-                        at("passive.max_cooldown_ms"),
-                        "must be at least base_cooldown_ms",
-                    );
-                }
+        let Some(p) = p else { return passive };
+        passive.failures = p.failures.unwrap_or(passive.failures);
+        passive.base_cooldown = self.ms(
+            &p.base_cooldown_ms,
+            at("passive.base_cooldown_ms"),
+            passive.base_cooldown,
+        );
+        passive.max_cooldown = self.ms(
+            &p.max_cooldown_ms,
+            at("passive.max_cooldown_ms"),
+            passive.max_cooldown,
+        );
+        if passive.max_cooldown < passive.base_cooldown {
+            if let Some(v) = &p.max_cooldown_ms {
+                self.fail(
+                    v,
+                    at("passive.max_cooldown_ms"),
+                    "must be at least base_cooldown_ms",
+                );
             }
         }
+        passive
+    }
 
+    fn scrape_settings(
+        &mut self,
+        s: Option<&ScrapeSection>,
+        flavour: Flavour,
+        at: &dyn Fn(&str) -> String,
+    ) -> ScrapeSettings {
         let mut scrape = ScrapeSettings::for_flavour(flavour);
-        if let Some(s) = &c.scrape {
-            scrape.enabled = s.enabled.unwrap_or(true);
-            scrape.interval = self.ms(&s.interval_ms, at("scrape.interval_ms"), scrape.interval);
-            scrape.timeout = self.ms(&s.timeout_ms, at("scrape.timeout_ms"), scrape.timeout);
-            scrape.path = self.http_path(&s.path, at("scrape.path"), &scrape.path);
-            scrape.port = s.port;
-        }
+        let Some(s) = s else { return scrape };
+        scrape.enabled = s.enabled.unwrap_or(true);
+        scrape.interval = self.ms(&s.interval_ms, at("scrape.interval_ms"), scrape.interval);
+        scrape.timeout = self.ms(&s.timeout_ms, at("scrape.timeout_ms"), scrape.timeout);
+        scrape.path = self.http_path(&s.path, at("scrape.path"), &scrape.path);
+        scrape.port = s.port;
+        scrape
+    }
 
+    /// Balancing settings; the load-aware ones need scrape data, so they turn scraping on.
+    fn balance_settings(
+        &mut self,
+        c: &ClusterSection,
+        scrape: &mut ScrapeSettings,
+        at: &dyn Fn(&str) -> String,
+    ) -> BalanceSettings {
         let mut balance = BalanceSettings {
             stale_after: scrape.stale_after(),
             ..BalanceSettings::default()
@@ -164,18 +206,31 @@ impl Validator<'_> {
                 balance.bounded_load_factor = *f.get_ref();
             }
         }
-        let affinity_header = c.affinity_header.as_ref().and_then(|h| {
-            match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
-                Ok(name) => Some(name),
-                Err(_) => {
-                    self.fail(h, at("affinity_header"), "not a valid HTTP header name");
-                    None
-                }
-            }
-        });
+        balance
+    }
 
-        let t = c.timeouts.as_ref();
-        let timeouts = ClusterTimeouts {
+    fn affinity_header(
+        &mut self,
+        c: &ClusterSection,
+        at: &dyn Fn(&str) -> String,
+    ) -> Option<http::HeaderName> {
+        let h = c.affinity_header.as_ref()?;
+        match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                self.fail(h, at("affinity_header"), "not a valid HTTP header name");
+                None
+            }
+        }
+    }
+
+    fn cluster_timeouts(
+        &mut self,
+        t: Option<&TimeoutSection>,
+        server: &ServerSettings,
+        at: &dyn Fn(&str) -> String,
+    ) -> ClusterTimeouts {
+        ClusterTimeouts {
             connect: self.ms(
                 &t.and_then(|t| t.connect_ms.clone()),
                 at("timeouts.connect_ms"),
@@ -189,15 +244,6 @@ impl Validator<'_> {
             total: t
                 .and_then(|t| t.total_ms.clone())
                 .map(|v| self.ms(&Some(v), at("timeouts.total_ms"), Duration::MAX)),
-        };
-
-        ClusterSettings {
-            health,
-            passive,
-            scrape,
-            balance,
-            affinity_header,
-            timeouts,
         }
     }
 }

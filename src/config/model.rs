@@ -2,48 +2,13 @@
 //! only ever reads these types.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::fleet::Flavour;
 use crate::fleet::{BalanceSettings, HealthSettings, PassiveSettings, ScrapeSettings};
 use crate::ratelimit::{GlobalLimits, ModelLimits};
-
-/// Which server software a cluster runs: decides health paths, error shapes and usage defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavour {
-    Vllm,
-    Trtllm,
-    TritonOpenai,
-}
-
-impl Flavour {
-    pub const NAMES: &'static str = "vllm, trtllm, triton-openai";
-
-    pub fn parse(name: &str) -> Option<Flavour> {
-        match name {
-            "vllm" => Some(Flavour::Vllm),
-            "trtllm" => Some(Flavour::Trtllm),
-            "triton-openai" => Some(Flavour::TritonOpenai),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flavour::Vllm => "vllm",
-            Flavour::Trtllm => "trtllm",
-            Flavour::TritonOpenai => "triton-openai",
-        }
-    }
-}
-
-impl fmt::Display for Flavour {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {

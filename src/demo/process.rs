@@ -15,6 +15,8 @@ pub fn spawn(mut cmd: Command, capture_stdout: bool) -> Result<Child, String> {
         cmd.stdout(Stdio::piped());
     }
     // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    // Allowed: a child started by the demo must die with it (no std API for PDEATHSIG).
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
@@ -65,6 +67,8 @@ pub fn stop_all<'a>(children: impl IntoIterator<Item = &'a mut Child>) {
     let children: Vec<&mut Child> = children.into_iter().collect();
     for child in &children {
         // SAFETY: plain kill(2) on a pid we own and have not reaped yet.
+        // Allowed: std can only SIGKILL a child; SIGINT is the clean stop.
+        #[allow(unsafe_code)]
         unsafe {
             libc::kill(child.id() as libc::pid_t, libc::SIGINT);
         }

@@ -1,5 +1,6 @@
 //! Replica health and fleet-aware replica selection: the pure and shared-state parts.
 //!
+//! - [`flavour`]: which server software a replica runs (vLLM, trtllm-serve, Triton).
 //! - [`settings`]: per-cluster knobs and per-flavour defaults (health/metrics paths).
 //! - [`health`]: the active + passive health state machine of one replica.
 //! - [`replica`]: `ReplicaState` (in-flight guard, latency EWMA, health, scraped load,
@@ -12,6 +13,7 @@
 //!
 //! Nothing here does I/O or reads the clock: the proxy and its background tasks pass `now`.
 
+pub mod flavour;
 pub mod hash;
 pub mod health;
 pub mod probe;
@@ -22,6 +24,7 @@ pub mod select;
 pub mod settings;
 pub mod view;
 
+pub use flavour::Flavour;
 pub use hash::prefix_key;
 pub use health::{ActiveState, ErrorKind, HealthRules, Outcome, Transition};
 pub use registry::Fleet;

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::config::Flavour;
+use super::Flavour;
 
 /// Active health checks: a background task probes `path` every `interval`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -73,22 +73,74 @@ const PROMPT_TOKENS: u64 = 17;
 
 /// Generates a chat stream per `spec`.
 pub fn chat_stream(spec: &ChatStreamSpec) -> SyntheticStream {
-    let nl = if spec.crlf { "\r\n" } else { "\n" };
-    let mut body = Vec::new();
+    let mut w = EventWriter::new(spec);
     let mut completion = 0u64;
-    let mut events = 0usize;
-    let usage = |completion: u64| json!({"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS + completion, "completion_tokens": completion});
-    let mut push = |body: &mut Vec<u8>, value: serde_json::Value| -> Range<usize> {
-        let start = body.len();
+    let per_chunk_usage = |completion: u64| spec.continuous_usage.then(|| usage(completion));
+    let roles: Vec<_> = (0..spec.choices)
+        .map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}))
+        .collect();
+    w.push(chunk(json!(roles), per_chunk_usage(0)));
+    for d in 0..spec.deltas {
+        let deltas: Vec<_> = (0..spec.choices)
+            .map(|i| json!({"index": i, "delta": {"content": TEXTS[(d + i as usize) % TEXTS.len()]}, "logprobs": null, "finish_reason": null}))
+            .collect();
+        completion += u64::from(spec.choices);
+        w.push(chunk(json!(deltas), per_chunk_usage(completion)));
+    }
+    if spec.tool_calls {
+        for call in tool_call_deltas() {
+            completion += 1;
+            let c = json!([{"index": 0, "delta": {"tool_calls": call}, "finish_reason": null}]);
+            w.push(chunk(c, per_chunk_usage(completion)));
+        }
+    }
+    let finishes: Vec<_> = (0..spec.choices)
+        .map(|i| json!({"index": i, "delta": {}, "finish_reason": if spec.tool_calls && i == 0 { "tool_calls" } else { "stop" }}))
+        .collect();
+    w.push(chunk(json!(finishes), per_chunk_usage(completion)));
+    let usage_event = spec
+        .usage_chunk
+        .then(|| w.push(chunk(json!([]), Some(usage(completion)))));
+    if spec.done {
+        let nl = w.nl;
+        w.body
+            .extend_from_slice(format!("data: [DONE]{nl}{nl}").as_bytes());
+    }
+    SyntheticStream {
+        body: w.body,
+        usage_event,
+        prompt_tokens: PROMPT_TOKENS,
+        completion_tokens: completion,
+    }
+}
+
+/// Writes SSE events with the spec's framing quirks (line endings, decorations, trtllm space).
+struct EventWriter<'s> {
+    spec: &'s ChatStreamSpec,
+    nl: &'static str,
+    body: Vec<u8>,
+    events: usize,
+}
+
+impl<'s> EventWriter<'s> {
+    fn new(spec: &'s ChatStreamSpec) -> Self {
+        Self {
+            spec,
+            nl: if spec.crlf { "\r\n" } else { "\n" },
+            body: Vec::new(),
+            events: 0,
+        }
+    }
+
+    /// Appends one event; returns its bytes (without a keep-alive comment before it).
+    fn push(&mut self, value: serde_json::Value) -> Range<usize> {
+        let (spec, nl, events) = (self.spec, self.nl, self.events);
+        let body = &mut self.body;
         let mut text = value.to_string();
         if spec.decorations && events % 3 == 1 {
             body.extend_from_slice(format!(": keep-alive{nl}{nl}").as_bytes());
         }
-        let start_of_event = if spec.decorations && events % 3 == 1 {
-            body.len()
-        } else {
-            start
-        };
+        let start_of_event = body.len();
         if spec.decorations && events % 4 == 2 {
             body.extend_from_slice(format!("event: message{nl}id: {events}{nl}").as_bytes());
             if let Some(comma) = text.find(',') {
@@ -101,59 +153,30 @@ pub fn chat_stream(spec: &ChatStreamSpec) -> SyntheticStream {
             ""
         };
         body.extend_from_slice(format!("data: {text}{trailing}{nl}{nl}").as_bytes());
-        events += 1;
+        self.events += 1;
         start_of_event..body.len()
-    };
-    let chunk = |choices: serde_json::Value, usage: Option<serde_json::Value>| {
-        let mut c = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices});
-        if let Some(u) = usage {
-            c["usage"] = u;
-        }
-        c
-    };
-    let per_chunk_usage = |completion: u64| spec.continuous_usage.then(|| usage(completion));
-    let roles: Vec<_> = (0..spec.choices)
-        .map(|i| json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}))
-        .collect();
-    push(&mut body, chunk(json!(roles), per_chunk_usage(0)));
-    for d in 0..spec.deltas {
-        let deltas: Vec<_> = (0..spec.choices)
-            .map(|i| json!({"index": i, "delta": {"content": TEXTS[(d + i as usize) % TEXTS.len()]}, "logprobs": null, "finish_reason": null}))
-            .collect();
-        completion += u64::from(spec.choices);
-        push(&mut body, chunk(json!(deltas), per_chunk_usage(completion)));
     }
-    if spec.tool_calls {
-        let calls = [
-            json!([{"id": "call_1", "type": "function", "index": 0, "function": {"name": "search"}}]),
-            json!([{"index": 0, "function": {"arguments": "{\"q\": \"caf"}}]),
-            json!([{"index": 0, "function": {"arguments": "é 🙂\"}"}}]),
-        ];
-        for call in calls {
-            completion += 1;
-            let c = json!([{"index": 0, "delta": {"tool_calls": call}, "finish_reason": null}]);
-            push(&mut body, chunk(c, per_chunk_usage(completion)));
-        }
+}
+
+fn usage(completion: u64) -> serde_json::Value {
+    json!({"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS + completion, "completion_tokens": completion})
+}
+
+fn chunk(choices: serde_json::Value, usage: Option<serde_json::Value>) -> serde_json::Value {
+    let mut c = json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": choices});
+    if let Some(u) = usage {
+        c["usage"] = u;
     }
-    let finishes: Vec<_> = (0..spec.choices)
-        .map(|i| json!({"index": i, "delta": {}, "finish_reason": if spec.tool_calls && i == 0 { "tool_calls" } else { "stop" }}))
-        .collect();
-    push(
-        &mut body,
-        chunk(json!(finishes), per_chunk_usage(completion)),
-    );
-    let usage_event = spec
-        .usage_chunk
-        .then(|| push(&mut body, chunk(json!([]), Some(usage(completion)))));
-    if spec.done {
-        body.extend_from_slice(format!("data: [DONE]{nl}{nl}").as_bytes());
-    }
-    SyntheticStream {
-        body,
-        usage_event,
-        prompt_tokens: PROMPT_TOKENS,
-        completion_tokens: completion,
-    }
+    c
+}
+
+/// A tool call on choice 0 in three deltas (one token each), its arguments split mid-JSON.
+fn tool_call_deltas() -> [serde_json::Value; 3] {
+    [
+        json!([{"id": "call_1", "type": "function", "index": 0, "function": {"name": "search"}}]),
+        json!([{"index": 0, "function": {"arguments": "{\"q\": \"caf"}}]),
+        json!([{"index": 0, "function": {"arguments": "é 🙂\"}"}}]),
+    ]
 }
 
 /// A large single-choice stream (≈230 bytes per event) for throughput measurement.

@@ -123,7 +123,7 @@ pub struct UsageRecord {
 /// BPE tokenizers) and one token per content or tool-call delta (every delta carries at least
 /// one token, which dominates for CJK text and for short tokens).
 pub fn estimate_completion_tokens(chars: u64, deltas: u64) -> u64 {
-    chars.div_ceil(4).max(deltas)
+    crate::estimate::tokens_for(chars).max(deltas)
 }
 
 fn duration_us<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

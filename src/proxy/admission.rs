@@ -8,7 +8,7 @@ use pingora_core::Result;
 use pingora_proxy::Session;
 
 use super::body::{self, BodyReadError, PINGORA_REPLAY_LIMIT};
-use super::ctx::RequestCtx;
+use super::ctx::{InFlightGauge, RequestCtx};
 use super::replay;
 use super::respond::{write_error, write_json};
 use crate::auth::{extract_presented_key, now_unix};
@@ -37,7 +37,7 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
     let path = session.req_header().uri.path().to_string();
     let endpoint = match routing::classify(&method, &path) {
         Ok(endpoint) => endpoint,
-        Err(e) => return reject(session, ctx, e, true).await,
+        Err(e) => return reject(session, ctx, e.into(), true).await,
     };
     ctx.endpoint = Some(endpoint);
     if endpoint == Endpoint::Health {
@@ -47,14 +47,16 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
     if let Some(keys) = state.keys() {
         let presented = extract_presented_key(&session.req_header().headers);
         match keys.authenticate(presented, now_unix()) {
-            Ok(key) => {
-                ctx.key_name = Some(key.name.clone());
-                ctx.key = Some(key);
-            }
+            Ok(key) => ctx.admission.key = Some(key),
             Err(e) => return reject(session, ctx, e.into(), true).await,
         }
     }
-    let visible = |alias: &str| ctx.key.as_ref().is_none_or(|k| k.allows_model(alias));
+    let visible = |alias: &str| {
+        ctx.admission
+            .key
+            .as_ref()
+            .is_none_or(|k| k.allows_model(alias))
+    };
     match endpoint {
         Endpoint::Health => unreachable_health(),
         Endpoint::ListModels => {
@@ -65,7 +67,7 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
             let alias =
                 percent_decode(path.trim_end_matches('/').trim_start_matches("/v1/models/"));
             let found = if visible(&alias) {
-                routing::model_json(&ctx.config, &alias)
+                routing::model_json(&ctx.config, &alias).map_err(ApiError::from)
             } else {
                 Err(ApiError::ModelNotFound { model: alias })
             };
@@ -89,7 +91,7 @@ fn unreachable_health() -> Result<bool> {
 }
 
 async fn answer(session: &mut Session, ctx: &mut RequestCtx, body: Bytes) -> Result<bool> {
-    ctx.local_status = Some(200);
+    ctx.outcome.local_status = Some(200);
     write_json(session, 200, &[], body, &ctx.request_id, false).await?;
     Ok(true)
 }
@@ -104,13 +106,13 @@ async fn reject(
     error: ApiError,
     body_unread: bool,
 ) -> Result<bool> {
-    ctx.local_status = Some(error.status());
+    ctx.outcome.local_status = Some(error.status());
     let unread = body_unread && may_have_body(session);
     write_error(session, &error, &ctx.request_id, unread).await?;
     if unread && !body::expects_continue(session) {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await;
     }
-    ctx.failure = Some(error);
+    ctx.outcome.failure = Some(error);
     Ok(true)
 }
 
@@ -125,13 +127,79 @@ fn may_have_body(session: &Session) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Read the body, resolve the alias, admit against the limits and rewrite the body for the
-/// chosen cluster.
+/// Why admission stopped short of the upstream.
+enum Refusal {
+    /// Answer the client with this error. `body_unread`: the body was not (fully) read.
+    Answer { error: ApiError, body_unread: bool },
+    /// The client connection failed while sending its body; nothing can be written.
+    ClientGone(Box<pingora_core::Error>),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Refusal {
+        Refusal::Answer {
+            error,
+            body_unread: false,
+        }
+    }
+}
+
+/// Everything the upstream attempts of an admitted request need.
+struct Plan {
+    route: Arc<Route>,
+    reservation: Option<Reservation>,
+    prefix_key: Option<u64>,
+    upstream_body: Bytes,
+    /// The client's body is beyond Pingora's replay buffer: our wrapper replays it.
+    needs_replay: bool,
+}
+
+/// A proxied endpoint: plan the request, then either hand it to the upstream phases or
+/// answer the refusal (the one exit).
 async fn prepare_upstream(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<bool> {
+    match plan(state, session, ctx).await {
+        Ok(plan) => {
+            start_upstream(session, ctx, plan);
+            Ok(false)
+        }
+        Err(Refusal::Answer { error, body_unread }) => {
+            reject(session, ctx, error, body_unread).await
+        }
+        Err(Refusal::ClientGone(e)) => Err(e),
+    }
+}
+
+/// Read the body, scan it, apply the rules, resolve the alias, reserve against the limits and
+/// rewrite the body for the chosen cluster.
+async fn plan(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Plan, Refusal> {
+    let client_body = read_body(session, ctx).await?;
+    let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
+    let facts = scan.facts();
+    let decision = apply_rules(session, ctx, facts)?;
+    let route = resolve(ctx, facts, decision.route_cluster.as_deref())?;
+    let reservation = reserve(state, ctx, facts, &route)?;
+    let prefix_key = (route.cluster.balance.policy == Policy::PrefixAffinity)
+        .then(|| affinity_key(session, &scan, &route));
+    let upstream_body = rewrite(ctx, &scan, &route, decision.body_sets);
+    Ok(Plan {
+        route,
+        reservation,
+        prefix_key,
+        upstream_body,
+        needs_replay: client_body.len() > PINGORA_REPLAY_LIMIT || session.retry_buffer_truncated(),
+    })
+}
+
+/// Step 1: the whole body, bounded in size and time; waiting for it is not our overhead.
+async fn read_body(session: &mut Session, ctx: &mut RequestCtx) -> Result<Bytes, Refusal> {
     let server = &ctx.config.server;
     let read_started = std::time::Instant::now();
     let read = body::read_bounded(
@@ -140,92 +208,111 @@ async fn prepare_upstream(
         server.client_body_timeout,
     )
     .await;
-    ctx.body_wait = read_started.elapsed();
-    let client_body = match read {
-        Ok(b) => b,
-        Err(BodyReadError::Reject(e)) => return reject(session, ctx, e, true).await,
-        Err(BodyReadError::Client(e)) => return Err(e),
-    };
-    ctx.client_body_len = client_body.len();
+    ctx.timing.body_wait = read_started.elapsed();
+    let client_body = read.map_err(|e| match e {
+        BodyReadError::Reject(error) => Refusal::Answer {
+            error,
+            body_unread: true,
+        },
+        BodyReadError::Client(e) => Refusal::ClientGone(e),
+    })?;
+    ctx.admission.client_body_len = client_body.len();
+    Ok(client_body)
+}
 
-    let scan = match BodyScan::parse(&client_body) {
-        Ok(scan) => scan,
-        Err(e) => return reject(session, ctx, e.into(), false).await,
-    };
-    let facts = scan.facts();
-    let outcome = evaluate_rules(session, ctx, facts);
-    if let Some(deny) = outcome.deny {
-        let error = ApiError::RuleDenied {
+/// Step 3: the rules' effects go into `ctx`; a `deny` refuses the request.
+fn apply_rules(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    facts: &RequestFacts,
+) -> Result<RulesDecision, ApiError> {
+    let mut decision = evaluate_rules(session, ctx, facts);
+    match decision.deny.take() {
+        Some(deny) => Err(ApiError::RuleDenied {
             status: deny.status,
             message: deny.message,
             code: deny.code,
-        };
-        return reject(session, ctx, error, false).await;
+        }),
+        None => Ok(decision),
     }
-    // A model the key may not use is answered exactly like one that does not exist, so keys
-    // cannot probe which models are configured.
+}
+
+/// Step 4: the alias's route, with a rule's cluster override applied. A model the key may not
+/// use is answered exactly like one that does not exist, so keys cannot probe which models
+/// are configured.
+fn resolve(
+    ctx: &RequestCtx,
+    facts: &RequestFacts,
+    route_cluster: Option<&str>,
+) -> Result<Arc<Route>, ApiError> {
     let allowed = ctx
+        .admission
         .key
         .as_ref()
         .is_none_or(|k| k.allows_model(&facts.model));
-    let resolved = if allowed {
-        routing::resolve(&ctx.config, &facts.model).cloned()
-    } else {
-        Err(ApiError::ModelNotFound {
+    if !allowed {
+        return Err(ApiError::ModelNotFound {
             model: facts.model.clone(),
-        })
-    };
-    let mut route = match resolved {
-        Ok(route) => route,
-        Err(e) => return reject(session, ctx, e, false).await,
-    };
-    if let Some(cluster) = outcome
-        .route_cluster
-        .as_deref()
-        .and_then(|name| ctx.config.cluster(name))
-    {
-        route = Arc::new(Route {
-            cluster: cluster.clone(),
-            ..(*route).clone()
         });
     }
-    match admit_limits(state, ctx, facts, &route) {
-        Ok(reservation) => ctx.reservation = reservation,
-        Err(e) => {
-            crate::metrics::RATE_LIMITED
-                .with_label_values(&[e.limit.as_str()])
-                .inc();
-            return reject(session, ctx, ApiError::RateLimited(e), false).await;
-        }
+    let route = routing::resolve(&ctx.config, &facts.model)?.clone();
+    match route_cluster.and_then(|name| ctx.config.cluster(name)) {
+        Some(cluster) => Ok(Arc::new(Route {
+            cluster: cluster.clone(),
+            ..(*route).clone()
+        })),
+        None => Ok(route),
     }
-    if route.cluster.balance.policy == Policy::PrefixAffinity {
-        ctx.prefix_key = Some(affinity_key(session, &scan, &route));
-    }
-    ctx.stream = facts.stream == Some(true);
-    ctx.prompt_bytes = facts.prompt_bytes;
-    // Streams are metered from the upstream's own usage chunk: ask for it, and strip it again
-    // unless the client asked for it itself.
-    let mut plan = RewritePlan::new(&scan)
+}
+
+/// Step 5: reserve the estimate against the key, model and global buckets.
+fn reserve(
+    state: &AppState,
+    ctx: &RequestCtx,
+    facts: &RequestFacts,
+    route: &Route,
+) -> Result<Option<Reservation>, ApiError> {
+    admit_limits(state, ctx, facts, route).map_err(|e| {
+        crate::metrics::RATE_LIMITED
+            .with_label_values(&[e.limit.as_str()])
+            .inc();
+        ApiError::RateLimited(e)
+    })
+}
+
+/// Step 6: the body the replica gets. Streams are metered from the upstream's own usage
+/// chunk: ask for it, and strip it again unless the client asked for it itself.
+fn rewrite(
+    ctx: &mut RequestCtx,
+    scan: &BodyScan<'_>,
+    route: &Route,
+    body_sets: Vec<(String, String)>,
+) -> Bytes {
+    let facts = scan.facts();
+    ctx.admission.stream = facts.stream == Some(true);
+    ctx.admission.prompt_bytes = facts.prompt_bytes;
+    let mut plan = RewritePlan::new(scan)
         .model(&route.served_name)
-        .ensure_stream_usage(ctx.stream);
-    for (key, raw) in outcome.body_sets {
+        .ensure_stream_usage(ctx.admission.stream);
+    for (key, raw) in body_sets {
         plan = plan.set_field_raw(&key, raw);
     }
-    ctx.strip_usage = plan.stream_usage() == StreamUsage::Injected;
-    let upstream_body = plan.apply();
-    crate::metrics::IN_FLIGHT
-        .with_label_values(&[&route.cluster.name])
-        .inc();
-    ctx.in_flight_cluster = Some(route.cluster.name.clone());
-    ctx.route = Some(route);
+    ctx.admission.strip_usage = plan.stream_usage() == StreamUsage::Injected;
+    plan.apply()
+}
 
+/// Hand an admitted request to the upstream phases.
+fn start_upstream(session: &mut Session, ctx: &mut RequestCtx, plan: Plan) {
+    ctx.admission.in_flight_gauge = Some(InFlightGauge::hold(&plan.route.cluster.name));
+    ctx.admission.route = Some(plan.route);
+    ctx.admission.reservation = plan.reservation;
+    ctx.admission.prefix_key = plan.prefix_key;
     // Bodies beyond Pingora's replay buffer are served to the proxy loop by our wrapper;
     // smaller ones keep the plain session (and client keep-alive).
-    if client_body.len() > PINGORA_REPLAY_LIMIT || session.retry_buffer_truncated() {
-        replay::install(&mut session.downstream_session, upstream_body.clone());
+    if plan.needs_replay {
+        replay::install(&mut session.downstream_session, plan.upstream_body.clone());
     }
-    ctx.upstream_body = Some(upstream_body);
-    Ok(false)
+    ctx.admission.upstream_body = Some(plan.upstream_body);
 }
 
 /// What the rules in force decide for this request; header edits, tags and classes go into
@@ -251,7 +338,7 @@ fn evaluate_rules(session: &Session, ctx: &mut RequestCtx, facts: &RequestFacts)
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
     let no_tags = Vec::new();
-    let key = ctx.key.as_deref();
+    let key = ctx.admission.key.as_deref();
     let input = RuleInput {
         method: header.method.as_str(),
         path: header.uri.path(),
@@ -275,15 +362,15 @@ fn evaluate_rules(session: &Session, ctx: &mut RequestCtx, facts: &RequestFacts)
         request_id: &ctx.request_id,
     };
     let outcome = rules.evaluate(&input);
-    ctx.rules_matched = outcome.matched.iter().map(|s| s.to_string()).collect();
-    ctx.tags = outcome.tags;
-    ctx.rate_limit_class = outcome.rate_limit_class;
-    ctx.priority = outcome.priority;
-    ctx.set_request_headers = outcome.set_request_headers;
-    ctx.remove_request_headers = outcome.remove_request_headers;
-    ctx.set_response_headers = outcome.set_response_headers;
-    ctx.remove_response_headers = outcome.remove_response_headers;
-    for tag in &ctx.tags {
+    ctx.admission.rules.matched = outcome.matched.iter().map(|s| s.to_string()).collect();
+    ctx.admission.rules.tags = outcome.tags;
+    ctx.admission.rules.rate_limit_class = outcome.rate_limit_class;
+    ctx.admission.rules.priority = outcome.priority;
+    ctx.admission.rules.set_request_headers = outcome.set_request_headers;
+    ctx.admission.rules.remove_request_headers = outcome.remove_request_headers;
+    ctx.admission.rules.set_response_headers = outcome.set_response_headers;
+    ctx.admission.rules.remove_response_headers = outcome.remove_response_headers;
+    for tag in &ctx.admission.rules.tags {
         crate::metrics::RULE_TAGS.with_label_values(&[tag]).inc();
     }
     RulesDecision {
@@ -301,7 +388,11 @@ fn admit_limits(
     route: &Route,
 ) -> std::result::Result<Option<Reservation>, Box<RateLimited>> {
     let no_key_limits = KeyLimits::default();
-    let key_limits = ctx.key.as_ref().map_or(&no_key_limits, |k| &k.limits);
+    let key_limits = ctx
+        .admission
+        .key
+        .as_ref()
+        .map_or(&no_key_limits, |k| &k.limits);
     let unlimited = key_limits.is_empty()
         && route.limits == ModelLimits::default()
         && ctx.config.global_limits == GlobalLimits::default();

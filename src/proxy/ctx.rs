@@ -1,4 +1,6 @@
-//! The per-request context: plain data that every phase hook reads and writes.
+//! The per-request context: plain data that every phase hook reads and writes, grouped by who
+//! writes it: admission (`request_filter`), the current attempt (peer choice and retries), the
+//! reply (response filters), timing, and how the request ended.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,65 +23,127 @@ pub struct RequestCtx {
     pub request_id: String,
     pub started: Instant,
     pub endpoint: Option<Endpoint>,
+    pub admission: Admission,
+    pub attempt: Attempt,
+    pub reply: Reply,
+    pub timing: Timing,
+    pub outcome: Outcome,
+}
+
+/// What `request_filter` decided; read by every later phase.
+#[derive(Default)]
+pub struct Admission {
+    /// The authenticated key; `None` when auth is off.
+    pub key: Option<Arc<ApiKey>>,
     /// Shared with the snapshot; a rule's route override makes a new one.
     pub route: Option<Arc<Route>>,
     /// Whether the client asked for a streamed response.
     pub stream: bool,
     pub client_body_len: usize,
+    /// Raw bytes of `messages` / `prompt` / `input`: the prompt-size estimate.
+    pub prompt_bytes: usize,
     /// The rewritten body sent on every attempt (cloned, never taken: retries resend it).
     pub upstream_body: Option<Bytes>,
+    /// `prefix-affinity` key (prompt prefix or affinity header), when the cluster uses it.
+    pub prefix_key: Option<u64>,
+    /// Streaming with usage the proxy switched on: remove the usage chunk from the client's
+    /// stream.
+    pub strip_usage: bool,
+    /// Tokens and concurrency slots held against the rate limits; settled in `logging`.
+    pub reservation: Option<Reservation>,
+    /// The cluster's in-flight gauge, held from admission until the context is dropped.
+    pub in_flight_gauge: Option<InFlightGauge>,
+    pub rules: RuleEffects,
+}
+
+/// What the rules in force added to the request.
+#[derive(Default)]
+pub struct RuleEffects {
+    /// Tags, for the access log and metrics.
+    pub tags: Vec<String>,
+    /// Rules that matched, for the access log.
+    pub matched: Vec<String>,
+    pub rate_limit_class: Option<String>,
+    pub priority: Option<i32>,
+    /// Header edits, applied to the upstream request / the client's response.
+    pub set_request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_request_headers: Vec<http::HeaderName>,
+    pub set_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_response_headers: Vec<http::HeaderName>,
+}
+
+/// The current upstream attempt and the ones before it.
+#[derive(Default)]
+pub struct Attempt {
     /// Replica indexes of the route's cluster already tried, in order.
     pub tried: Vec<usize>,
     /// The current attempt's replica (index into the cluster) and its in-flight slot.
     pub replica_index: Option<usize>,
     pub in_flight: Option<InFlight>,
-    /// `prefix-affinity` key (prompt prefix or affinity header), when the cluster uses it.
-    pub prefix_key: Option<u64>,
     /// The replica answered with a status worth retrying elsewhere (502/503, empty 500).
     pub retry_status: bool,
-    pub attempts: usize,
+    /// Attempts started so far.
+    pub count: usize,
+    /// `host:port` of the current attempt's replica.
     pub replica: Option<String>,
+    /// When the current attempt's request went upstream (TTFT origin).
+    pub upstream_sent_at: Option<Instant>,
+}
+
+/// The response on its way to the client.
+#[derive(Default)]
+pub struct Reply {
     pub upstream_status: Option<u16>,
     /// Set when the upstream answered an error whose body we rewrite to the OpenAI shape.
     pub error_body: Option<BytesMut>,
-    /// An error we decided on in a hook that must surface in `fail_to_proxy`.
-    pub failure: Option<ApiError>,
-    /// Status we answered with ourselves (for the log).
-    pub local_status: Option<u16>,
-    pub response_bytes: usize,
-    /// Streaming with usage the proxy switched on: remove the usage chunk from the client's
-    /// stream.
-    pub strip_usage: bool,
-    /// Raw bytes of `messages` / `prompt` / `input`: the prompt-size estimate.
-    pub prompt_bytes: usize,
-    /// When the current attempt's request went upstream (TTFT origin).
-    pub upstream_sent_at: Option<Instant>,
     /// Meters the response body as it passes.
     pub meter: Option<ResponseMeter>,
-    /// The request's one usage record, settled in `logging`.
-    pub usage: Option<UsageRecord>,
-    /// The authenticated key's name (never the secret); `None` when auth is off.
-    pub key_name: Option<String>,
-    pub key: Option<Arc<ApiKey>>,
-    /// Tokens and concurrency slots held against the rate limits; settled in `logging`.
-    pub reservation: Option<Reservation>,
-    /// Tags from rules, for the access log and metrics.
-    pub tags: Vec<String>,
-    /// Rules that matched, for the access log.
-    pub rules_matched: Vec<String>,
-    pub rate_limit_class: Option<String>,
-    pub priority: Option<i32>,
-    /// Header edits from rules, applied to the upstream request / the client's response.
-    pub set_request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub remove_request_headers: Vec<http::HeaderName>,
-    pub set_response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub remove_response_headers: Vec<http::HeaderName>,
+    pub response_bytes: usize,
+}
+
+/// Where the request's time went.
+#[derive(Default)]
+pub struct Timing {
     /// Time spent in tokengate's own code (not waiting on the client or a replica).
     pub overhead: Duration,
     /// Time spent waiting for the client to send its body (excluded from overhead).
     pub body_wait: Duration,
-    /// Cluster whose in-flight gauge this request holds.
-    pub in_flight_cluster: Option<String>,
+}
+
+/// How the request ended.
+#[derive(Default)]
+pub struct Outcome {
+    /// The error we answered the client with (decided in a hook, or in `fail_to_proxy`);
+    /// its code goes to the access log and `tokengate_local_errors_total`.
+    pub failure: Option<ApiError>,
+    /// Status we answered with ourselves (for the log).
+    pub local_status: Option<u16>,
+    /// The request's one usage record, settled in `logging`.
+    pub usage: Option<UsageRecord>,
+}
+
+/// One request counted in `tokengate_in_flight{cluster}` for as long as this lives.
+pub struct InFlightGauge {
+    cluster: String,
+}
+
+impl InFlightGauge {
+    pub fn hold(cluster: &str) -> InFlightGauge {
+        crate::metrics::IN_FLIGHT
+            .with_label_values(&[cluster])
+            .inc();
+        InFlightGauge {
+            cluster: cluster.to_string(),
+        }
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        crate::metrics::IN_FLIGHT
+            .with_label_values(&[&self.cluster])
+            .dec();
+    }
 }
 
 impl RequestCtx {
@@ -89,62 +153,43 @@ impl RequestCtx {
             request_id: new_request_id(),
             started: Instant::now(),
             endpoint: None,
-            route: None,
-            stream: false,
-            client_body_len: 0,
-            upstream_body: None,
-            tried: Vec::new(),
-            replica_index: None,
-            in_flight: None,
-            prefix_key: None,
-            retry_status: false,
-            attempts: 0,
-            replica: None,
-            upstream_status: None,
-            error_body: None,
-            failure: None,
-            local_status: None,
-            response_bytes: 0,
-            strip_usage: false,
-            prompt_bytes: 0,
-            upstream_sent_at: None,
-            meter: None,
-            usage: None,
-            key_name: None,
-            key: None,
-            reservation: None,
-            tags: Vec::new(),
-            rules_matched: Vec::new(),
-            rate_limit_class: None,
-            priority: None,
-            set_request_headers: Vec::new(),
-            remove_request_headers: Vec::new(),
-            set_response_headers: Vec::new(),
-            remove_response_headers: Vec::new(),
-            overhead: Duration::ZERO,
-            body_wait: Duration::ZERO,
-            in_flight_cluster: None,
+            admission: Admission::default(),
+            attempt: Attempt::default(),
+            reply: Reply::default(),
+            timing: Timing::default(),
+            outcome: Outcome::default(),
         }
     }
 
-    /// Key label for logs and metrics.
+    /// Key label for logs and metrics: the key's name (never the secret), `-` without auth.
     pub fn key_label(&self) -> &str {
-        self.key_name.as_deref().unwrap_or("-")
+        self.admission.key.as_ref().map_or("-", |k| k.name.as_str())
     }
 
     /// The model alias for messages, or `-` before it is known.
     pub fn model_label(&self) -> &str {
-        self.route.as_ref().map_or("-", |r| r.alias.as_str())
+        self.admission
+            .route
+            .as_ref()
+            .map_or("-", |r| r.alias.as_str())
     }
 
     /// `X-Request-Id` for the current upstream attempt: unique per attempt so a replica never
     /// sees one id twice.
     pub fn attempt_request_id(&self) -> String {
-        if self.attempts <= 1 {
+        if self.attempt.count <= 1 {
             self.request_id.clone()
         } else {
-            format!("{}-{}", self.request_id, self.attempts)
+            format!("{}-{}", self.request_id, self.attempt.count)
         }
+    }
+
+    /// Run `work` and count its time as tokengate's own (the proxy-overhead histogram).
+    pub fn timed<T>(&mut self, work: impl FnOnce(&mut RequestCtx) -> T) -> T {
+        let started = Instant::now();
+        let out = work(self);
+        self.timing.overhead += started.elapsed();
+        out
     }
 }
 

@@ -4,14 +4,14 @@
 use pingora_core::{Error, ErrorSource, ErrorType};
 use pingora_proxy::{FailToProxy, Session};
 
+use super::client_response;
 use super::ctx::RequestCtx;
 use super::respond::write_error;
-use super::upstream;
 use crate::errors::ApiError;
 
 /// What the client should hear about `e`; `None` when the client itself is gone.
 pub fn classify(e: &Error, ctx: &mut RequestCtx) -> Option<ApiError> {
-    if let Some(decided) = ctx.failure.take() {
+    if let Some(decided) = ctx.outcome.failure.take() {
         return Some(decided);
     }
     let model = ctx.model_label().to_string();
@@ -33,6 +33,7 @@ pub fn classify(e: &Error, ctx: &mut RequestCtx) -> Option<ApiError> {
             503 => ApiError::NoReplicaAvailable {
                 model,
                 cluster: ctx
+                    .admission
                     .route
                     .as_ref()
                     .map_or_else(|| "-".to_string(), |r| r.cluster.name.clone()),
@@ -65,15 +66,15 @@ pub async fn answer(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
         if let Err(write_err) = write_error(session, &error, &ctx.request_id, true).await {
             log::debug!("could not send error response: {write_err}");
         }
-        ctx.local_status = Some(status);
-    } else if let Some(tail) = upstream::tail_after_upstream_failure(ctx) {
+        ctx.outcome.local_status = Some(status);
+    } else if let Some(tail) = client_response::tail_after_upstream_failure(ctx) {
         // Mid-stream: the status is gone; end the stream with an error event so SDK clients
         // raise instead of taking a cut stream for a complete one.
         if let Err(write_err) = session.write_response_body(Some(tail), true).await {
             log::debug!("could not send the truncation event: {write_err}");
         }
     }
-    ctx.failure = Some(error);
+    ctx.outcome.failure = Some(error);
     FailToProxy {
         error_code: status,
         can_reuse_downstream: false,

@@ -3,12 +3,14 @@
 
 pub mod admission;
 pub mod body;
+pub mod client_response;
 pub mod ctx;
 pub mod failure;
+pub mod peer;
 pub mod replay;
 pub mod respond;
 pub mod settle;
-pub mod upstream;
+pub mod upstream_request;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +50,7 @@ impl ProxyHttp for TokenGate {
         let started = Instant::now();
         let answered = admission::admit(&self.state, session, ctx).await;
         // Waiting for the client's body is not our time.
-        ctx.overhead += started.elapsed().saturating_sub(ctx.body_wait);
+        ctx.timing.overhead += started.elapsed().saturating_sub(ctx.timing.body_wait);
         answered
     }
 
@@ -58,10 +60,7 @@ impl ProxyHttp for TokenGate {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let started = Instant::now();
-        let peer = upstream::choose_peer(ctx);
-        ctx.overhead += started.elapsed();
-        peer
+        ctx.timed(peer::choose_peer)
     }
 
     /// A refused or timed-out connect is retried on another replica while any is untried.
@@ -72,7 +71,7 @@ impl ProxyHttp for TokenGate {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        upstream::on_connect_failure(ctx, e)
+        peer::on_connect_failure(ctx, e)
     }
 
     fn error_while_proxy(
@@ -83,7 +82,7 @@ impl ProxyHttp for TokenGate {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        upstream::on_proxy_error(peer, ctx, e, client_reused)
+        peer::on_proxy_error(peer, ctx, e, client_reused)
     }
 
     /// Every attempt: Host, framing for the rewritten body, ids; the client's credentials
@@ -94,10 +93,7 @@ impl ProxyHttp for TokenGate {
         request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let started = Instant::now();
-        let prepared = upstream::prepare_request(request, ctx);
-        ctx.overhead += started.elapsed();
-        prepared
+        ctx.timed(|ctx| upstream_request::prepare_request(request, ctx))
     }
 
     /// Substitute the rewritten body for whatever Pingora replays (once per attempt).
@@ -108,7 +104,7 @@ impl ProxyHttp for TokenGate {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::substitute_body(body, end_of_stream, ctx);
+        upstream_request::substitute_body(body, end_of_stream, ctx);
         Ok(())
     }
 
@@ -118,7 +114,7 @@ impl ProxyHttp for TokenGate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream::on_upstream_response_header(response, ctx)
+        peer::on_upstream_response_header(response, ctx)
     }
 
     async fn response_filter(
@@ -127,11 +123,8 @@ impl ProxyHttp for TokenGate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let started = Instant::now();
         let http11 = session.req_header().version == http::Version::HTTP_11;
-        let filtered = upstream::on_response_header(response, ctx, http11);
-        ctx.overhead += started.elapsed();
-        filtered
+        ctx.timed(|ctx| client_response::on_response_header(response, ctx, http11))
     }
 
     /// Synchronous, per piece: bytes pass through as they land.
@@ -142,11 +135,11 @@ impl ProxyHttp for TokenGate {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let started = Instant::now();
-        upstream::check_total_deadline(ctx, end_of_stream)?;
-        upstream::on_response_body(body, end_of_stream, ctx);
-        ctx.overhead += started.elapsed();
-        Ok(None)
+        ctx.timed(|ctx| {
+            client_response::check_total_deadline(ctx, end_of_stream)?;
+            client_response::on_response_body(body, end_of_stream, ctx);
+            Ok(None)
+        })
     }
 
     /// The final error of any phase, as an OpenAI-shaped JSON error.

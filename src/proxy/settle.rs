@@ -8,62 +8,96 @@ use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
 use crate::accesslog;
+use crate::errors::ApiError;
 use crate::metrics;
 use crate::state::AppState;
 
 pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
     let status = ctx
+        .outcome
         .local_status
-        .or(ctx.upstream_status)
+        .or(ctx.reply.upstream_status)
         .or_else(|| session.response_written().map(|r| r.status.as_u16()))
         .unwrap_or(0);
     let model = ctx.model_label().to_string();
     let cluster = ctx
+        .admission
         .route
         .as_ref()
         .map_or_else(|| "-".to_string(), |r| r.cluster.name.clone());
-    if let Some(meter) = ctx.meter.as_mut() {
+    settle_usage(state, ctx, &model);
+    // Releases the replica slot and the cluster's in-flight gauge.
+    ctx.attempt.in_flight = None;
+    ctx.admission.in_flight_gauge = None;
+    let duration = ctx.started.elapsed();
+    record_metrics(ctx, e, &model, &cluster, status, duration);
+    write_access_log(session, e, ctx, &model, &cluster, status, duration);
+}
+
+/// Finish metering and reconcile the admission estimate with what was metered (a cut stream:
+/// what was seen; never reached a replica: nothing).
+fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
+    if let Some(meter) = ctx.reply.meter.as_mut() {
         let usage = meter.finish(Instant::now());
-        metrics::record_usage(ctx.key_name.as_deref().unwrap_or("-"), &model, &usage);
-        ctx.usage = Some(usage);
+        metrics::record_usage(ctx.key_label(), model, &usage);
+        ctx.outcome.usage = Some(usage);
     }
-    // Reconcile the admission estimate with what was metered (a cut stream: what was seen;
-    // never reached a replica: nothing).
     let (prompt, completion) = ctx
+        .outcome
         .usage
         .as_ref()
         .map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
-    if let Some(reservation) = ctx.reservation.take() {
+    if let Some(reservation) = ctx.admission.reservation.take() {
         reservation.settle(prompt + completion, Instant::now());
     }
-    if ctx.route.is_some() {
+    if ctx.admission.route.is_some() {
         state
             .usage
-            .record_usage(ctx.key_label(), &model, prompt, completion);
+            .record_usage(ctx.key_label(), model, prompt, completion);
     }
-    ctx.in_flight = None;
-    if let Some(held) = ctx.in_flight_cluster.take() {
-        metrics::IN_FLIGHT.with_label_values(&[&held]).dec();
-    }
-    if ctx.attempts > 1 {
-        metrics::RETRIES
-            .with_label_values(&[&cluster])
-            .inc_by((ctx.attempts - 1) as u64);
-    }
-    if let Some(kind) = upstream_error_kind(e, ctx.upstream_status) {
-        metrics::UPSTREAM_ERRORS
-            .with_label_values(&[&cluster, kind])
+}
+
+fn record_metrics(
+    ctx: &RequestCtx,
+    e: Option<&Error>,
+    model: &str,
+    cluster: &str,
+    status: u16,
+    duration: std::time::Duration,
+) {
+    if let Some(failure) = ctx.outcome.failure.as_ref() {
+        metrics::LOCAL_ERRORS
+            .with_label_values(&[failure.metric_code()])
             .inc();
     }
-    let duration = ctx.started.elapsed();
-    metrics::record_request(&model, &cluster, status, duration.as_secs_f64());
+    if ctx.attempt.count > 1 {
+        metrics::RETRIES
+            .with_label_values(&[cluster])
+            .inc_by((ctx.attempt.count - 1) as u64);
+    }
+    if let Some(kind) = upstream_error_kind(e, ctx.reply.upstream_status) {
+        metrics::UPSTREAM_ERRORS
+            .with_label_values(&[cluster, kind])
+            .inc();
+    }
+    metrics::record_request(model, cluster, status, duration.as_secs_f64());
     if let Some(endpoint) = ctx.endpoint {
         metrics::PROXY_OVERHEAD
             .with_label_values(&[endpoint.as_str()])
-            .observe(ctx.overhead.as_secs_f64());
+            .observe(ctx.timing.overhead.as_secs_f64());
     }
+}
 
-    let usage = ctx.usage.as_ref();
+fn write_access_log(
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &RequestCtx,
+    model: &str,
+    cluster: &str,
+    status: u16,
+    duration: std::time::Duration,
+) {
+    let usage = ctx.outcome.usage.as_ref();
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
     accesslog::write(&accesslog::Entry {
@@ -72,25 +106,32 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         method: &method,
         path: &path,
         key: ctx.key_label(),
-        model: &model,
-        cluster: &cluster,
-        replica: ctx.replica.as_deref().unwrap_or("-"),
+        model,
+        cluster,
+        replica: ctx.attempt.replica.as_deref().unwrap_or("-"),
         status,
-        stream: ctx.stream,
+        stream: ctx.admission.stream,
         prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
         completion_tokens: usage.map_or(0, |u| u.completion_tokens),
         usage_source: usage.map_or("none", |u| u.source.as_str()),
         truncated: usage.is_some_and(|u| u.truncated),
         ttft_ms: usage.and_then(|u| u.ttft).map(|t| t.as_secs_f64() * 1000.0),
         duration_ms: duration.as_secs_f64() * 1000.0,
-        bytes_in: ctx.client_body_len,
-        bytes_out: ctx.response_bytes,
-        retries: ctx.attempts.saturating_sub(1),
-        error: e.map(|e| e.etype().as_str()),
-        tags: &ctx.tags,
-        rules: &ctx.rules_matched,
-        rate_limit_class: ctx.rate_limit_class.as_deref(),
-        priority: ctx.priority,
+        bytes_in: ctx.admission.client_body_len,
+        bytes_out: ctx.reply.response_bytes,
+        retries: ctx.attempt.count.saturating_sub(1),
+        // Our own answer's code (401 `invalid_api_key`, 404 `model_not_found`, ...) when we
+        // decided the error; else how Pingora saw the request fail (e.g. the client left).
+        error: ctx
+            .outcome
+            .failure
+            .as_ref()
+            .map(ApiError::log_code)
+            .or_else(|| e.map(|e| e.etype().as_str())),
+        tags: &ctx.admission.rules.tags,
+        rules: &ctx.admission.rules.matched,
+        rate_limit_class: ctx.admission.rules.rate_limit_class.as_deref(),
+        priority: ctx.admission.rules.priority,
     });
 }
 

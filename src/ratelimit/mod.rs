@@ -10,7 +10,6 @@ pub mod bucket;
 pub mod headers;
 pub mod limiter;
 pub mod limits;
-pub mod usage;
 
 pub use bucket::{Refusal, TokenBucket};
 pub use headers::{
@@ -18,7 +17,6 @@ pub use headers::{
 };
 pub use limiter::{AdmissionRequest, Limiter, RateLimited, Reservation, CONCURRENCY_RETRY_AFTER};
 pub use limits::{Dimension, GlobalLimits, KeyLimits, LimitKind, ModelLimits, Scope};
-pub use usage::{Usage, UsageCounts, UsageSnapshot};
 
 /// Tokens to reserve before a request is sent: the prompt at about four bytes per token (the
 /// usual ratio for English with BPE tokenizers; the body's JSON syntax makes it an
@@ -30,7 +28,7 @@ pub fn estimate_request_tokens(
     max_tokens: Option<u64>,
     default_completion_reservation: u64,
 ) -> u64 {
-    let prompt = (prompt_bytes as u64).div_ceil(4);
+    let prompt = crate::estimate::tokens_for(prompt_bytes as u64);
     prompt.saturating_add(max_tokens.unwrap_or(default_completion_reservation))
 }
 

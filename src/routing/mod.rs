@@ -6,7 +6,21 @@ pub mod body;
 use std::sync::Arc;
 
 use crate::config::{Config, Route};
-use crate::errors::ApiError;
+
+/// Why a request has no route; `errors` maps it to the client-facing error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("unknown path {method} {path}")]
+    UnknownPath { method: String, path: String },
+    #[error("{method} is not allowed on {path} (allowed: {allowed})")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("model {model} not found")]
+    ModelNotFound { model: String },
+}
 
 /// The client-facing API surface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +58,7 @@ impl Endpoint {
 }
 
 /// Classify a request by method and path (without query string).
-pub fn classify(method: &str, path: &str) -> Result<Endpoint, ApiError> {
+pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
     let path = path
         .strip_suffix('/')
         .filter(|p| !p.is_empty())
@@ -59,7 +73,7 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, ApiError> {
             (Endpoint::RetrieveModel, "GET")
         }
         _ => {
-            return Err(ApiError::UnknownPath {
+            return Err(RouteError::UnknownPath {
                 method: method.to_string(),
                 path: path.to_string(),
             })
@@ -69,7 +83,7 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, ApiError> {
     if method_ok {
         Ok(endpoint)
     } else {
-        Err(ApiError::MethodNotAllowed {
+        Err(RouteError::MethodNotAllowed {
             method: method.to_string(),
             path: path.to_string(),
             allowed,
@@ -78,10 +92,12 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, ApiError> {
 }
 
 /// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.
-pub fn resolve<'c>(config: &'c Config, alias: &str) -> Result<&'c Arc<Route>, ApiError> {
-    config.route(alias).ok_or_else(|| ApiError::ModelNotFound {
-        model: alias.to_string(),
-    })
+pub fn resolve<'c>(config: &'c Config, alias: &str) -> Result<&'c Arc<Route>, RouteError> {
+    config
+        .route(alias)
+        .ok_or_else(|| RouteError::ModelNotFound {
+            model: alias.to_string(),
+        })
 }
 
 /// `GET /v1/models`, in OpenAI's list shape, from config: the aliases `visible` admits.
@@ -96,7 +112,7 @@ pub fn models_list_json(config: &Config, visible: impl Fn(&str) -> bool) -> byte
 }
 
 /// `GET /v1/models/{id}`.
-pub fn model_json(config: &Config, alias: &str) -> Result<bytes::Bytes, ApiError> {
+pub fn model_json(config: &Config, alias: &str) -> Result<bytes::Bytes, RouteError> {
     let route = resolve(config, alias)?;
     Ok(bytes::Bytes::from(model_card(config, route).to_string()))
 }
@@ -138,13 +154,14 @@ mod tests {
 
     #[test]
     fn wrong_method_is_405_and_unknown_path_404() {
-        let e = classify("GET", "/v1/chat/completions").unwrap_err();
-        assert_eq!(e.status(), 405);
-        let e = classify("POST", "/v1/models").unwrap_err();
-        assert_eq!(e.status(), 405);
-        let e = classify("POST", "/v2/anything").unwrap_err();
-        assert_eq!(e.status(), 404);
-        let e = classify("GET", "/metrics").unwrap_err();
-        assert_eq!(e.status(), 404, "admin paths are never served publicly");
+        let not_allowed = |m, p| matches!(classify(m, p), Err(RouteError::MethodNotAllowed { .. }));
+        let unknown = |m, p| matches!(classify(m, p), Err(RouteError::UnknownPath { .. }));
+        assert!(not_allowed("GET", "/v1/chat/completions"));
+        assert!(not_allowed("POST", "/v1/models"));
+        assert!(unknown("POST", "/v2/anything"));
+        assert!(
+            unknown("GET", "/metrics"),
+            "admin paths are never served publicly"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! load reports them all.
 
 mod actions;
+mod split;
 mod when;
 
 use std::collections::BTreeSet;
@@ -100,21 +101,7 @@ fn compile_rule(
 ) -> Option<Rule> {
     let prefix = format!("rules[{index}]");
     let mut obj = cx.table(node, &prefix)?;
-    let name = match obj.take("name") {
-        Some(n) => cx
-            .string(n, &join(&prefix, "name"))
-            .and_then(|name| match check_name(name) {
-                Ok(()) => Some((name, n.span())),
-                Err(why) => {
-                    cx.err(&n.span(), &join(&prefix, "name"), why);
-                    None
-                }
-            }),
-        None => {
-            cx.err(&obj.span, &prefix, "missing field `name`");
-            None
-        }
-    };
+    let name = rule_name(cx, &mut obj, &prefix);
     // Once the rule has a name, messages say `rule `x`: when…` instead of `rules[3].when…`.
     let base = match &name {
         Some((name, span)) => {
@@ -139,46 +126,12 @@ fn compile_rule(
             None
         }
     };
-    let mut actions = Vec::new();
-    if let Some(list) = obj.take("actions") {
-        let path = join(&base, "actions");
-        if let Some(items) = cx.array(list, &path) {
-            let rule_name = name.as_ref().map_or("", |(n, _)| *n);
-            let mut after_deny = false;
-            for (i, item) in items.iter().enumerate() {
-                let apath = format!("{path}[{i}]");
-                if after_deny {
-                    // Reported once; the rest are still checked.
-                    after_deny = false;
-                    cx.err(
-                        &item.span(),
-                        &apath,
-                        "unreachable: `deny` ends evaluation, so it must be the last action",
-                    );
-                }
-                if let Some(action) = compile_action(cx, item, &apath, known, rule_name) {
-                    after_deny = matches!(action, Action::Deny(_));
-                    actions.push(action);
-                }
-            }
-        }
-    }
-    let stop = match obj.take("then") {
-        Some(t) => match cx.string(t, &join(&base, "then")) {
-            Some("continue") => false,
-            Some("stop") => true,
-            Some(other) => {
-                cx.err(
-                    &t.span(),
-                    &join(&base, "then"),
-                    format!("unknown value `{other}`; expected `continue` or `stop`"),
-                );
-                false
-            }
-            None => false,
-        },
-        None => false,
+    let rule_name_text = name.as_ref().map_or("", |(n, _)| *n);
+    let actions = match obj.take("actions") {
+        Some(list) => rule_actions(cx, list, &join(&base, "actions"), known, rule_name_text),
+        None => Vec::new(),
     };
+    let stop = obj.take("then").is_some_and(|t| rule_stop(cx, t, &base));
     obj.finish(
         cx,
         &base,
@@ -197,6 +150,75 @@ fn compile_rule(
         actions: actions.into(),
         stop,
     })
+}
+
+/// The rule's `name` and its span, when present and valid.
+fn rule_name<'v>(
+    cx: &mut Cx<'_>,
+    obj: &mut Obj<'v>,
+    prefix: &str,
+) -> Option<(&'v str, Range<usize>)> {
+    let Some(n) = obj.take("name") else {
+        cx.err(&obj.span, prefix, "missing field `name`");
+        return None;
+    };
+    let path = join(prefix, "name");
+    let name = cx.string(n, &path)?;
+    match check_name(name) {
+        Ok(()) => Some((name, n.span())),
+        Err(why) => {
+            cx.err(&n.span(), &path, why);
+            None
+        }
+    }
+}
+
+/// The `actions` list; `deny` ends evaluation, so an action after it is an error.
+fn rule_actions(
+    cx: &mut Cx<'_>,
+    list: &Node,
+    path: &str,
+    known: &KnownNames,
+    rule_name: &str,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let Some(items) = cx.array(list, path) else {
+        return actions;
+    };
+    let mut after_deny = false;
+    for (i, item) in items.iter().enumerate() {
+        let apath = format!("{path}[{i}]");
+        if after_deny {
+            // Reported once; the rest are still checked.
+            after_deny = false;
+            cx.err(
+                &item.span(),
+                &apath,
+                "unreachable: `deny` ends evaluation, so it must be the last action",
+            );
+        }
+        if let Some(action) = compile_action(cx, item, &apath, known, rule_name) {
+            after_deny = matches!(action, Action::Deny(_));
+            actions.push(action);
+        }
+    }
+    actions
+}
+
+/// `then = "stop"` ends evaluation after this rule; `"continue"` (the default) goes on.
+fn rule_stop(cx: &mut Cx<'_>, t: &Node, base: &str) -> bool {
+    match cx.string(t, &join(base, "then")) {
+        Some("continue") | None => false,
+        Some("stop") => true,
+        Some(other) => {
+            cx.err(
+                &t.span(),
+                &join(base, "then"),
+                format!("unknown value `{other}`; expected `continue` or `stop`"),
+            );
+            false
+        }
+    }
 }
 
 /// Rule names appear in access logs: keep them short and printable.

@@ -2,44 +2,24 @@
 //! `tokengate rules test` and a reload can show the whole list at once.
 
 use std::fmt;
-use std::path::PathBuf;
 
-/// One problem found in a rule file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleIssue {
-    pub file: PathBuf,
-    /// 1-based; `None` when the location is unknown (e.g. the file could not be read).
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    /// The rule the problem is in, when it has a name.
-    pub rule: Option<String>,
-    /// The `[[tests]]` entry the problem is in, when it has a name.
-    pub test: Option<String>,
-    /// Dotted path inside the rule, e.g. `actions[0].clamp`; empty for file-level problems.
-    pub field: String,
-    pub message: String,
-}
+/// One problem found in a rule file: the shared diagnostics shape. Its `field` starts with
+/// the rule and `[[tests]]` entry it is in (``rule `x`: test `y`: actions[0].clamp``).
+pub use crate::diagnostics::FileIssue as RuleIssue;
 
-impl fmt::Display for RuleIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        if let Some(rule) = &self.rule {
-            write!(f, ": rule `{rule}`")?;
-        }
-        if let Some(test) = &self.test {
-            write!(f, ": test `{test}`")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": {}", self.field)?;
-        }
-        write!(f, ": {}", self.message)
+/// The `field` of a rule issue: the rule and test it is in, then the dotted path inside it.
+pub(crate) fn rule_field(rule: Option<&str>, test: Option<&str>, field: &str) -> String {
+    let mut parts = Vec::with_capacity(3);
+    if let Some(rule) = rule {
+        parts.push(format!("rule `{rule}`"));
     }
+    if let Some(test) = test {
+        parts.push(format!("test `{test}`"));
+    }
+    if !field.is_empty() {
+        parts.push(field.to_string());
+    }
+    parts.join(": ")
 }
 
 /// Every problem found in one load; never empty.
@@ -50,16 +30,7 @@ pub struct RulesError {
 
 impl fmt::Display for RulesError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.issues.len();
-        writeln!(
-            f,
-            "rules rejected ({n} error{}):",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for issue in &self.issues {
-            writeln!(f, "  {issue}")?;
-        }
-        Ok(())
+        crate::diagnostics::write_rejected(f, "rules", &self.issues)
     }
 }
 

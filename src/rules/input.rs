@@ -32,6 +32,17 @@ pub struct KeyInfo<'a> {
     pub tags: &'a [String],
 }
 
+/// The body fields rules can test (`when`) and tests can set (`facts`): the one list.
+pub(crate) const BODY_FIELDS: &[&str] = &[
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "temperature",
+    "tools",
+    "prompt_bytes",
+];
+
 /// Body parameters the router already parsed (`routing::body::RequestFacts`), in the same
 /// "present and well-typed, or `None`" convention. Copy: evaluation works on its own copy
 /// and updates it as `set`/`clamp`/`default` actions run, so later rules see the new values.

@@ -210,9 +210,7 @@ fn compile_with_tests(
                     file: source.path.clone(),
                     line,
                     column,
-                    rule: Some(name.clone()),
-                    test: None,
-                    field: "name".to_string(),
+                    field: error::rule_field(Some(&name), None, "name"),
                     message: format!(
                         "duplicate rule name; first defined at {}:{}",
                         first_file.display(),
@@ -270,17 +268,7 @@ pub fn run_rule_tests(dir: &Path, known: &KnownNames) -> Result<TestReport, Rule
 pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<RuleSource>, RulesError> {
     let mut files = BTreeSet::new();
     let mut issues = Vec::new();
-    let mut fail = |path: &Path, message: String| {
-        issues.push(RuleIssue {
-            file: path.to_path_buf(),
-            line: None,
-            column: None,
-            rule: None,
-            test: None,
-            field: String::new(),
-            message,
-        })
-    };
+    let mut fail = |path: &Path, message: String| issues.push(RuleIssue::whole_file(path, message));
     for path in paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let (dir, pattern) = if name.contains('*') {

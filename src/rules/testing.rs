@@ -149,118 +149,141 @@ pub(crate) fn run(rules: &RuleSet, tests: &[TestCase]) -> TestReport {
     report
 }
 
+/// Every expectation a test states, compared in a fixed order: deny, body and routing, headers.
 fn compare(e: &Expect, got: &RuleOutcome<'_>) -> Vec<Mismatch> {
-    let mut out = Vec::new();
-    let mut check = |what: &str, expected: String, actual: String| {
+    let mut out = Mismatches::default();
+    out.deny(e, got);
+    out.body_and_routing(e, got);
+    out.headers(e, got);
+    out.0
+}
+
+#[derive(Default)]
+struct Mismatches(Vec<Mismatch>);
+
+impl Mismatches {
+    fn check(&mut self, what: &str, expected: String, actual: String) {
         if expected != actual {
-            out.push(Mismatch {
+            self.0.push(Mismatch {
                 what: what.to_string(),
                 expected,
                 got: actual,
             });
         }
-    };
-    let deny = got.deny.as_ref();
-    if let Some(denied) = e.denied {
-        check("denied", denied.to_string(), deny.is_some().to_string());
     }
-    if let Some(status) = e.deny_status {
-        check(
-            "deny_status",
-            status.to_string(),
-            opt(deny.map(|d| d.status.to_string())),
-        );
+
+    fn deny(&mut self, e: &Expect, got: &RuleOutcome<'_>) {
+        let deny = got.deny.as_ref();
+        if let Some(denied) = e.denied {
+            self.check("denied", denied.to_string(), deny.is_some().to_string());
+        }
+        if let Some(status) = e.deny_status {
+            self.check(
+                "deny_status",
+                status.to_string(),
+                opt(deny.map(|d| d.status.to_string())),
+            );
+        }
+        if let Some(code) = &e.deny_code {
+            self.check("deny_code", quote(code), opt(deny.map(|d| quote(&d.code))));
+        }
+        if let Some(message) = &e.deny_message {
+            self.check(
+                "deny_message",
+                quote(message),
+                opt(deny.map(|d| quote(&d.message))),
+            );
+        }
     }
-    if let Some(code) = &e.deny_code {
-        check("deny_code", quote(code), opt(deny.map(|d| quote(&d.code))));
+
+    fn body_and_routing(&mut self, e: &Expect, got: &RuleOutcome<'_>) {
+        if let Some(sets) = &e.body_sets {
+            let actual: BTreeMap<String, serde_json::Value> = got
+                .body_sets
+                .iter()
+                .map(|(k, raw)| {
+                    let value = serde_json::from_str(raw).unwrap_or_else(|_| {
+                        serde_json::Value::String(format!("<invalid JSON {raw}>"))
+                    });
+                    (k.clone(), value)
+                })
+                .collect();
+            self.check("body_sets", json_map(sets), json_map(&actual));
+        }
+        if let Some(cluster) = &e.route_cluster {
+            self.check(
+                "route_cluster",
+                opt(cluster.as_deref().map(quote)),
+                opt(got.route_cluster.as_deref().map(quote)),
+            );
+        }
+        if let Some(class) = &e.rate_limit_class {
+            self.check(
+                "rate_limit_class",
+                opt(class.as_deref().map(quote)),
+                opt(got.rate_limit_class.as_deref().map(quote)),
+            );
+        }
+        if let Some(priority) = e.priority {
+            self.check(
+                "priority",
+                opt(priority.map(|p| p.to_string())),
+                opt(got.priority.map(|p| p.to_string())),
+            );
+        }
+        if let Some(tags) = &e.tags {
+            self.check("tags", list(tags), list(&got.tags));
+        }
+        if let Some(matched) = &e.matched {
+            self.check("matched", list(matched), list(&got.matched));
+        }
     }
-    if let Some(message) = &e.deny_message {
-        check(
-            "deny_message",
-            quote(message),
-            opt(deny.map(|d| quote(&d.message))),
-        );
+
+    fn headers(&mut self, e: &Expect, got: &RuleOutcome<'_>) {
+        if let Some(sets) = &e.request_headers_set {
+            self.check(
+                "request_headers_set",
+                str_map(sets),
+                str_map(&header_map(&got.set_request_headers)),
+            );
+        }
+        if let Some(removed) = &e.request_headers_removed {
+            self.check(
+                "request_headers_removed",
+                list(removed),
+                list(&header_names(&got.remove_request_headers)),
+            );
+        }
+        if let Some(sets) = &e.response_headers_set {
+            self.check(
+                "response_headers_set",
+                str_map(sets),
+                str_map(&header_map(&got.set_response_headers)),
+            );
+        }
+        if let Some(removed) = &e.response_headers_removed {
+            self.check(
+                "response_headers_removed",
+                list(removed),
+                list(&header_names(&got.remove_response_headers)),
+            );
+        }
     }
-    if let Some(sets) = &e.body_sets {
-        let actual: BTreeMap<String, serde_json::Value> = got
-            .body_sets
-            .iter()
-            .map(|(k, raw)| {
-                let value = serde_json::from_str(raw)
-                    .unwrap_or_else(|_| serde_json::Value::String(format!("<invalid JSON {raw}>")));
-                (k.clone(), value)
-            })
-            .collect();
-        check("body_sets", json_map(sets), json_map(&actual));
-    }
-    if let Some(cluster) = &e.route_cluster {
-        check(
-            "route_cluster",
-            opt(cluster.as_deref().map(quote)),
-            opt(got.route_cluster.as_deref().map(quote)),
-        );
-    }
-    if let Some(class) = &e.rate_limit_class {
-        check(
-            "rate_limit_class",
-            opt(class.as_deref().map(quote)),
-            opt(got.rate_limit_class.as_deref().map(quote)),
-        );
-    }
-    if let Some(priority) = e.priority {
-        check(
-            "priority",
-            opt(priority.map(|p| p.to_string())),
-            opt(got.priority.map(|p| p.to_string())),
-        );
-    }
-    if let Some(tags) = &e.tags {
-        check("tags", list(tags), list(&got.tags));
-    }
-    if let Some(matched) = &e.matched {
-        check("matched", list(matched), list(&got.matched));
-    }
-    let set_map = |sets: &[(HeaderName, HeaderValue)]| -> BTreeMap<String, String> {
-        sets.iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect()
-    };
-    let names =
-        |names: &[HeaderName]| -> Vec<String> { names.iter().map(|n| n.to_string()).collect() };
-    if let Some(sets) = &e.request_headers_set {
-        check(
-            "request_headers_set",
-            str_map(sets),
-            str_map(&set_map(&got.set_request_headers)),
-        );
-    }
-    if let Some(removed) = &e.request_headers_removed {
-        check(
-            "request_headers_removed",
-            list(removed),
-            list(&names(&got.remove_request_headers)),
-        );
-    }
-    if let Some(sets) = &e.response_headers_set {
-        check(
-            "response_headers_set",
-            str_map(sets),
-            str_map(&set_map(&got.set_response_headers)),
-        );
-    }
-    if let Some(removed) = &e.response_headers_removed {
-        check(
-            "response_headers_removed",
-            list(removed),
-            list(&names(&got.remove_response_headers)),
-        );
-    }
-    out
+}
+
+fn header_map(sets: &[(HeaderName, HeaderValue)]) -> BTreeMap<String, String> {
+    sets.iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+fn header_names(names: &[HeaderName]) -> Vec<String> {
+    names.iter().map(ToString::to_string).collect()
 }
 
 fn quote(s: &str) -> String {

@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use toml::Spanned;
 
-use super::error::RuleIssue;
+use super::error::{rule_field, RuleIssue};
 
 pub(crate) type Node = Spanned<Value>;
 
@@ -126,9 +126,7 @@ impl Cx<'_> {
             file: self.file.to_path_buf(),
             line,
             column,
-            rule: self.rule.clone(),
-            test: self.test.clone(),
-            field: field.to_string(),
+            field: rule_field(self.rule.as_deref(), self.test.as_deref(), field),
             message: message.into(),
         });
     }
@@ -257,7 +255,7 @@ impl Cx<'_> {
     }
 }
 
-pub(crate) use crate::config::line_col;
+pub(crate) use crate::diagnostics::line_col;
 
 /// A table being read: every key must be taken, or [`Obj::finish`] reports it as unknown.
 pub(crate) struct Obj<'v> {

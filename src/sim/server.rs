@@ -236,6 +236,7 @@ impl Overrides {
     }
 }
 
+#[allow(clippy::too_many_lines)] // the simulator is a test tool (outside the 80-line rule)
 async fn inference(
     app: &Arc<App>,
     endpoint: Endpoint,

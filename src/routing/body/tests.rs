@@ -1,5 +1,7 @@
 use super::*;
+use bytes::Bytes;
 use proptest::prelude::*;
+use serde_json::Value;
 
 fn scan(body: &str) -> Result<RequestFacts, BodyError> {
     BodyScan::parse(body.as_bytes()).map(BodyScan::into_facts)

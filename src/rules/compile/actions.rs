@@ -5,11 +5,11 @@ use std::ops::Range;
 
 use http::{HeaderName, HeaderValue};
 
-use super::known_list;
+use super::split::{check_cluster, split};
 use super::when::header_name;
-use crate::rules::action::{stable_hash, Action, Num, NumField, Split, Sticky};
+use crate::rules::action::{Action, Num, NumField};
 use crate::rules::input::Deny;
-use crate::rules::tree::{self, join, one_of, Cx, Node};
+use crate::rules::tree::{self, join, one_of, Cx, Node, Obj};
 use crate::rules::KnownNames;
 
 const VERBS: &[&str] = &[
@@ -60,14 +60,46 @@ pub(super) fn compile_action(
     rule_name: &str,
 ) -> Option<Action> {
     let mut obj = cx.table(node, path)?;
+    let name = choose_verb(cx, &mut obj, path)?;
+    let v = take_verb(cx, obj, name, path)?;
+    match name {
+        "deny" => deny(cx, v.node, &v.path).map(Action::Deny),
+        "set" => {
+            let value = v.required(cx, 0);
+            let key = cx.string(v.node, &v.path)?;
+            set_action(cx, key, v.node, value?, &v.path)
+        }
+        "clamp" => clamp(cx, &v),
+        "default" => default_action(cx, &v),
+        "route" => {
+            let cluster = cx.string(v.node, &v.path)?;
+            check_cluster(cx, cluster, &v.node.span(), &v.path, known)
+                .then(|| Action::Route(cluster.into()))
+        }
+        "split" => split(cx, v.node, v.taken[0], &v.path, known, rule_name).map(Action::Split),
+        "set_request_header" | "set_response_header" => set_header(cx, &v),
+        "remove_request_header" => {
+            header_action_name(cx, v.node, &v.path).map(Action::RemoveRequestHeader)
+        }
+        "remove_response_header" => {
+            header_action_name(cx, v.node, &v.path).map(Action::RemoveResponseHeader)
+        }
+        "rate_limit_class" => label(cx, v.node, &v.path).map(Action::RateLimitClass),
+        "tag" => label(cx, v.node, &v.path).map(Action::Tag),
+        _ => priority(cx, &v),
+    }
+}
+
+/// The one verb of an action table; reports none or several.
+fn choose_verb(cx: &mut Cx<'_>, obj: &mut Obj<'_>, path: &str) -> Option<&'static str> {
     // `default` is also `clamp`'s modifier: with `clamp` present it is not a second verb.
-    let verbs: Vec<&str> = VERBS
+    let verbs: Vec<&'static str> = VERBS
         .iter()
         .copied()
         .filter(|v| obj.has(v) && !(*v == "default" && obj.has("clamp")))
         .collect();
-    let verb = match verbs.as_slice() {
-        [verb] => *verb,
+    match verbs.as_slice() {
+        [verb] => Some(*verb),
         [] => {
             if obj.is_empty() {
                 cx.err(
@@ -78,7 +110,7 @@ pub(super) fn compile_action(
             } else {
                 obj.finish(cx, path, VERBS);
             }
-            return None;
+            None
         }
         [a, b, ..] => {
             cx.err(
@@ -88,12 +120,42 @@ pub(super) fn compile_action(
                     "one action per table (found `{a}` and `{b}`); list them as separate actions"
                 ),
             );
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// An action's verb with its value and modifiers taken from the table.
+struct Verb<'v> {
+    name: &'static str,
+    node: &'v Node,
+    path: String,
+    span: Range<usize>,
+    mods: &'static [&'static str],
+    taken: Vec<Option<&'v Node>>,
+}
+
+impl<'v> Verb<'v> {
+    /// Modifier `i`, reported as missing when absent.
+    fn required(&self, cx: &mut Cx<'_>, i: usize) -> Option<&'v Node> {
+        let found = self.taken.get(i).copied().flatten();
+        if found.is_none() {
+            let message = format!("missing field `{}`", self.mods[i]);
+            cx.err(&self.span, &self.path, message);
+        }
+        found
+    }
+}
+
+fn take_verb<'v>(
+    cx: &mut Cx<'_>,
+    mut obj: Obj<'v>,
+    verb: &'static str,
+    path: &str,
+) -> Option<Verb<'v>> {
     let vpath = format!("{path}.{verb}");
     let vnode = obj.take(verb)?;
-    let mods: &[&str] = match verb {
+    let mods: &'static [&'static str] = match verb {
         "set" | "default" | "set_request_header" | "set_response_header" => &["value"],
         "clamp" => &["min", "max", "default"],
         "split" => &["sticky"],
@@ -108,117 +170,99 @@ pub(super) fn compile_action(
         // A misspelt modifier: checking the rest would only report its consequences.
         return None;
     }
-    let span = obj.span.clone();
-    let required = |cx: &mut Cx<'_>, i: usize| -> Option<&Node> {
-        let found = taken.get(i).copied().flatten();
-        if found.is_none() {
-            cx.err(&span, &vpath, format!("missing field `{}`", mods[i]));
-        }
-        found
+    Some(Verb {
+        name: verb,
+        node: vnode,
+        path: vpath,
+        span: obj.span.clone(),
+        mods,
+        taken,
+    })
+}
+
+fn clamp(cx: &mut Cx<'_>, v: &Verb<'_>) -> Option<Action> {
+    let field = num_field(cx, v.node, &v.path)?;
+    let read = |cx: &mut Cx<'_>, i: usize| {
+        v.taken[i].map(|n| body_num(cx, field, n, &format!("{}.{}", v.path, v.mods[i])))
     };
-    match verb {
-        "deny" => deny(cx, vnode, &vpath).map(Action::Deny),
-        "set" => {
-            let value = required(cx, 0);
-            let key = cx.string(vnode, &vpath)?;
-            let value = value?;
-            set_action(cx, key, vnode, value, &vpath)
+    let (min, max, default) = (read(cx, 0), read(cx, 1), read(cx, 2));
+    let (min, max, default) = (flat(min)?, flat(max)?, flat(default)?);
+    if min.is_none() && max.is_none() {
+        cx.err(
+            &v.span,
+            &v.path,
+            "needs `min`, `max` or both (for a value only when absent, use `default`)",
+        );
+        return None;
+    }
+    let f = |n: Option<Num>| n.map(Num::as_f64);
+    if let (Some(lo), Some(hi)) = (f(min), f(max)) {
+        if lo > hi {
+            cx.err(
+                &v.span,
+                &v.path,
+                format!("`min` ({lo}) is greater than `max` ({hi})"),
+            );
+            return None;
         }
-        "clamp" => {
-            let field = num_field(cx, vnode, &vpath)?;
-            let read = |cx: &mut Cx<'_>, i: usize| {
-                taken[i].map(|n| body_num(cx, field, n, &format!("{vpath}.{}", mods[i])))
-            };
-            let (min, max, default) = (read(cx, 0), read(cx, 1), read(cx, 2));
-            let (min, max, default) = (flat(min)?, flat(max)?, flat(default)?);
-            if min.is_none() && max.is_none() {
-                cx.err(
-                    &span,
-                    &vpath,
-                    "needs `min`, `max` or both (for a value only when absent, use `default`)",
-                );
-                return None;
-            }
-            let f = |n: Option<Num>| n.map(Num::as_f64);
-            if let (Some(lo), Some(hi)) = (f(min), f(max)) {
-                if lo > hi {
-                    cx.err(
-                        &span,
-                        &vpath,
-                        format!("`min` ({lo}) is greater than `max` ({hi})"),
-                    );
-                    return None;
-                }
-            }
-            if let Some(d) = f(default) {
-                if f(min).is_some_and(|lo| d < lo) || f(max).is_some_and(|hi| d > hi) {
-                    cx.err(
-                        &span,
-                        &vpath,
-                        format!("`default` ({d}) is outside `min`..`max`"),
-                    );
-                    return None;
-                }
-            }
-            Some(Action::Clamp {
-                field,
-                min,
-                max,
-                default,
-            })
+    }
+    if let Some(d) = f(default) {
+        if f(min).is_some_and(|lo| d < lo) || f(max).is_some_and(|hi| d > hi) {
+            cx.err(
+                &v.span,
+                &v.path,
+                format!("`default` ({d}) is outside `min`..`max`"),
+            );
+            return None;
         }
-        "default" => {
-            let value = required(cx, 0);
-            let field = num_field(cx, vnode, &vpath)?;
-            let value = body_num(cx, field, value?, &format!("{vpath}.value"))?;
-            Some(Action::Default { field, value })
-        }
-        "route" => {
-            let cluster = cx.string(vnode, &vpath)?;
-            check_cluster(cx, cluster, &vnode.span(), &vpath, known)
-                .then(|| Action::Route(cluster.into()))
-        }
-        "split" => split(cx, vnode, taken[0], &vpath, known, rule_name).map(Action::Split),
-        "set_request_header" | "set_response_header" => {
-            let value = required(cx, 0);
-            let name = header_action_name(cx, vnode, &vpath)?;
-            let value = value?;
-            let text = cx.string(value, &format!("{vpath}.value"))?;
-            let Ok(value) = HeaderValue::from_str(text) else {
-                cx.err(
-                    &value.span(),
-                    &format!("{vpath}.value"),
-                    "header values must be visible ASCII or spaces",
-                );
-                return None;
-            };
-            Some(if verb == "set_request_header" {
-                Action::SetRequestHeader(name, value)
-            } else {
-                Action::SetResponseHeader(name, value)
-            })
-        }
-        "remove_request_header" => {
-            header_action_name(cx, vnode, &vpath).map(Action::RemoveRequestHeader)
-        }
-        "remove_response_header" => {
-            header_action_name(cx, vnode, &vpath).map(Action::RemoveResponseHeader)
-        }
-        "rate_limit_class" => label(cx, vnode, &vpath).map(Action::RateLimitClass),
-        "tag" => label(cx, vnode, &vpath).map(Action::Tag),
-        _ => {
-            let p = cx.int(vnode, &vpath)?;
-            match i32::try_from(p) {
-                Ok(p) => Some(Action::Priority(p)),
-                Err(_) => {
-                    cx.err(
-                        &vnode.span(),
-                        &vpath,
-                        "out of range for a priority (32-bit integer)",
-                    );
-                    None
-                }
-            }
+    }
+    Some(Action::Clamp {
+        field,
+        min,
+        max,
+        default,
+    })
+}
+
+fn default_action(cx: &mut Cx<'_>, v: &Verb<'_>) -> Option<Action> {
+    let value = v.required(cx, 0);
+    let field = num_field(cx, v.node, &v.path)?;
+    let value = body_num(cx, field, value?, &format!("{}.value", v.path))?;
+    Some(Action::Default { field, value })
+}
+
+fn set_header(cx: &mut Cx<'_>, v: &Verb<'_>) -> Option<Action> {
+    let value = v.required(cx, 0);
+    let name = header_action_name(cx, v.node, &v.path)?;
+    let value = value?;
+    let vpath = format!("{}.value", v.path);
+    let text = cx.string(value, &vpath)?;
+    let Ok(header) = HeaderValue::from_str(text) else {
+        cx.err(
+            &value.span(),
+            &vpath,
+            "header values must be visible ASCII or spaces",
+        );
+        return None;
+    };
+    Some(if v.name == "set_request_header" {
+        Action::SetRequestHeader(name, header)
+    } else {
+        Action::SetResponseHeader(name, header)
+    })
+}
+
+fn priority(cx: &mut Cx<'_>, v: &Verb<'_>) -> Option<Action> {
+    let p = cx.int(v.node, &v.path)?;
+    match i32::try_from(p) {
+        Ok(p) => Some(Action::Priority(p)),
+        Err(_) => {
+            cx.err(
+                &v.node.span(),
+                &v.path,
+                "out of range for a priority (32-bit integer)",
+            );
+            None
         }
     }
 }
@@ -384,129 +428,6 @@ fn body_num(cx: &mut Cx<'_>, field: NumField, node: &Node, path: &str) -> Option
     } else {
         cx.number(node, path).map(Num::Float)
     }
-}
-
-fn check_cluster(
-    cx: &mut Cx<'_>,
-    name: &str,
-    span: &Range<usize>,
-    path: &str,
-    known: &KnownNames,
-) -> bool {
-    if known.clusters.contains(name) {
-        return true;
-    }
-    cx.err(
-        span,
-        path,
-        format!(
-            "unknown cluster `{name}` (known: {})",
-            known_list(&known.clusters)
-        ),
-    );
-    false
-}
-
-fn split(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    sticky: Option<&Node>,
-    path: &str,
-    known: &KnownNames,
-    rule_name: &str,
-) -> Option<Split> {
-    let sticky = match sticky {
-        None => Sticky::Key,
-        Some(s) => {
-            let spath = format!("{path}.sticky");
-            match cx.string(s, &spath)? {
-                "key" => Sticky::Key,
-                "request" => Sticky::Request,
-                other => {
-                    cx.err(
-                        &s.span(),
-                        &spath,
-                        format!("unknown value `{other}`; expected `key` or `request`"),
-                    );
-                    return None;
-                }
-            }
-        }
-    };
-    let items = cx.array(node, path)?;
-    if items.is_empty() {
-        cx.err(
-            &node.span(),
-            path,
-            "needs at least one `{ cluster, weight }`",
-        );
-        return None;
-    }
-    let mut arms: Vec<(Box<str>, u64)> = Vec::with_capacity(items.len());
-    let mut total: u64 = 0;
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let ipath = format!("{path}[{i}]");
-        let Some(mut arm) = cx.table(item, &ipath) else {
-            ok = false;
-            continue;
-        };
-        let cluster = arm.take("cluster");
-        let weight = arm.take("weight");
-        arm.finish(cx, &ipath, &["cluster", "weight"]);
-        let cluster = match cluster {
-            Some(c) => cx
-                .string(c, &join(&ipath, "cluster"))
-                .filter(|name| check_cluster(cx, name, &c.span(), &join(&ipath, "cluster"), known)),
-            None => {
-                cx.err(&item.span(), &ipath, "missing field `cluster`");
-                None
-            }
-        };
-        if let Some(name) = cluster {
-            if arms.iter().any(|(c, _)| &**c == name) {
-                cx.err(
-                    &item.span(),
-                    &ipath,
-                    format!("cluster `{name}` appears twice in one split"),
-                );
-                ok = false;
-            }
-        }
-        let weight = match weight {
-            Some(w) => {
-                let wpath = join(&ipath, "weight");
-                cx.int(w, &wpath).filter(|v| {
-                    let fine = (0..=1_000_000).contains(v);
-                    if !fine {
-                        cx.err(&w.span(), &wpath, "must be 0..=1000000");
-                    }
-                    fine
-                })
-            }
-            None => {
-                cx.err(&item.span(), &ipath, "missing field `weight`");
-                None
-            }
-        };
-        match (cluster, weight) {
-            (Some(cluster), Some(weight)) => {
-                total += weight as u64;
-                arms.push((cluster.into(), total));
-            }
-            _ => ok = false,
-        }
-    }
-    if ok && total == 0 {
-        cx.err(&node.span(), path, "the weights add up to 0");
-        return None;
-    }
-    ok.then(|| Split {
-        arms: arms.into(),
-        total,
-        sticky,
-        salt: stable_hash(0, rule_name.as_bytes()),
-    })
 }
 
 fn header_action_name(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<HeaderName> {

@@ -12,6 +12,7 @@ use super::{known_list, MAX_DEPTH};
 use crate::rules::expr::{
     BoolField, BoolOp, Cmp, IntField, IpOp, Matcher, NumOp, StrField, StrOp, TagOp,
 };
+use crate::rules::input::BODY_FIELDS;
 use crate::rules::tree::{join, one_of, Cx, Node, Obj};
 use crate::rules::KnownNames;
 
@@ -19,7 +20,8 @@ const HEADS: &[&str] = &["field", "all", "any", "not", "always"];
 const OPERATORS: &[&str] = &[
     "equals", "in", "prefix", "regex", "gt", "gte", "lt", "lte", "exists", "cidr", "contains",
 ];
-const FIELDS: &[&str] = &[
+/// Request fields a `when` can test; the body's follow (`BODY_FIELDS`).
+const REQUEST_FIELDS: &[&str] = &[
     "method",
     "path",
     "header.<name>",
@@ -28,13 +30,6 @@ const FIELDS: &[&str] = &[
     "key.team",
     "key.tags",
     "model",
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "temperature",
-    "tools",
-    "prompt_bytes",
 ];
 
 pub(super) fn matcher(
@@ -196,7 +191,7 @@ fn field_kind(name: &str) -> Result<Kind, String> {
             None => {
                 return Err(format!(
                     "unknown field `{other}`; expected {}",
-                    one_of(FIELDS)
+                    one_of(&[REQUEST_FIELDS, BODY_FIELDS].concat())
                 ))
             }
         },
@@ -232,28 +227,7 @@ fn leaf(
             return None;
         }
     };
-    let (op, node) = match ops.as_slice() {
-        [one] => *one,
-        [] => {
-            cx.err(
-                &obj.span,
-                path,
-                format!(
-                    "missing operator for `{field}`; expected {}",
-                    one_of(kind.operators())
-                ),
-            );
-            return None;
-        }
-        [(a, _), (b, _), ..] => {
-            cx.err(
-                &obj.span,
-                path,
-                format!("one operator per expression (found `{a}` and `{b}`); combine expressions with `all`"),
-            );
-            return None;
-        }
-    };
+    let (op, node) = single_operator(cx, &obj.span, path, field, &kind, &ops)?;
     let opath = join(path, op);
     if !kind.operators().contains(&op) {
         cx.err(
@@ -269,57 +243,111 @@ fn leaf(
     }
     if op == "exists" {
         let want = cx.boolean(node, &opath)?;
-        return Some(match kind {
-            Kind::Str(f) => Matcher::Str(f, StrOp::Exists(want)),
-            Kind::Tags => Matcher::Tags(TagOp::Exists(want)),
-            Kind::Ip => Matcher::Ip(IpOp::Exists(want)),
-            Kind::Int(f) => Matcher::Int(f, NumOp::Exists(want)),
-            Kind::Temperature => Matcher::Temperature(NumOp::Exists(want)),
-            Kind::Bool(f) => Matcher::Bool(f, BoolOp::Exists(want)),
-        });
+        return Some(exists_matcher(kind, want));
     }
+    operator_matcher(cx, kind, op, node, &opath, known)
+}
+
+/// An expression names exactly one operator.
+fn single_operator<'n>(
+    cx: &mut Cx<'_>,
+    span: &Range<usize>,
+    path: &str,
+    field: &str,
+    kind: &Kind,
+    ops: &[(&'n str, &'n Node)],
+) -> Option<(&'n str, &'n Node)> {
+    match ops {
+        [one] => Some(*one),
+        [] => {
+            cx.err(
+                span,
+                path,
+                format!(
+                    "missing operator for `{field}`; expected {}",
+                    one_of(kind.operators())
+                ),
+            );
+            None
+        }
+        [(a, _), (b, _), ..] => {
+            cx.err(
+                span,
+                path,
+                format!("one operator per expression (found `{a}` and `{b}`); combine expressions with `all`"),
+            );
+            None
+        }
+    }
+}
+
+fn exists_matcher(kind: Kind, want: bool) -> Matcher {
+    match kind {
+        Kind::Str(f) => Matcher::Str(f, StrOp::Exists(want)),
+        Kind::Tags => Matcher::Tags(TagOp::Exists(want)),
+        Kind::Ip => Matcher::Ip(IpOp::Exists(want)),
+        Kind::Int(f) => Matcher::Int(f, NumOp::Exists(want)),
+        Kind::Temperature => Matcher::Temperature(NumOp::Exists(want)),
+        Kind::Bool(f) => Matcher::Bool(f, BoolOp::Exists(want)),
+    }
+}
+
+/// The matcher of an operator other than `exists`, already checked to apply to the field.
+fn operator_matcher(
+    cx: &mut Cx<'_>,
+    kind: Kind,
+    op: &str,
+    node: &Node,
+    opath: &str,
+    known: &KnownNames,
+) -> Option<Matcher> {
     match kind {
         Kind::Str(f) => {
-            let op = str_op(cx, op, node, &opath, &f, known)?;
+            let op = str_op(cx, op, node, opath, &f, known)?;
             Some(Matcher::Str(f, op))
         }
         Kind::Tags => match op {
             "contains" => Some(Matcher::Tags(TagOp::Contains(
-                cx.string(node, &opath)?.into(),
+                cx.string(node, opath)?.into(),
             ))),
-            _ => Some(Matcher::Tags(TagOp::In(string_list(cx, node, &opath)?))),
+            _ => Some(Matcher::Tags(TagOp::In(string_list(cx, node, opath)?))),
         },
-        Kind::Ip => {
-            let mut nets = Vec::new();
-            let mut ok = true;
-            for (text, span) in cx.strings(node, &opath)? {
-                match parse_net(text) {
-                    Some(net) => nets.push(net),
-                    None => {
-                        cx.err(
-                            &span,
-                            &opath,
-                            format!("`{text}` is not an IP network (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)"),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            ok.then(|| Matcher::Ip(IpOp::Cidr(nets.into())))
-        }
+        Kind::Ip => ip_matcher(cx, node, opath),
         Kind::Int(f) => {
             let int = |cx: &mut Cx<'_>, n: &Node, p: &str| cx.int(n, p).map(i128::from);
-            Some(Matcher::Int(f, num_op(cx, op, node, &opath, int)?))
+            Some(Matcher::Int(f, num_op(cx, op, node, opath, int)?))
         }
         Kind::Temperature => Some(Matcher::Temperature(num_op(
             cx,
             op,
             node,
-            &opath,
+            opath,
             |cx: &mut Cx<'_>, n: &Node, p: &str| cx.number(n, p),
         )?)),
-        Kind::Bool(f) => Some(Matcher::Bool(f, BoolOp::Equals(cx.boolean(node, &opath)?))),
+        Kind::Bool(f) => Some(Matcher::Bool(f, BoolOp::Equals(cx.boolean(node, opath)?))),
     }
+}
+
+/// `cidr`: every network is checked, so one pass reports all the bad ones.
+fn ip_matcher(cx: &mut Cx<'_>, node: &Node, opath: &str) -> Option<Matcher> {
+    let mut nets = Vec::new();
+    let mut ok = true;
+    for (text, span) in cx.strings(node, opath)? {
+        match parse_net(text) {
+            Some(net) => nets.push(net),
+            None => {
+                cx.err(
+                    &span,
+                    opath,
+                    format!(
+                        "`{text}` is not an IP network (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7)"
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| Matcher::Ip(IpOp::Cidr(nets.into())))
 }
 
 fn parse_net(text: &str) -> Option<IpNet> {

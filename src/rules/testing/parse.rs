@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Expect, TestCase, TestRequest};
 use crate::rules::compile::check_label;
-use crate::rules::input::BodyFacts;
+use crate::rules::input::{BodyFacts, BODY_FIELDS};
 use crate::rules::tree::{self, join, Cx, Node, Value};
 use crate::rules::KnownNames;
 
@@ -24,15 +24,8 @@ const REQUEST_FIELDS: &[&str] = &[
     "facts",
     "request_id",
 ];
-const FACT_FIELDS: &[&str] = &[
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "temperature",
-    "tools",
-    "prompt_bytes",
-];
+/// A test request's `facts` are the body fields rules see.
+const FACT_FIELDS: &[&str] = BODY_FIELDS;
 const EXPECT_FIELDS: &[&str] = &[
     "denied",
     "deny_status",

@@ -1,0 +1,126 @@
+//! Unit tests of config loading and validation.
+
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[[clusters]]
+name = "a"
+flavour = "vllm"
+replicas = ["127.0.0.1:8101", "127.0.0.1:8102"]
+
+[[models]]
+alias = "m"
+cluster = "a"
+served_name = "org/model"
+"#;
+
+fn p(text: &str) -> Result<Config, ConfigError> {
+    parse(text, Path::new("t.toml"))
+}
+
+#[test]
+fn port_zero_listeners_never_clash_but_fixed_ports_do() {
+    let zero = "listen = [\"127.0.0.1:0\"]\nadmin_listen = \"127.0.0.1:0\"";
+    let c = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", zero)).unwrap();
+    assert_eq!(c.server.admin_listen.port(), 0);
+    let same = "listen = [\"127.0.0.1:8080\"]\nadmin_listen = \"127.0.0.1:8080\"";
+    let e = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", same)).unwrap_err();
+    assert!(e.to_string().contains("server.admin_listen"), "{e}");
+}
+
+#[test]
+fn parses_a_valid_config_with_defaults() {
+    let c = p(GOOD).unwrap();
+    assert_eq!(c.server.max_request_body_bytes, 16 * 1024 * 1024);
+    assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9090");
+    let r = c.route("m").unwrap();
+    assert_eq!(r.served_name, "org/model");
+    assert_eq!(r.cluster.replicas.len(), 2);
+    assert_eq!(r.cluster.flavour, Flavour::Vllm);
+}
+
+#[test]
+fn unknown_field_names_line_and_field() {
+    let text = GOOD.replace("flavour = \"vllm\"", "flavour = \"vllm\"\nflavor = \"x\"");
+    let e = p(&text).unwrap_err();
+    assert_eq!(e.issues.len(), 1);
+    let msg = e.to_string();
+    assert!(msg.contains("t.toml:8:1"), "{msg}");
+    assert!(msg.contains("flavor"), "{msg}");
+}
+
+#[test]
+fn every_semantic_error_is_listed_with_location() {
+    let text = r#"
+[server]
+listen = ["nonsense"]
+upstream_idle_timeout_ms = 6000
+
+[[clusters]]
+name = "a"
+flavour = "sglang"
+replicas = []
+
+[[models]]
+alias = "m"
+cluster = "missing"
+"#;
+    let e = p(text).unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(e.issues.len(), 4, "{msg}");
+    assert!(msg.contains("t.toml:3:11: server.listen[0]"), "{msg}");
+    assert!(msg.contains("server.upstream_idle_timeout_ms"), "{msg}");
+    assert!(
+        msg.contains("t.toml:8:11: clusters[0].flavour: unknown flavour `sglang`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("t.toml:13:11: models[0].cluster: unknown cluster `missing`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn duplicates_are_rejected() {
+    let text = format!("{GOOD}\n[[models]]\nalias = \"m\"\ncluster = \"a\"\n");
+    let e = p(&text).unwrap_err();
+    assert!(e.to_string().contains("duplicate model alias `m`"));
+}
+
+#[test]
+fn tls_settings_go_together() {
+    let with = |server: &str| GOOD.replace("[server]\n", &format!("[server]\n{server}\n"));
+    let e = p(&with("tls_listen = [\"127.0.0.1:8443\"]")).unwrap_err();
+    assert!(e
+        .to_string()
+        .contains("t.toml:3:15: server.tls_listen: TLS listeners need"));
+    let e = p(&with("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"")).unwrap_err();
+    assert!(e.to_string().contains("`tls_listen` is empty"), "{e}");
+    let e = p(&with(
+        "tls_listen = [\"127.0.0.1:8443\"]\ntls_cert = \"no/such.pem\"\ntls_key = \"no/k.pem\"",
+    ))
+    .unwrap_err();
+    assert_eq!(e.issues.len(), 2, "{e}");
+    assert!(
+        e.to_string()
+            .contains("server.tls_cert: cannot read no/such.pem"),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("server.tls_key: cannot read no/k.pem"),
+        "{e}"
+    );
+    // TLS only: `listen` may be empty then, but not both.
+    let e = p(&GOOD.replace("listen = [\"127.0.0.1:8080\"]", "listen = []")).unwrap_err();
+    assert!(e.to_string().contains("`listen` or `tls_listen`"), "{e}");
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let e = p("[server\nlisten=1").unwrap_err();
+    assert!(e.issues[0].line.is_some());
+}
