@@ -38,6 +38,10 @@ pub enum ApiError {
     ClientBodyTimeout,
     #[error("The request could not be read: {0}.")]
     InvalidRequestFraming(String),
+    #[error(
+        "The gateway is holding too many request bodies; retry after {RETRY_AFTER_SECONDS} s."
+    )]
+    BodyBudgetBusy,
     #[error("No healthy replica is available for model `{model}` (cluster `{cluster}`); try again shortly.")]
     NoReplicaAvailable { model: String, cluster: String },
     #[error("Every replica for model `{model}` (cluster `{cluster}`) is at capacity; retry after {retry_after_secs} s.")]
@@ -79,7 +83,9 @@ impl ApiError {
             ApiError::ModelNotFound { .. } | ApiError::UnknownPath { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::ClientBodyTimeout => 408,
-            ApiError::NoReplicaAvailable { .. } | ApiError::Overloaded { .. } => 503,
+            ApiError::NoReplicaAvailable { .. }
+            | ApiError::Overloaded { .. }
+            | ApiError::BodyBudgetBusy => 503,
             ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamFailed { .. } => 502,
             ApiError::UpstreamTimeout { .. } => 504,
             ApiError::UpstreamEmptyError { status, .. } => *status,
@@ -105,6 +111,7 @@ impl ApiError {
             ApiError::UpstreamEmptyError { status, .. } if *status < 500 => "invalid_request_error",
             ApiError::NoReplicaAvailable { .. }
             | ApiError::Overloaded { .. }
+            | ApiError::BodyBudgetBusy
             | ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::UpstreamFailed { .. }
@@ -130,6 +137,7 @@ impl ApiError {
             ApiError::InvalidRequestFraming(_) => Some("invalid_request"),
             ApiError::NoReplicaAvailable { .. } => Some("no_replica_available"),
             ApiError::Overloaded { .. } => Some("overloaded"),
+            ApiError::BodyBudgetBusy => Some("body_budget_exceeded"),
             ApiError::UpstreamUnreachable { .. } => Some("upstream_unreachable"),
             ApiError::UpstreamTimeout { .. } => Some("upstream_timeout"),
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamEmptyError { .. } => {
@@ -162,6 +170,7 @@ impl ApiError {
             ApiError::InvalidRequestFraming(_) => "invalid_request",
             ApiError::NoReplicaAvailable { .. } => "no_replica_available",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::BodyBudgetBusy => "body_budget_exceeded",
             ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
             ApiError::UpstreamFailed { .. } | ApiError::UpstreamEmptyError { .. } => {
@@ -186,6 +195,7 @@ impl ApiError {
             | ApiError::InvalidRequestFraming(_)
             | ApiError::NoReplicaAvailable { .. }
             | ApiError::Overloaded { .. }
+            | ApiError::BodyBudgetBusy
             | ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::UpstreamFailed { .. }
@@ -197,7 +207,7 @@ impl ApiError {
     /// Extra response headers this error needs (e.g. `Retry-After` on a 503, `Allow` on a 405).
     pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            ApiError::NoReplicaAvailable { .. } => {
+            ApiError::NoReplicaAvailable { .. } | ApiError::BodyBudgetBusy => {
                 vec![
                     ("retry-after", RETRY_AFTER_SECONDS.to_string()),
                     ("retry-after-ms", (RETRY_AFTER_SECONDS * 1000).to_string()),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,9 @@ enum Command {
     Demo {
         #[arg(short = 'c', long = "config", default_value = "conf/demo.toml")]
         config: PathBuf,
+        /// Seconds before a simulated replica that exited (e.g. was killed) is started again.
+        #[arg(long, default_value_t = 10.0)]
+        restart_after_secs: f64,
     },
 }
 
@@ -116,7 +120,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some(Command::Demo { config }) => match tokengate::demo::run(&config) {
+        Some(Command::Demo {
+            config,
+            restart_after_secs,
+        }) => match Duration::try_from_secs_f64(restart_after_secs)
+            .map_err(|e| format!("--restart-after-secs: {e}"))
+            .and_then(|delay| tokengate::demo::run(&config, delay))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo failed: {e}");

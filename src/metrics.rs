@@ -34,7 +34,7 @@ macro_rules! histogram_vec {
 counter_vec!(
     REQUESTS,
     "tokengate_requests_total",
-    "Requests answered, by model alias, cluster and status class (2xx, 4xx, 5xx, none).",
+    "Requests answered, by model alias, cluster and status class (2xx, 4xx, 5xx, none; client_closed: the client went away first, logged as 499).",
     &["model", "cluster", "status_class"]
 );
 histogram_vec!(
@@ -183,7 +183,7 @@ counter_vec!(
     UPSTREAM_ERRORS,
     "tokengate_upstream_errors_total",
     "Upstream failures by cluster and kind (connect_refused, connect_timeout, read_timeout, \
-     closed, http_5xx, http_4xx, other).",
+     closed, http_5xx, http_4xx, stream_error: an error event mid-stream, other).",
     &["cluster", "kind"]
 );
 counter_vec!(
@@ -230,7 +230,9 @@ pub fn status_class(status: u16) -> &'static str {
         100..=199 => "1xx",
         200..=299 => "2xx",
         300..=399 => "3xx",
-        400..=499 => "4xx",
+        // nginx's "client closed request": the client left before the answer was complete.
+        499 => "client_closed",
+        400..=498 => "4xx",
         500..=599 => "5xx",
         _ => "none",
     }

@@ -58,6 +58,8 @@ pub struct AppState {
     keys: ArcSwap<Option<Arc<KeyRegistry>>>,
     /// Bucket consumption and concurrency, keyed by key name / alias: survives reloads.
     pub limiter: Limiter,
+    /// Request-body bytes held in memory by all requests (limits in the snapshot's config).
+    pub body_budget: Arc<crate::ratelimit::body_budget::BodyBudget>,
     /// Tokens and requests per key and model since start (`GET /admin/usage`).
     pub usage: Usage,
     /// Set once every replica was probed once after start (readiness).
@@ -76,6 +78,9 @@ pub type SwapHook = Box<dyn Fn(&Snapshot) + Send + Sync>;
 pub struct Reloaded {
     pub generation: u64,
     pub changes: ConfigDiff,
+    /// Said when part of the new config cannot apply until an upgrade (`changes.needs_upgrade`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 fn build_snapshot(config: Config, fleet: &Fleet, generation: u64) -> Snapshot {
@@ -155,6 +160,7 @@ impl AppState {
             fleet,
             keys: ArcSwap::from_pointee(keys),
             limiter,
+            body_budget: Arc::default(),
             usage: Usage::new(),
             probed_once: std::sync::atomic::AtomicBool::new(false),
             reload_lock: Mutex::new(()),
@@ -235,9 +241,18 @@ impl AppState {
         metrics::RELOADS.with_label_values(&[trigger, "ok"]).inc();
         metrics::CONFIG_GENERATION.set(generation as i64);
         log::info!("config reloaded ({trigger}): generation {generation}");
+        let warning = (!changes.needs_upgrade.is_empty()).then(|| {
+            let message = format!(
+                "{} changed: the running listeners stay as they are; the new ones take effect only after a zero-downtime upgrade (a new process started with --upgrade; systemd: tokengate-upgrade) or a restart",
+                changes.needs_upgrade.join(", ")
+            );
+            log::warn!("config reload ({trigger}): {message}");
+            message
+        });
         Ok(Reloaded {
             generation,
             changes,
+            warning,
         })
     }
 }

@@ -107,8 +107,19 @@ pub fn normalize_stream_error_event(data: &[u8]) -> Option<(OpenAiError, Option<
         return None;
     }
     let normalized = normalize_error(0, data);
-    let replacement = (!normalized.already_openai).then(|| normalized.error.to_body());
-    Some((normalized.error, replacement))
+    let mut error = normalized.error;
+    // SDKs switch on `code`; a mid-stream event always gets a string one (vLLM sends an
+    // integer, which becomes null in OpenAI terms).
+    let coded = error.code.is_none();
+    if coded {
+        let code = match error.kind.as_str() {
+            "invalid_request_error" => "invalid_request",
+            _ => "upstream_error",
+        };
+        error.code = Some(code.to_string());
+    }
+    let replacement = (!normalized.already_openai || coded).then(|| error.to_body());
+    Some((error, replacement))
 }
 
 /// OpenAI `type` and `code` for an HTTP status (UPSTREAMS.md §7).
@@ -395,14 +406,21 @@ mod tests {
         let replacement = replacement.unwrap();
         assert_eq!(
             &replacement[..],
-            br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#
+            br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":"invalid_request"}}"#
         );
         let triton = br#"{"error":"Request was cancelled"}"#;
         let (err, replacement) = normalize_stream_error_event(triton).unwrap();
-        assert_eq!((err.kind.as_str(), err.code), ("server_error", None));
+        let code = err.code.as_deref();
+        assert_eq!(
+            (err.kind.as_str(), code),
+            ("server_error", Some("upstream_error"))
+        );
         assert!(replacement.is_some());
-        let shaped = br#"{"error":{"message":"m","type":"server_error","param":null,"code":null}}"#;
+        // OpenAI-shaped with a string code: left as it is; a null code gets one.
+        let shaped = br#"{"error":{"message":"m","type":"server_error","param":null,"code":"x"}}"#;
         assert_eq!(normalize_stream_error_event(shaped).unwrap().1, None);
+        let null = br#"{"error":{"message":"m","type":"server_error","param":null,"code":null}}"#;
+        assert!(normalize_stream_error_event(null).unwrap().1.is_some());
         assert!(normalize_stream_error_event(br#"{"error":null,"choices":[]}"#).is_none());
         assert!(normalize_stream_error_event(b"[DONE]").is_none());
     }

@@ -741,6 +741,9 @@ mod timing {
             || async { count_at(c_addr).await > 0 },
         )
         .await;
+        // The kill spans [kill_sent, killed_at]: SIGKILL, then reaping the process. A request
+        // cut by it may end before `wait` returns, so "in flight at the kill" is any overlap.
+        let kill_sent = Instant::now();
         c.kill();
         let killed_at = Instant::now();
 
@@ -829,7 +832,7 @@ mod timing {
 
         // Only requests in flight on the replica at the moment it died may have failed (a POST
         // that reached a replica is never replayed); everything else succeeded.
-        let straddled = |d: &Done| d.start < killed_at && d.end > killed_at;
+        let straddled = |d: &Done| d.start < killed_at && d.end > kill_sent;
         let lost: Vec<&Done> = done
             .iter()
             .filter(|d| d.status != 200 && straddled(d))

@@ -455,11 +455,14 @@ fn systemd_units_pass_systemd_analyze_verify() {
     }
     let pki = tempfile::tempdir().unwrap();
     make_test_pki(pki.path());
+    // An unreadable admin token file is a config error: give the sample one.
+    std::fs::write(pki.path().join("admin-token"), "sample").unwrap();
     let sample = tokengate::config::parse(
         &std::fs::read_to_string(Path::new(ROOT).join("systemd/tokengate.toml"))
             .unwrap()
             .replace("/etc/tokengate/tls/fullchain.pem", "server.pem")
-            .replace("/etc/tokengate/tls/privkey.pem", "server.key"),
+            .replace("/etc/tokengate/tls/privkey.pem", "server.key")
+            .replace("/etc/tokengate/admin-token", "admin-token"),
         &pki.path().join("tokengate.toml"),
     )
     .unwrap_or_else(|e| panic!("systemd/tokengate.toml: {e}"));
@@ -795,6 +798,7 @@ mod timing {
             .env("TOKENGATE_PID_FILE", setup.path("tokengate.pid"))
             .env("TOKENGATE_UPGRADE_SOCK", setup.path("upgrade.sock"))
             .env("TOKENGATE_UPGRADE_REQUEST", &request)
+            .env("TOKENGATE_UPGRADE_RESULT", setup.path("upgrade.result"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(setup.path("proxy-b.log")).unwrap())
@@ -856,13 +860,29 @@ mod timing {
             .expect("admin listener served by B");
         assert!(after_a.status().is_success());
 
-        // The plain reload path of the same helper: SIGHUP, B keeps running.
-        let hup = Command::new(Path::new(ROOT).join("systemd/tokengate-reload"))
-            .arg(pid_b.to_string())
-            .env("TOKENGATE_UPGRADE_REQUEST", &request)
-            .status()
-            .unwrap();
-        assert!(hup.success());
+        // The plain reload path of the same helper (POSIX sh, builtin kill): SIGHUP, B keeps
+        // running. A config the proxy would reject fails the helper (so `systemctl reload`
+        // fails) with the reason, and B is not signalled.
+        let reload = |config: &Path| {
+            Command::new(Path::new(ROOT).join("systemd/tokengate-reload"))
+                .arg(pid_b.to_string())
+                .env("TOKENGATE_BIN", PROXY_BIN)
+                .env("TOKENGATE_CONFIG", config)
+                .env("TOKENGATE_UPGRADE_REQUEST", &request)
+                .output()
+                .unwrap()
+        };
+        let hup = reload(&setup.config);
+        assert!(hup.status.success(), "{hup:?}");
+        let bad = setup.path("bad.toml");
+        std::fs::write(&bad, "[server]\nlisten = 80\n").unwrap();
+        let refused = reload(&bad);
+        let why = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{refused:?}");
+        assert!(
+            why.contains("is invalid") && why.contains("not reloaded"),
+            "{why}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(b.alive());
         let (status, _, _) = common::post(&url, chat(false, 2).into_bytes()).await;

@@ -182,9 +182,20 @@ async fn midstream_error_events_are_normalised() {
         .find(|v| v.get("error").is_some())
         .expect("an error event");
     let e = assert_openai_error(&error);
-    assert!(e["code"].is_string() || e["code"].is_null());
+    // vLLM sends an integer code; clients get a string (issue #13).
+    assert!(e["code"].is_string(), "{error}");
     assert!(!e.as_object().unwrap().contains_key("object"));
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    // Logged with the error and counted, though the status was 200.
+    let line = eventually(Duration::from_secs(5), "the access log line", || async {
+        proxy.access_log().pop()
+    })
+    .await
+    .0;
+    assert_eq!(line["error"], e["code"], "{line}");
+    let labels = [("kind", "stream_error")];
+    let counted = metric_sum(&proxy, "tokengate_upstream_errors_total", &labels).await;
+    assert_eq!(counted, 1.0);
 }
 
 /// Tests with wall-clock bounds: run alone and one at a time (see tests/common: `serial`).

@@ -1,35 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test tokengate has: format and lint checks, Rust unit + integration tests (real
-# processes on 127.0.0.1), and the official OpenAI Python SDK against the demo.
-# Installs what it needs (cmake for Pingora's zlib-ng; a local .venv with the SDK) and fails
-# loudly when it cannot.
+# processes on 127.0.0.1), the official OpenAI Python SDK against the demo, and the systemd
+# unit under a live systemd (a booted container; skipped only where none can be booted).
+# Installs what it needs (scripts/install-deps.sh --tests; a local .venv with the SDK) and
+# fails loudly when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 
-install_debian_packages() {
-    local missing=()
-    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-    command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
-    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)   # promtool checks /metrics
-    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)   # verifies systemd/*.service
-    command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # test CA for the TLS tests
-    curl -V 2>/dev/null | grep -q HTTP2 || missing+=(curl)   # curl --http2 in the TLS tests
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)   # fleet-mode tests
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        say "installing ${missing[*]}"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-            || die "apt-get install ${missing[*]} failed"
-    else
-        die "missing ${missing[*]}: install them (Debian: apt-get install ${missing[*]})"
-    fi
-}
-
-install_debian_packages
+sh scripts/install-deps.sh --tests || die "cannot install the test prerequisites (above)"
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs)"
 
 say "python venv with the OpenAI SDK (.venv)"
@@ -65,3 +46,6 @@ grep -q '^test timing::' target/cargo-test-timing.log || die "the timing group r
 say "OpenAI Python SDK tests (tests/sdk)"
 cargo build --locked --bins
 .venv/bin/python -m pytest -q tests/sdk
+
+say "systemd unit under a live systemd (tests/systemd-live.sh)"
+bash tests/systemd-live.sh

@@ -26,6 +26,10 @@ pub struct ConfigDiff {
     pub replicas: NameChanges,
     pub models: NameChanges,
     pub server_changed: bool,
+    /// Settings a reload cannot apply (listeners are bound once at start): they take effect
+    /// only after a zero-downtime upgrade or a restart.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub needs_upgrade: Vec<String>,
 }
 
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
@@ -75,7 +79,26 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         .map(|s| s.to_string())
         .collect();
     out.server_changed = format!("{:?}", old.server) != format!("{:?}", new.server);
+    out.needs_upgrade = listener_changes(old, new);
     out
+}
+
+fn listener_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (&old.server, &new.server);
+    let mut changed = Vec::new();
+    if a.listen != b.listen {
+        changed.push("server.listen".to_string());
+    }
+    if a.tls_listen != b.tls_listen {
+        changed.push("server.tls_listen".to_string());
+    }
+    if a.admin_listen != b.admin_listen {
+        changed.push("server.admin_listen".to_string());
+    }
+    if a.threads != b.threads {
+        changed.push("server.threads".to_string());
+    }
+    changed
 }
 
 #[cfg(test)]

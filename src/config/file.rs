@@ -54,6 +54,14 @@ pub struct ServerSection {
     pub threads: Spanned<usize>,
     #[serde(default = "default_max_request_body_bytes")]
     pub max_request_body_bytes: Spanned<u64>,
+    /// Request-body bytes all requests together may hold in memory; default a quarter of the
+    /// memory available (cgroup limit or RAM). Over it: 503 with `Retry-After`.
+    #[serde(default)]
+    pub max_buffered_body_bytes: Option<Spanned<u64>>,
+    /// The share of that budget one API key's requests may hold; default a quarter of it, at
+    /// least `max_request_body_bytes`.
+    #[serde(default)]
+    pub max_buffered_body_bytes_per_key: Option<Spanned<u64>>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: Spanned<u64>,
     /// Bounds the wait for the response header (time to first token) and each later read.

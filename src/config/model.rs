@@ -20,6 +20,8 @@ pub struct ServerSettings {
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub max_request_body_bytes: u64,
+    /// Request-body bytes in memory: all requests, and one key's.
+    pub body_budget: crate::ratelimit::body_budget::BudgetLimits,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub write_timeout: Duration,

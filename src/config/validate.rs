@@ -15,6 +15,7 @@ use super::model::{
     TlsFiles,
 };
 use super::{file, tls, ConfigIssue};
+use crate::ratelimit::body_budget::{self, BudgetLimits};
 
 pub(super) struct Locator<'a> {
     pub text: &'a str,
@@ -185,6 +186,7 @@ impl Validator<'_> {
             );
         }
         let upstream_idle_timeout = self.upstream_idle_timeout(s);
+        let body_budget = self.body_budget(s, max_body);
         ServerSettings {
             listen,
             tls_listen,
@@ -192,6 +194,7 @@ impl Validator<'_> {
             admin_listen,
             threads: threads.max(1),
             max_request_body_bytes: max_body,
+            body_budget,
             connect_timeout: self.positive_ms(&s.connect_timeout_ms, "server.connect_timeout_ms"),
             read_timeout: self.positive_ms(&s.read_timeout_ms, "server.read_timeout_ms"),
             write_timeout: self.positive_ms(&s.write_timeout_ms, "server.write_timeout_ms"),
@@ -283,8 +286,37 @@ impl Validator<'_> {
         let path = self.relative_to_config(p.get_ref());
         if p.get_ref().is_empty() {
             self.fail(p, "server.admin_token_file", "must not be empty");
+        } else if std::env::var_os("TOKENGATE_ADMIN_TOKEN").is_none() {
+            // Caught here, a missing file fails `check`, start-up and reload (the running
+            // token stays) instead of silently switching the admin API off.
+            if let Err(e) = std::fs::read(&path) {
+                let message = format!("cannot read {}: {e}", path.display());
+                self.fail(p, "server.admin_token_file", message);
+            }
         }
         Some(path)
+    }
+
+    /// The body-bytes budget: configured, or derived from the memory available.
+    fn body_budget(&mut self, s: &file::ServerSection, max_body: u64) -> BudgetLimits {
+        let total = match &s.max_buffered_body_bytes {
+            Some(v) if *v.get_ref() == 0 => {
+                self.fail(v, "server.max_buffered_body_bytes", "must be at least 1");
+                1
+            }
+            Some(v) => *v.get_ref(),
+            None => body_budget::default_total(available_memory()),
+        };
+        let per_key = match &s.max_buffered_body_bytes_per_key {
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > total => {
+                let message = "must be between 1 and server.max_buffered_body_bytes";
+                self.fail(v, "server.max_buffered_body_bytes_per_key", message);
+                total
+            }
+            Some(v) => *v.get_ref(),
+            None => (total / 4).max(max_body).min(total),
+        };
+        BudgetLimits { total, per_key }
     }
 
     fn access_log(&mut self, s: &file::ServerSection) -> AccessLogTarget {
@@ -530,4 +562,18 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Memory this process may use: its cgroup's `memory.max`, else `MemTotal`.
+fn available_memory() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let meminfo = || {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    cgroup.or_else(meminfo)
 }

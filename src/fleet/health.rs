@@ -88,11 +88,10 @@ pub enum Transition {
     /// Probes took it out (always from `Healthy`; a `Starting` replica that fails its
     /// probes stays `Starting`).
     Down { from: ActiveState },
-    /// Passive ejection began; it lasts `cooldown` unless a probe passes first.
+    /// Passive ejection began; passing probes do not shorten it (only a death and return the
+    /// probes saw does). It lasts `cooldown`, then the replica
+    /// is on probation (its next failed request ejects it again, for longer).
     Ejected { cooldown: Duration },
-    /// A passing probe ended a passive ejection early (the replica is on probation: its next
-    /// failed request ejects it again).
-    Readmitted,
 }
 
 /// The thresholds one replica is judged by; replaced on config reload.
@@ -229,19 +228,16 @@ impl HealthCore {
             if self.active != ActiveState::Healthy && self.probe_ok_streak >= needed {
                 let from = self.active;
                 self.active = ActiveState::Healthy;
-                // A fresh admission wipes passive history except the growth, which only a
-                // calm period resets.
+                // A fresh admission wipes the failure streak. Passing probes alone never end
+                // a passive ejection (a replica can pass `/health` and fail every request),
+                // but one the probes saw die and come back (a restart) starts afresh, on
+                // probation: its next failure ejects it again, for longer.
                 self.request_fail_streak = 0;
-                if self.ejected_until.is_some() {
-                    self.end_ejection(now);
+                if from == ActiveState::Unhealthy && self.ejected_until.is_some_and(|u| now < u) {
+                    self.ejected_until = Some(now);
+                    self.last_ejection_end = Some(now);
                 }
                 return Some(Transition::Up { from });
-            }
-            if self.active == ActiveState::Healthy {
-                if let PassiveState::Ejected { .. } = self.passive(now) {
-                    self.end_ejection(now);
-                    return Some(Transition::Readmitted);
-                }
             }
             None
         } else {
@@ -316,13 +312,16 @@ impl HealthCore {
         self.ejections = self.ejections.saturating_add(1);
         Transition::Ejected { cooldown }
     }
+}
 
-    /// End an ejection early: probation, so one more failure re-ejects with a longer
-    /// cool-down.
-    fn end_ejection(&mut self, now: Instant) {
-        self.ejected_until = Some(now);
-        self.last_ejection_end = Some(now);
-    }
+/// The error is this host's, not the replica's: out of file descriptors, buffers, memory or
+/// local ports. It must never count against a replica's health, or an fd-exhaustion attack
+/// on the proxy would also eject every replica.
+pub fn is_local_resource_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 /// `base × 2^growth`, capped at `max`.

@@ -268,6 +268,13 @@ async fn probe_target(target: ProbeTarget, hook: Option<TransitionHook>) {
         MAX_PROBE_BODY_BYTES,
     )
     .await;
+    if let Err(ProbeError::Connect(io)) = &result {
+        if super::health::is_local_resource_error(io) {
+            // Our own shortage (e.g. no file descriptors), says nothing about the replica.
+            log::warn!("health probe of {addr} skipped: {io}");
+            return;
+        }
+    }
     let (success, failure) = match &result {
         Ok((status, _)) if probe_status_is_healthy(*status) => (true, String::new()),
         Ok((status, _)) => (false, format!("status {status}")),
@@ -302,9 +309,6 @@ fn log_transition(
     match t {
         Transition::Up { from } => {
             log::info!("replica {id} is up (was {from:?}): health probe passed")
-        }
-        Transition::Readmitted => {
-            log::info!("replica {id} readmitted: health probe passed during its ejection")
         }
         Transition::Down { from } => log::warn!(
             "replica {id} is down (was {from:?}): health probe GET http://{addr}{path} failed: {failure}"

@@ -682,7 +682,7 @@ fn triton_error_event_is_normalised() {
     let e = events[1].1.as_ref().expect("json");
     assert_eq!(e["error"]["message"], "Request was cancelled");
     assert_eq!(e["error"]["type"], "server_error");
-    assert!(e["error"]["code"].is_null());
+    assert_eq!(e["error"]["code"], "upstream_error");
 }
 
 #[test]

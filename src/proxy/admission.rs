@@ -16,8 +16,8 @@ use crate::config::Route;
 use crate::errors::ApiError;
 use crate::fleet::{prefix_key, Policy};
 use crate::ratelimit::{
-    estimate_request_tokens, AdmissionRequest, GlobalLimits, KeyLimits, ModelLimits, RateLimited,
-    Reservation,
+    estimate_request_tokens, AdmissionRequest, GlobalLimits, KeyLimits, KeyTicket, ModelLimits,
+    RateLimited, Reservation,
 };
 use crate::routing::body::{BodyScan, RequestFacts, RewritePlan, StreamUsage};
 use crate::routing::{self, Endpoint};
@@ -30,7 +30,10 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
     // shuts down (SIGTERM, or handing its listeners to a new binary) Pingora has already
     // turned keep-alive off so clients do not reuse a connection that is about to close:
     // leave that alone.
-    if !session.is_process_shutting_down() {
+    // HTTP/1.0 clients get Pingora's default: no keep-alive unless they asked for it, and a
+    // close-delimited body (they cannot read chunked encoding).
+    let http10 = session.req_header().version == http::Version::HTTP_10;
+    if !session.is_process_shutting_down() && !http10 {
         session.set_keepalive(Some(ctx.config.server.client_keepalive_seconds));
     }
     let method = session.req_header().method.as_str().to_string();
@@ -180,12 +183,16 @@ async fn plan(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<Plan, Refusal> {
-    let client_body = read_body(session, ctx).await?;
+    let ticket = admit_key_early(state, ctx).map_err(|e| Refusal::Answer {
+        error: rate_limited(e),
+        body_unread: true,
+    })?;
+    let client_body = read_body(state, session, ctx).await?;
     let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
     let facts = scan.facts();
     let decision = apply_rules(session, ctx, facts)?;
     let route = resolve(ctx, facts, decision.route_cluster.as_deref())?;
-    let reservation = reserve(state, ctx, facts, &route)?;
+    let reservation = reserve(state, ctx, facts, &route, ticket)?;
     let prefix_key = (route.cluster.balance.policy == Policy::PrefixAffinity)
         .then(|| affinity_key(session, &scan, &route));
     let upstream_body = rewrite(ctx, &scan, &route, decision.body_sets);
@@ -199,15 +206,22 @@ async fn plan(
 }
 
 /// Step 1: the whole body, bounded in size and time; waiting for it is not our overhead.
-async fn read_body(session: &mut Session, ctx: &mut RequestCtx) -> Result<Bytes, Refusal> {
+/// Every byte is reserved in the process-wide body budget first.
+async fn read_body(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<Bytes, Refusal> {
     let server = &ctx.config.server;
+    let limits = body::BodyLimits {
+        max_bytes: server.max_request_body_bytes,
+        timeout: server.client_body_timeout,
+        budget: server.body_budget,
+    };
+    let key_name = ctx.admission.key.as_ref().map(|k| k.name.as_str());
+    let mut lease = state.body_budget.lease(key_name);
     let read_started = std::time::Instant::now();
-    let read = body::read_bounded(
-        session,
-        server.max_request_body_bytes,
-        server.client_body_timeout,
-    )
-    .await;
+    let read = body::read_bounded(session, &limits, &mut lease).await;
     ctx.timing.body_wait = read_started.elapsed();
     let client_body = read.map_err(|e| match e {
         BodyReadError::Reject(error) => Refusal::Answer {
@@ -217,6 +231,7 @@ async fn read_body(session: &mut Session, ctx: &mut RequestCtx) -> Result<Bytes,
         BodyReadError::Client(e) => Refusal::ClientGone(e),
     })?;
     ctx.admission.client_body_len = client_body.len();
+    ctx.admission.body_lease = Some(lease);
     Ok(client_body)
 }
 
@@ -265,19 +280,44 @@ fn resolve(
     }
 }
 
-/// Step 5: reserve the estimate against the key, model and global buckets.
+/// Step 5: reserve the estimate against the key, model and global buckets (`ticket`: the
+/// key's part, taken from the headers before the body was read).
 fn reserve(
     state: &AppState,
     ctx: &RequestCtx,
     facts: &RequestFacts,
     route: &Route,
+    ticket: Option<KeyTicket>,
 ) -> Result<Option<Reservation>, ApiError> {
-    admit_limits(state, ctx, facts, route).map_err(|e| {
-        crate::metrics::RATE_LIMITED
-            .with_label_values(&[e.limit.as_str()])
-            .inc();
-        ApiError::RateLimited(e)
-    })
+    admit_limits(state, ctx, facts, route, ticket).map_err(rate_limited)
+}
+
+fn rate_limited(e: Box<RateLimited>) -> ApiError {
+    crate::metrics::RATE_LIMITED
+        .with_label_values(&[e.limit.as_str()])
+        .inc();
+    ApiError::RateLimited(e)
+}
+
+/// Step 0: the key's concurrency slot and requests-per-minute, known from the headers:
+/// applied before a byte of body is buffered.
+fn admit_key_early(
+    state: &AppState,
+    ctx: &RequestCtx,
+) -> std::result::Result<Option<KeyTicket>, Box<RateLimited>> {
+    let Some(key) = ctx.admission.key.as_ref().filter(|k| !k.limits.is_empty()) else {
+        return Ok(None);
+    };
+    let request = AdmissionRequest {
+        key_name: &key.name,
+        key_limits: &key.limits,
+        model: "-",
+        model_limits: &ModelLimits::default(),
+        global_limits: &GlobalLimits::default(),
+        estimated_tokens: 0,
+    };
+    let now = std::time::Instant::now();
+    state.limiter.admit_key(&request, now).map(Some)
 }
 
 /// Step 6: the body the replica gets. Streams are metered from the upstream's own usage
@@ -386,6 +426,7 @@ fn admit_limits(
     ctx: &RequestCtx,
     facts: &RequestFacts,
     route: &Route,
+    ticket: Option<KeyTicket>,
 ) -> std::result::Result<Option<Reservation>, Box<RateLimited>> {
     let no_key_limits = KeyLimits::default();
     let key_limits = ctx
@@ -410,20 +451,20 @@ fn admit_limits(
         .map(|m| m.saturating_mul(facts.n.unwrap_or(1).max(1)));
     let estimated =
         estimate_request_tokens(facts.prompt_bytes, completion_budget, reservation_default);
-    state
-        .limiter
-        .admit(
-            &AdmissionRequest {
-                key_name: ctx.key_label(),
-                key_limits,
-                model: &route.alias,
-                model_limits: &route.limits,
-                global_limits: &ctx.config.global_limits,
-                estimated_tokens: estimated,
-            },
-            std::time::Instant::now(),
-        )
-        .map(Some)
+    let request = AdmissionRequest {
+        key_name: ctx.key_label(),
+        key_limits,
+        model: &route.alias,
+        model_limits: &route.limits,
+        global_limits: &ctx.config.global_limits,
+        estimated_tokens: estimated,
+    };
+    let now = std::time::Instant::now();
+    match ticket {
+        Some(ticket) => state.limiter.admit_after(ticket, &request, now),
+        None => state.limiter.admit(&request, now),
+    }
+    .map(Some)
 }
 
 /// How many leading bytes of the prompt identify a shared prefix (system prompt and the first

@@ -6,6 +6,7 @@ use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 
 use crate::errors::ApiError;
+use crate::ratelimit::body_budget::{BodyLease, BudgetLimits, BudgetRefusal};
 
 /// Why the body could not be read.
 pub enum BodyReadError {
@@ -19,13 +20,27 @@ pub enum BodyReadError {
 /// replayed by Pingora itself; larger ones need [`super::replay`].
 pub const PINGORA_REPLAY_LIMIT: usize = 64 * 1024;
 
-/// Read the whole request body, refusing more than `limit` bytes. A declared
-/// `Content-Length` over the limit is refused before reading anything.
+/// Limits for one body read.
+pub struct BodyLimits {
+    /// Largest accepted body.
+    pub max_bytes: u64,
+    /// The whole body must arrive within this (not per piece: a client dribbling a byte a
+    /// second is cut at the deadline).
+    pub timeout: Duration,
+    /// Process-wide budget of body bytes in memory, and this key's share.
+    pub budget: BudgetLimits,
+}
+
+/// Read the whole request body, refusing more than `limits.max_bytes` bytes. A declared
+/// `Content-Length` over the limit is refused before reading anything. Every byte is reserved
+/// in `lease` before it is stored; the buffer grows as bytes arrive, never sized from a
+/// declared length (1 000 clients declaring 16 MB and sending nothing must cost nothing).
 pub async fn read_bounded(
     session: &mut Session,
-    limit: u64,
-    timeout: Duration,
+    limits: &BodyLimits,
+    lease: &mut BodyLease,
 ) -> Result<Bytes, BodyReadError> {
+    let limit = limits.max_bytes;
     let declared = declared_length(session);
     if let Some(size) = declared {
         if size > limit {
@@ -34,6 +49,16 @@ pub async fn read_bounded(
                 limit,
             }));
         }
+        // Reserved (not allocated) up front: the budget decides before a byte is read, so
+        // the excess gets its 503 at once and the admitted uploads can finish.
+        lease
+            .grow(size, limits.budget)
+            .map_err(|refusal| match refusal {
+                BudgetRefusal::NeverFits { limit } => {
+                    BodyReadError::Reject(ApiError::BodyTooLarge { size, limit })
+                }
+                BudgetRefusal::Busy => BodyReadError::Reject(ApiError::BodyBudgetBusy),
+            })?;
     }
     // Must happen before the first read, so Pingora keeps a replay copy of small bodies.
     session.enable_retry_buffering();
@@ -43,12 +68,13 @@ pub async fn read_bounded(
             .await
             .map_err(BodyReadError::Client)?;
     }
-    // `declared` ≤ limit here; chunked bodies grow as they come.
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024) as usize);
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let mut buf = BytesMut::with_capacity(INITIAL_CAPACITY);
     loop {
-        let piece = match tokio::time::timeout(timeout, session.read_request_body()).await {
+        let read = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        let piece = match read {
             Ok(Ok(piece)) => piece,
-            Ok(Err(e)) => return Err(BodyReadError::Client(e)),
+            Ok(Err(e)) => return Err(read_error(e)),
             Err(_) => return Err(BodyReadError::Reject(ApiError::ClientBodyTimeout)),
         };
         let Some(piece) = piece else { break };
@@ -57,9 +83,38 @@ pub async fn read_bounded(
                 limit,
             }));
         }
+        // Chunked bodies (or a client sending past its declared length) reserve as they grow.
+        let needed = (buf.len() + piece.len()) as u64;
+        if needed > lease.held() {
+            lease
+                .grow(needed - lease.held(), limits.budget)
+                .map_err(|refusal| BodyReadError::Reject(refused(refusal)))?;
+        }
         buf.extend_from_slice(&piece);
     }
     Ok(buf.freeze())
+}
+
+/// First allocation for a body; it doubles as bytes arrive.
+const INITIAL_CAPACITY: usize = 8 * 1024;
+
+fn refused(refusal: BudgetRefusal) -> ApiError {
+    match refusal {
+        BudgetRefusal::Busy => ApiError::BodyBudgetBusy,
+        BudgetRefusal::NeverFits { limit } => ApiError::BodyTooLargeStreaming { limit },
+    }
+}
+
+/// A malformed chunked body is the client's fault (400); anything else on the client side means
+/// the client is gone.
+fn read_error(mut e: Box<pingora_core::Error>) -> BodyReadError {
+    if e.etype().as_str() == "InvalidChunk" {
+        return BodyReadError::Reject(ApiError::InvalidRequestFraming(
+            "malformed chunked request body".to_string(),
+        ));
+    }
+    e.as_down();
+    BodyReadError::Client(e)
 }
 
 fn declared_length(session: &Session) -> Option<u64> {

@@ -17,11 +17,18 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub fn on_response_header(
     response: &mut ResponseHeader,
     ctx: &mut RequestCtx,
-    http11: bool,
+    version: http::Version,
 ) -> Result<()> {
+    let http11 = version == http::Version::HTTP_11;
     let status = response.status.as_u16();
     ctx.reply.upstream_status = Some(status);
     response.insert_header("x-request-id", ctx.request_id.as_str())?;
+    // A replica's 429/503 (every retry spent) tells SDKs when to come back; vLLM sends none.
+    if matches!(status, 429 | 503) && !response.headers.contains_key(http::header::RETRY_AFTER) {
+        let secs = crate::errors::RETRY_AFTER_SECONDS;
+        response.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+        response.insert_header("retry-after-ms", (secs * 1000).to_string())?;
+    }
     if let Some(reservation) = ctx.admission.reservation.as_ref() {
         for (name, value) in reservation.headers().pairs() {
             response.insert_header(name, value)?;
@@ -55,6 +62,11 @@ pub fn on_response_header(
         if http11 {
             response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
         }
+    }
+    if version < http::Version::HTTP_11 {
+        // HTTP/1.0 cannot read chunked encoding: the body ends when the connection closes.
+        response.remove_header(&http::header::TRANSFER_ENCODING);
+        response.insert_header(http::header::CONNECTION, "close")?;
     }
     Ok(())
 }

@@ -40,6 +40,8 @@ pub struct Admission {
     /// Whether the client asked for a streamed response.
     pub stream: bool,
     pub client_body_len: usize,
+    /// The body bytes this request holds in the process-wide budget, returned when it ends.
+    pub body_lease: Option<crate::ratelimit::body_budget::BodyLease>,
     /// Raw bytes of `messages` / `prompt` / `input`: the prompt-size estimate.
     pub prompt_bytes: usize,
     /// The rewritten body sent on every attempt (cloned, never taken: retries resend it).
@@ -120,6 +122,10 @@ pub struct Outcome {
     pub local_status: Option<u16>,
     /// The request's one usage record, settled in `logging`.
     pub usage: Option<UsageRecord>,
+    /// The client went away before its answer was complete (logged 499 `client_closed`).
+    pub client_closed: bool,
+    /// The code of an error event the replica sent mid-stream (the status was 200).
+    pub stream_error: Option<String>,
 }
 
 /// One request counted in `tokengate_in_flight{cluster}` for as long as this lives.

@@ -54,6 +54,19 @@ pub fn classify(e: &Error, ctx: &mut RequestCtx) -> Option<ApiError> {
     })
 }
 
+/// Status logged for a request whose client went away before its answer was complete.
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The client hung up or broke its connection (mid-body or mid-stream): its fault, nothing to
+/// answer, not an upstream or server failure and not worth an ERROR line per event.
+pub fn client_gone(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && (matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        ) || e.etype().as_str() == "PrematureBodyEnd")
+}
+
 pub async fn answer(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     let Some(error) = classify(e, ctx) else {
         return FailToProxy {

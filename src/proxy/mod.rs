@@ -123,8 +123,8 @@ impl ProxyHttp for TokenGate {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let http11 = session.req_header().version == http::Version::HTTP_11;
-        ctx.timed(|ctx| client_response::on_response_header(response, ctx, http11))
+        let version = session.req_header().version;
+        ctx.timed(|ctx| client_response::on_response_header(response, ctx, version))
     }
 
     /// Synchronous, per piece: bytes pass through as they land.
@@ -150,6 +150,11 @@ impl ProxyHttp for TokenGate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         failure::answer(session, e, ctx).await
+    }
+
+    /// A client that hung up is counted (499 `client_closed`), not logged at ERROR per event.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        failure::client_gone(e)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {

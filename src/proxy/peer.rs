@@ -125,9 +125,23 @@ fn can_retry(ctx: &RequestCtx) -> bool {
     })
 }
 
+/// The connect failed for lack of a local resource (fds, ports, memory): not the replica's
+/// fault.
+fn local_resource_error(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.root_cause());
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return crate::fleet::health::is_local_resource_error(io);
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// A refused or timed-out connect: nothing reached the replica, so another one may be tried.
 pub fn on_connect_failure(ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
     let outcome = match e.etype() {
+        _ if local_resource_error(&e) => Outcome::Neutral,
         ErrorType::ConnectTimedout => Outcome::Timeout,
         _ => Outcome::ConnectFailed,
     };
@@ -194,8 +208,9 @@ pub fn on_upstream_response_header(response: &ResponseHeader, ctx: &mut RequestC
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
     // Nothing has reached the client yet: a replica that is overloaded, scaling or dead
-    // (502/503, vLLM's empty 500) gets the request retried on another one.
-    if (matches!(status, 502 | 503) || (status == 500 && empty)) && can_retry(ctx) {
+    // (429/502/503, vLLM's empty 500) gets the request retried on another one. A 429 or 503
+    // means the replica did not start generating.
+    if (matches!(status, 429 | 502 | 503) || (status == 500 && empty)) && can_retry(ctx) {
         ctx.attempt.retry_status = true;
         ctx.reply.upstream_status = None;
         return Err(Error::explain(

@@ -7,18 +7,23 @@ use pingora_core::{Error, ErrorType};
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
+use super::failure;
 use crate::accesslog;
 use crate::errors::ApiError;
 use crate::metrics;
 use crate::state::AppState;
 
 pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-    let status = ctx
-        .outcome
-        .local_status
-        .or(ctx.reply.upstream_status)
-        .or_else(|| session.response_written().map(|r| r.status.as_u16()))
-        .unwrap_or(0);
+    ctx.outcome.client_closed = e.is_some_and(failure::client_gone);
+    let status = if ctx.outcome.client_closed {
+        failure::CLIENT_CLOSED
+    } else {
+        ctx.outcome
+            .local_status
+            .or(ctx.reply.upstream_status)
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0)
+    };
     let model = ctx.model_label().to_string();
     let cluster = ctx
         .admission
@@ -38,8 +43,22 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
 /// what was seen; never reached a replica: nothing).
 fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
     if let Some(meter) = ctx.reply.meter.as_mut() {
-        let usage = meter.finish(Instant::now());
+        let mut usage = meter.finish(Instant::now());
+        // The client cut it, not the replica: the stream is not "truncated".
+        usage.truncated &= !ctx.outcome.client_closed;
         metrics::record_usage(ctx.key_label(), model, &usage);
+        ctx.outcome.stream_error = usage.upstream_error.as_ref().map(|e| {
+            let code = e
+                .code
+                .clone()
+                .unwrap_or_else(|| "upstream_error".to_string());
+            log::warn!(
+                "request {}: replica {} sent an error event mid-stream ({code})",
+                ctx.request_id,
+                ctx.attempt.replica.as_deref().unwrap_or("-")
+            );
+            code
+        });
         ctx.outcome.usage = Some(usage);
     }
     let (prompt, completion) = ctx
@@ -75,7 +94,14 @@ fn record_metrics(
             .with_label_values(&[cluster])
             .inc_by((ctx.attempt.count - 1) as u64);
     }
-    if let Some(kind) = upstream_error_kind(e, ctx.reply.upstream_status) {
+    let kind = if ctx.outcome.stream_error.is_some() {
+        Some("stream_error")
+    } else if ctx.outcome.client_closed {
+        None
+    } else {
+        upstream_error_kind(e, ctx.reply.upstream_status)
+    };
+    if let Some(kind) = kind {
         metrics::UPSTREAM_ERRORS
             .with_label_values(&[cluster, kind])
             .inc();
@@ -122,11 +148,14 @@ fn write_access_log(
         retries: ctx.attempt.count.saturating_sub(1),
         // Our own answer's code (401 `invalid_api_key`, 404 `model_not_found`, ...) when we
         // decided the error; else how Pingora saw the request fail (e.g. the client left).
+        // A client that left, or a replica's mid-stream error event, name themselves.
         error: ctx
             .outcome
             .failure
             .as_ref()
             .map(ApiError::log_code)
+            .or(ctx.outcome.client_closed.then_some("client_closed"))
+            .or(ctx.outcome.stream_error.as_deref())
             .or_else(|| e.map(|e| e.etype().as_str())),
         tags: &ctx.admission.rules.tags,
         rules: &ctx.admission.rules.matched,

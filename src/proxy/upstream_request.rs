@@ -19,6 +19,18 @@ pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Res
     request.remove_header(&http::header::EXPECT);
     request.remove_header(&http::header::TRANSFER_ENCODING);
     request.remove_header(&http::header::ACCEPT_ENCODING);
+    // Completions are plain request/response: a protocol switch (WebSocket, h2c) asked of a
+    // replica could only confuse it or a proxy between us.
+    request.remove_header(&http::header::UPGRADE);
+    request.remove_header("http2-settings");
+    let asks_upgrade = request
+        .headers
+        .get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
+    if asks_upgrade {
+        request.remove_header(&http::header::CONNECTION);
+    }
     if let Some(body) = ctx.admission.upstream_body.as_ref() {
         request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         request.insert_header(http::header::CONTENT_TYPE, "application/json")?;

@@ -293,6 +293,23 @@ impl Drop for Reservation {
     }
 }
 
+/// The key's concurrency slot and request, taken by [`Limiter::admit_key`] before the body
+/// is read. Dropped unused (the request was refused later), it frees the slot; the request
+/// stays counted, as a request was made.
+#[must_use = "dropping a KeyTicket at once releases the key's concurrency slot"]
+#[derive(Debug)]
+pub struct KeyTicket {
+    set: Option<Arc<LimitSet>>,
+}
+
+impl Drop for KeyTicket {
+    fn drop(&mut self) {
+        if let Some(set) = self.set.take() {
+            set.release_slot();
+        }
+    }
+}
+
 /// All rate-limit state of one process. Share it behind an `Arc`; it outlives config reloads.
 #[derive(Debug, Default)]
 pub struct Limiter {
@@ -348,12 +365,69 @@ impl Limiter {
         req: &AdmissionRequest<'_>,
         now: Instant,
     ) -> Result<Reservation, Box<RateLimited>> {
+        self.admit_inner(req, now, None)
+    }
+
+    /// The key's part of admission, from the request headers alone: its concurrency slot and
+    /// one request of its `requests_per_minute` (refused too while its token buckets are
+    /// overdrawn). Taken before any body byte is buffered, so a key limited to one request
+    /// cannot hold many bodies in memory; [`Limiter::admit_after`] completes it.
+    pub fn admit_key(
+        &self,
+        req: &AdmissionRequest<'_>,
+        now: Instant,
+    ) -> Result<KeyTicket, Box<RateLimited>> {
+        let key = self.set_for(&self.keys, req.key_name);
+        let limits = SetLimits::from(req.key_limits);
+        let slot_cap = self.slot_cap(limits.max_concurrent);
+        if let Err(holders) = key.acquire_slot(slot_cap) {
+            let cap = slot_cap.unwrap_or(0);
+            let headers = key_headers(&key, Some(CONCURRENCY_RETRY_AFTER), now);
+            return Err(Box::new(refusal_concurrency(
+                Scope::Key,
+                req,
+                cap,
+                holders,
+                headers,
+            )));
+        }
+        let taken = {
+            let mut b = key.lock();
+            b.configure([limits.rpm, limits.tpm, limits.tpd], now);
+            b.take([1, 0, 0], now)
+        };
+        if let Err(hit) = taken {
+            key.release_slot();
+            return Err(Box::new(refusal_bucket(Scope::Key, req, hit, &key, now)));
+        }
+        Ok(KeyTicket { set: Some(key) })
+    }
+
+    /// [`Limiter::admit`] for a request whose key part `ticket` already took.
+    pub fn admit_after(
+        &self,
+        ticket: KeyTicket,
+        req: &AdmissionRequest<'_>,
+        now: Instant,
+    ) -> Result<Reservation, Box<RateLimited>> {
+        self.admit_inner(req, now, Some(ticket))
+    }
+
+    fn admit_inner(
+        &self,
+        req: &AdmissionRequest<'_>,
+        now: Instant,
+        mut ticket: Option<KeyTicket>,
+    ) -> Result<Reservation, Box<RateLimited>> {
         let mut reservation = Reservation {
             held: [None, None, None],
             reserved_tokens: req.estimated_tokens,
             headers: RateLimitHeaders::default(),
         };
-        let key = self.set_for(&self.keys, req.key_name);
+        // The ticket's slot and request pass to the reservation.
+        let early = ticket.as_mut().and_then(|t| t.set.take());
+        let key_done = early.is_some();
+        let key = early.unwrap_or_else(|| self.set_for(&self.keys, req.key_name));
         let scopes = [
             (Scope::Key, key.clone(), SetLimits::from(req.key_limits)),
             (
@@ -367,10 +441,17 @@ impl Limiter {
                 SetLimits::from(req.global_limits),
             ),
         ];
-        let amounts = [1, req.estimated_tokens, req.estimated_tokens];
         for (i, (scope, set, limits)) in scopes.into_iter().enumerate() {
+            let already = i == 0 && key_done;
+            let requests = u64::from(!already);
+            let amounts = [requests, req.estimated_tokens, req.estimated_tokens];
             let slot_cap = self.slot_cap(limits.max_concurrent);
-            if let Err(slot_holders) = set.acquire_slot(slot_cap) {
+            let slot = if already {
+                Ok(())
+            } else {
+                set.acquire_slot(slot_cap)
+            };
+            if let Err(slot_holders) = slot {
                 let cap = slot_cap.unwrap_or(0);
                 reservation.roll_back(now);
                 let headers = key_headers(&key, Some(CONCURRENCY_RETRY_AFTER), now);

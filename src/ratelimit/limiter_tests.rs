@@ -397,3 +397,37 @@ fn forgotten_key_starts_fresh_and_in_flight_reservations_survive() {
     assert!(limiter.admit(&req("k", &limits, 0), now).is_ok());
     held.settle(0, now);
 }
+
+#[test]
+fn the_key_part_is_taken_before_the_body_and_completed_once() {
+    let limiter = Limiter::new();
+    let now = Instant::now();
+    let limits = key(Some(2), Some(1_000), None, Some(1));
+    let ticket = limiter.admit_key(&req("k", &limits, 0), now).expect("slot");
+    assert_eq!(limiter.in_flight_key("k"), 1);
+    // The slot is held from the headers on: a second request is refused at once.
+    let refused = limiter
+        .admit_key(&req("k", &limits, 0), now)
+        .expect_err("one at a time");
+    assert_eq!(refused.limit.as_str(), "key_concurrency");
+    let reservation = limiter
+        .admit_after(ticket, &req("k", &limits, 100), now)
+        .expect("admitted");
+    assert_eq!(limiter.in_flight_key("k"), 1, "one slot, not two");
+    drop(reservation);
+    assert_eq!(limiter.in_flight_key("k"), 0);
+    // One request each: the early one counted once; the second of rpm = 2, then refused.
+    let second = limiter
+        .admit_key(&req("k", &limits, 0), now)
+        .expect("second");
+    drop(second);
+    assert_eq!(
+        limiter.in_flight_key("k"),
+        0,
+        "an unused ticket frees its slot"
+    );
+    let third = limiter
+        .admit_key(&req("k", &limits, 0), now)
+        .expect_err("rpm = 2");
+    assert_eq!(third.limit.as_str(), "key_requests_per_minute");
+}

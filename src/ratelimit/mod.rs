@@ -6,6 +6,7 @@
 //! response headers from `Reservation::headers` → at the end `Reservation::settle` with the
 //! metered tokens and `Usage::record_usage`.
 
+pub mod body_budget;
 pub mod bucket;
 pub mod headers;
 pub mod lease;
@@ -18,7 +19,9 @@ pub use bucket::{Refusal, TokenBucket};
 pub use headers::{
     format_openai_duration, retry_after_millis, retry_after_seconds, RateLimitHeaders, WindowState,
 };
-pub use limiter::{AdmissionRequest, Limiter, RateLimited, Reservation, CONCURRENCY_RETRY_AFTER};
+pub use limiter::{
+    AdmissionRequest, KeyTicket, Limiter, RateLimited, Reservation, CONCURRENCY_RETRY_AFTER,
+};
 pub use limits::{Dimension, GlobalLimits, KeyLimits, LimitKind, ModelLimits, Scope};
 
 /// Tokens to reserve before a request is sent: the prompt at about four bytes per token (the

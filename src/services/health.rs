@@ -41,7 +41,6 @@ fn transition_label(t: &Transition) -> &'static str {
         Transition::Up { .. } => "up",
         Transition::Down { .. } => "down",
         Transition::Ejected { .. } => "ejected",
-        Transition::Readmitted => "readmitted",
     }
 }
 

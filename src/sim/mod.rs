@@ -9,6 +9,7 @@ mod control;
 pub mod faults;
 pub mod generate;
 mod json;
+pub mod lax;
 mod metrics;
 pub mod request;
 mod responses;

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::generate::{chat_prompt_tokens, prompt_items};
+use super::lax;
 use super::Flavour;
 
 /// vLLM's `max_model_len` as reported by `/v1/models`; larger `max_tokens` is refused.
@@ -54,13 +55,13 @@ pub fn usage_switch(flavour: Flavour, stream_options: Option<&Value>) -> UsageSw
         return UsageSwitch::default();
     };
     let include_usage = match (flavour, options.get("include_usage")) {
-        (Flavour::TritonOpenai, value) => value == Some(&Value::Bool(true)),
+        (Flavour::TritonOpenai, value) => value.and_then(lax::bool) == Some(true),
         // pydantic default True when absent; an explicit null or false switches it off.
         (_, None) => true,
-        (_, Some(value)) => value == &Value::Bool(true),
+        (_, Some(value)) => lax::bool(value) == Some(true),
     };
     let continuous = flavour != Flavour::TritonOpenai
-        && options.get("continuous_usage_stats") == Some(&Value::Bool(true));
+        && options.get("continuous_usage_stats").and_then(lax::bool) == Some(true);
     UsageSwitch {
         final_chunk: include_usage,
         every_chunk: include_usage && continuous,
@@ -81,15 +82,18 @@ impl RequestSummary {
     pub fn from_body(body: &Value) -> Self {
         Self {
             model: body.get("model").and_then(Value::as_str).map(str::to_owned),
-            stream: body.get("stream") == Some(&Value::Bool(true)),
+            stream: body.get("stream").and_then(lax::bool) == Some(true),
             include_usage: body
                 .get("stream_options")
                 .and_then(|options| options.get("include_usage"))
                 .cloned(),
-            max_tokens: body
-                .get("max_completion_tokens")
-                .and_then(Value::as_u64)
-                .or_else(|| body.get("max_tokens").and_then(Value::as_u64)),
+            max_tokens: ["max_completion_tokens", "max_tokens"]
+                .iter()
+                .find_map(|name| {
+                    body.get(*name)
+                        .and_then(lax::int)
+                        .and_then(|n| u64::try_from(n).ok())
+                }),
         }
     }
 }
@@ -163,8 +167,10 @@ pub fn parse_request(
     let response_model = resolve_model(flavour, fields.get("model"), served_models)?;
     let stream = match fields.get("stream") {
         None | Some(Value::Null) => false,
-        Some(Value::Bool(flag)) => *flag,
-        Some(_) => return invalid("stream: Input should be a valid boolean"),
+        Some(value) => match lax::bool(value) {
+            Some(flag) => flag,
+            None => return invalid("stream: Input should be a valid boolean"),
+        },
     };
     let stream_options = fields.get("stream_options").filter(|v| !v.is_null());
     // Upstream checks `if data.get("stream_options") and not data.get("stream")`:
@@ -182,12 +188,10 @@ pub fn parse_request(
     }
     let seed = match fields.get("seed") {
         None | Some(Value::Null) => defaults.seed,
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
-            (Some(seed), _) => seed,
-            (None, Some(seed)) => seed as u64,
-            _ => return invalid("seed: Input should be a valid integer"),
+        Some(value) => match lax::int(value) {
+            Some(seed) => seed as u64,
+            None => return invalid("seed: Input should be a valid integer"),
         },
-        Some(_) => return invalid("seed: Input should be a valid integer"),
     };
 
     let (prompt_tokens, prompts, embedding_inputs) = match endpoint {
@@ -276,11 +280,11 @@ pub fn completion_length(
 fn optional_u64(fields: &Map<String, Value>, name: &str) -> Result<Option<u64>> {
     match fields.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_u64() {
-            Some(number) => Ok(Some(number)),
-            None if value.as_i64().is_some() => {
-                invalid(format!("{name} must be at least 1, got {value}."))
-            }
+        Some(value) => match lax::int(value) {
+            Some(number) => match u64::try_from(number) {
+                Ok(number) => Ok(Some(number)),
+                Err(_) => invalid(format!("{name} must be at least 1, got {value}.")),
+            },
             None => invalid(format!("{name}: Input should be a valid integer")),
         },
     }
@@ -625,5 +629,39 @@ mod tests {
             RequestSummary::from_body(&json!(3)),
             RequestSummary::default()
         );
+    }
+
+    #[test]
+    fn coerces_like_pydantic_lax_mode() {
+        let r = parse(
+            Flavour::Vllm,
+            Endpoint::Completions,
+            json!({"prompt": "a", "n": "3", "max_tokens": 4e0, "stream": "true", "seed": "9"}),
+        );
+        let r = r.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(r.stream);
+        assert_eq!((r.choices, r.tokens_per_choice, r.seed), (3, 4, 9));
+        let r = parse(
+            Flavour::Trtllm,
+            Endpoint::Chat,
+            json!({"model": "sim-model", "messages": [], "stream": 1, "max_completion_tokens": "2.0"}),
+        );
+        let r = r.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(r.stream && r.usage == UsageSwitch::default());
+        assert_eq!(r.tokens_per_choice, 2);
+        for bad in [
+            json!({"n": "2.5"}),
+            json!({"stream": "maybe"}),
+            json!({"max_tokens": 1.5}),
+        ] {
+            let mut body = json!({"messages": []});
+            for (k, v) in bad.as_object().into_iter().flatten() {
+                body[k] = v.clone();
+            }
+            assert!(parse(Flavour::Vllm, Endpoint::Chat, body).is_err());
+        }
+        let summary = RequestSummary::from_body(&json!({"stream": "yes", "max_tokens": "7"}));
+        assert!(summary.stream);
+        assert_eq!(summary.max_tokens, Some(7));
     }
 }

@@ -150,18 +150,36 @@ fn cooldown_is_capped_and_resets_after_calm() {
 }
 
 #[test]
-fn passing_probe_readmits_a_passively_ejected_replica() {
+fn local_resource_errors_are_told_apart() {
+    let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+    assert!(is_local_resource_error(&emfile));
+    let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+    assert!(!is_local_resource_error(&refused));
+    assert!(!is_local_resource_error(&std::io::Error::other("x")));
+}
+
+#[test]
+fn passing_probes_do_not_cut_a_passive_ejection_short() {
     let t0 = Instant::now();
     let mut h = HealthCore::new(rules(1, 2, 1));
     h.on_probe(true, t0);
     let (_, tr) = h.on_request_outcome(Outcome::Upstream5xx, t0);
     assert_eq!(tr, Some(Transition::Ejected { cooldown: secs(5) }));
-    assert!(!h.is_available(t0 + secs(1)));
-    assert_eq!(h.on_probe(true, t0 + secs(1)), Some(Transition::Readmitted));
-    assert!(h.is_available(t0 + secs(1)));
+    for s in 1..5 {
+        assert_eq!(h.on_probe(true, t0 + secs(s)), None);
+        assert!(!h.is_available(t0 + secs(s)), "probe readmitted at {s} s");
+    }
+    assert!(h.is_available(t0 + secs(5)));
     // On probation: the next failure ejects again, longer.
-    let (_, tr) = h.on_request_outcome(Outcome::Upstream5xx, t0 + secs(2));
+    let (_, tr) = h.on_request_outcome(Outcome::Upstream5xx, t0 + secs(6));
     assert_eq!(tr, Some(Transition::Ejected { cooldown: secs(10) }));
+    // Seen dead by probes and back (a restart): the ejection ends with the readmission.
+    let down = h.on_probe(false, t0 + secs(7));
+    assert!(matches!(down, Some(Transition::Down { .. })));
+    assert_eq!(h.on_probe(true, t0 + secs(8)), None);
+    let up = h.on_probe(true, t0 + secs(8));
+    assert!(matches!(up, Some(Transition::Up { .. })));
+    assert!(h.is_available(t0 + secs(8)));
 }
 
 #[test]

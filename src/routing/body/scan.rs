@@ -32,6 +32,15 @@ pub enum BodyError {
     EmptyModel,
     #[error("duplicate key '{key}' in request body")]
     DuplicateKey { key: &'static str },
+    /// A field the proxy reads has the wrong JSON type. Upstreams coerce (`"n": "5"` becomes 5
+    /// in pydantic's lax mode) while rules would see no value, so a cap could be bypassed; the
+    /// OpenAI API refuses these too.
+    #[error("'{param}' must be {expected}, found {found}")]
+    InvalidType {
+        param: &'static str,
+        expected: &'static str,
+        found: &'static str,
+    },
 }
 
 impl BodyError {
@@ -45,6 +54,7 @@ impl BodyError {
                 Some("model")
             }
             BodyError::DuplicateKey { key } => Some(key),
+            BodyError::InvalidType { param, .. } => Some(param),
         }
     }
 
@@ -57,6 +67,7 @@ impl BodyError {
             BodyError::MissingModel => "missing_model",
             BodyError::ModelNotString { .. } | BodyError::EmptyModel => "invalid_model",
             BodyError::DuplicateKey { .. } => "duplicate_key",
+            BodyError::InvalidType { .. } => "invalid_type",
         }
     }
 
@@ -289,18 +300,11 @@ pub(super) fn extract_facts(
     let facts = RequestFacts {
         model: model_name.into_owned(),
         model_span,
-        stream: stream.and_then(|raw| parse_bool(raw.get())),
+        stream: typed(stream.map(RawValue::get), "stream", "a boolean", parse_bool)?,
         stream_options,
-        max_tokens: last_raw("max_tokens").and_then(parse_u64),
-        max_completion_tokens: last_raw("max_completion_tokens").and_then(parse_u64),
-        n: last_raw("n").and_then(parse_u64),
-        temperature: last_raw("temperature").and_then(parse_f64),
-        has_tools: last_raw("tools").is_some_and(is_non_empty_array),
-        user: last_raw("user")
-            .and_then(decode_string)
-            .map(Cow::into_owned),
         prompt_bytes,
         insert_at,
+        ..typed_fields(last_raw)?
     };
     Ok((facts, layout))
 }
@@ -455,8 +459,82 @@ pub(super) fn parse_bool(raw: &str) -> Option<bool> {
     }
 }
 
+const NON_NEGATIVE: &str = "a non-negative integer";
+
+/// `None` for an absent or `null` field, the parsed value, or [`BodyError::InvalidType`].
+fn typed<T>(
+    raw: Option<&str>,
+    param: &'static str,
+    expected: &'static str,
+    parse: impl FnOnce(&str) -> Option<T>,
+) -> Result<Option<T>, BodyError> {
+    match raw {
+        None | Some("null") => Ok(None),
+        Some(raw) => parse(raw).map(Some).ok_or(BodyError::InvalidType {
+            param,
+            expected,
+            found: found_kind(raw, expected),
+        }),
+    }
+}
+
+/// The informational fields rules read, typed strictly (last occurrence wins).
+fn typed_fields<'a>(last_raw: impl Fn(&str) -> Option<&'a str>) -> Result<RequestFacts, BodyError> {
+    Ok(RequestFacts {
+        max_tokens: typed(
+            last_raw("max_tokens"),
+            "max_tokens",
+            NON_NEGATIVE,
+            parse_u64,
+        )?,
+        max_completion_tokens: typed(
+            last_raw("max_completion_tokens"),
+            "max_completion_tokens",
+            NON_NEGATIVE,
+            parse_u64,
+        )?,
+        n: typed(last_raw("n"), "n", NON_NEGATIVE, parse_u64)?,
+        temperature: typed(
+            last_raw("temperature"),
+            "temperature",
+            "a number",
+            parse_f64,
+        )?,
+        has_tools: typed(last_raw("tools"), "tools", "an array", parse_array)?.unwrap_or(false),
+        user: typed(last_raw("user"), "user", "a string", |raw| {
+            decode_string(raw).map(Cow::into_owned)
+        })?,
+        model: String::new(),
+        model_span: 0..0,
+        stream: None,
+        stream_options: None,
+        prompt_bytes: 0,
+        insert_at: 0,
+    })
+}
+
+/// Like [`json_kind`], telling integers from other numbers.
+fn found_kind(raw: &str, expected: &str) -> &'static str {
+    match json_kind(raw.as_bytes().first().copied().unwrap_or(b'n')) {
+        "number" if raw.contains(['.', 'e', 'E']) => "non-integer number",
+        "number" if raw.starts_with('-') => "negative integer",
+        "number" if expected == NON_NEGATIVE => "out-of-range integer",
+        "number" => "integer",
+        kind => kind,
+    }
+}
+
+/// Integer literals only: `4000.0` and `4e3` are numbers, but not integers.
 pub(super) fn parse_u64(raw: &str) -> Option<u64> {
+    if raw.contains(['.', 'e', 'E']) {
+        return None;
+    }
     serde_json::from_str::<u64>(raw).ok()
+}
+
+/// `Some(non-empty)` for arrays.
+fn parse_array(raw: &str) -> Option<bool> {
+    raw.starts_with('[').then(|| is_non_empty_array(raw))
 }
 
 pub(super) fn parse_f64(raw: &str) -> Option<f64> {

@@ -328,27 +328,46 @@ fn extracts_request_facts() {
 }
 
 #[test]
-fn facts_ignore_values_of_the_wrong_kind() {
-    let facts = scan(
-        r#"{"model":"m","stream":"yes","max_tokens":-1,"n":1.5,"temperature":"hot","tools":[ ],"user":7,"max_completion_tokens":1e3}"#,
-    )
-    .expect("valid");
-    assert_eq!(facts.stream, None);
-    assert_eq!(facts.max_tokens, None);
-    assert_eq!(facts.max_completion_tokens, None);
-    assert_eq!(facts.n, None);
-    assert_eq!(facts.temperature, None);
-    assert!(!facts.has_tools);
-    assert_eq!(facts.user, None);
-    assert_eq!(facts.prompt_bytes, 0);
-    assert_eq!(facts.stream_options, None);
-
+fn fields_the_proxy_reads_must_have_their_json_type() {
+    // Upstreams coerce these (pydantic lax mode), rules would not see them: refused.
+    for (field, param, found) in [
+        (r#""stream":"yes""#, "stream", "string"),
+        (r#""stream":1"#, "stream", "integer"),
+        (r#""max_tokens":-1"#, "max_tokens", "negative integer"),
+        (
+            r#""max_tokens":18446744073709551616"#,
+            "max_tokens",
+            "out-of-range integer",
+        ),
+        (r#""n":1.5"#, "n", "non-integer number"),
+        (r#""n":"5""#, "n", "string"),
+        (
+            r#""max_completion_tokens":1e3"#,
+            "max_completion_tokens",
+            "non-integer number",
+        ),
+        (
+            r#""max_completion_tokens":4000.0"#,
+            "max_completion_tokens",
+            "non-integer number",
+        ),
+        (r#""temperature":"hot""#, "temperature", "string"),
+        (r#""tools":{}"#, "tools", "object"),
+        (r#""user":7"#, "user", "integer"),
+    ] {
+        let body = format!(r#"{{"model":"m",{field}}}"#);
+        let err = scan(&body).expect_err(field);
+        assert_eq!(err.param(), Some(param), "{field}");
+        assert_eq!(err.code(), "invalid_type", "{field}");
+        assert!(err.to_string().contains(found), "{field}: {err}");
+    }
+    // `null` means absent; integers are numbers for `temperature`.
     let facts =
-        scan(r#"{"model":"m","temperature":1,"tools":null,"max_tokens":18446744073709551616}"#)
+        scan(r#"{"model":"m","temperature":1,"tools":null,"n":null,"stream":null,"tools":[ ]}"#)
             .expect("valid");
     assert_eq!(facts.temperature, Some(1.0));
     assert!(!facts.has_tools);
-    assert_eq!(facts.max_tokens, None);
+    assert_eq!((facts.n, facts.stream), (None, None));
 }
 
 #[test]
@@ -508,7 +527,6 @@ fn no_injection_unless_streaming() {
     for body in [
         r#"{"model":"m"}"#,
         r#"{"model":"m","stream":false}"#,
-        r#"{"model":"m","stream":"true"}"#,
         r#"{"model":"m","stream":false,"stream_options":{}}"#,
         r#"{"model":"m","stream":null,"stream_options":{"include_usage":false}}"#,
     ] {
@@ -643,7 +661,18 @@ fn sixteen_mib_body_with_model_last() {
 // --- property tests -------------------------------------------------------
 
 /// Keys the generator must not produce: they change scan or rewrite behaviour.
-const RESERVED: [&str; 3] = ["model", "stream", "stream_options"];
+/// Keys the scanner gives meaning to (typed or unique): random values there are refused.
+const RESERVED: [&str; 9] = [
+    "model",
+    "stream",
+    "stream_options",
+    "n",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "tools",
+    "user",
+];
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
