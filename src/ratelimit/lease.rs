@@ -149,6 +149,9 @@ pub struct LeasedBucket {
     /// While the store is down (local-share): the local bucket, and what it admitted.
     fallback: Option<TokenBucket>,
     fallback_spent: u64,
+    /// Since the store was seen down and until the next successful exchange: spend the
+    /// lease, then the fallback (a store back up has granted nothing yet).
+    degraded: bool,
 }
 
 impl LeasedBucket {
@@ -172,6 +175,7 @@ impl LeasedBucket {
             cold: true,
             fallback: None,
             fallback_spent: 0,
+            degraded: false,
         }
     }
 
@@ -194,9 +198,11 @@ impl LeasedBucket {
         l.clamp(1, self.capacity.max(1))
     }
 
-    /// Switches to or from the local fallback as the store's state says.
+    /// Switches to the local fallback when the store is down; back only with the next
+    /// successful exchange (`apply`).
     fn follow_store(&mut self, now: Instant) {
         let down = self.shared.store_down();
+        self.degraded |= down;
         match (&mut self.fallback, down) {
             (None, true) if self.shared.params.down_mode == DownMode::LocalShare => {
                 let share = self.shared.share(self.capacity);
@@ -212,7 +218,6 @@ impl LeasedBucket {
                 }
                 self.fallback = Some(b);
             }
-            (Some(_), false) => self.fallback = None,
             _ => {}
         }
     }
@@ -230,7 +235,7 @@ impl LeasedBucket {
         if self.balance >= amount_i {
             return Ok(());
         }
-        if self.shared.store_down() {
+        if self.degraded {
             return match (self.shared.params.down_mode, self.fallback.as_mut()) {
                 (DownMode::FailOpen, _) => Ok(()),
                 (DownMode::LocalShare, Some(b)) => b.check(amount, now),
@@ -258,7 +263,7 @@ impl LeasedBucket {
         self.check(amount, now)?;
         let amount_i = i64::try_from(amount).unwrap_or(i64::MAX);
         self.spent = self.spent.saturating_add(amount);
-        if self.balance >= amount_i || !self.shared.store_down() {
+        if self.balance >= amount_i || !self.degraded {
             // Below zero: the cold credit, charged at the next exchange.
             self.balance -= amount_i;
         } else if let Some(b) = self.fallback.as_mut() {
@@ -382,6 +387,8 @@ impl LeasedBucket {
             .saturating_add(i64::try_from(grant.granted).unwrap_or(i64::MAX));
         self.remote = grant;
         self.synced_once = true;
+        self.degraded = false;
+        self.fallback = None;
         // Warm from the first exchange on: the credit comes back only after an idle return.
         self.cold = false;
     }
