@@ -1,8 +1,10 @@
 //! Building and running the Pingora server from a validated config.
 
 mod listeners;
+mod settle;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
@@ -16,6 +18,7 @@ use crate::config::{self, ConfigError};
 use crate::proxy::TokenGate;
 use crate::state::AppState;
 use listeners::{BoundReport, Endpoint, Prebound};
+use settle::SettlingApp;
 
 /// Process-level switches, with Pingora's letters.
 #[derive(Debug, Clone, Default)]
@@ -58,11 +61,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        TokenGate::new(state.clone()),
-        "tokengate proxy",
-    );
+    let mut proxy = proxy_service(&server, &state, server_settings.grace_period_seconds);
     let mut proxy_endpoints = Vec::new();
     for (i, addr) in server_settings.listen.iter().enumerate() {
         let endpoint = Endpoint::new(format!("listen[{i}]"), *addr);
@@ -161,4 +160,18 @@ fn fleet_link(
                 message,
             }],
         })
+}
+
+/// The proxy service: tokengate's `ProxyHttp` in Pingora's HTTP proxy, with a short settle before
+/// its shutdown cleanup (see `settle.rs`).
+fn proxy_service(
+    server: &Server,
+    state: &Arc<AppState>,
+    grace_period_seconds: u64,
+) -> Service<SettlingApp<pingora_proxy::HttpProxy<TokenGate>>> {
+    let proxy = pingora_proxy::http_proxy(&server.configuration, TokenGate::new(state.clone()));
+    Service::new(
+        "tokengate proxy".to_string(),
+        SettlingApp::new(proxy, grace_period_seconds),
+    )
 }
