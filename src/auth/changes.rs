@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::file::KeysFileError;
 use super::key::{check_label, check_limit, check_name, parse_rfc3339, ApiKey};
+use super::secret::NewSecret;
 use crate::ratelimit::KeyLimits;
 
 /// `POST /admin/keys` body / `tokengate key new` flags.
@@ -46,6 +47,24 @@ impl NewKey {
             limits: KeyLimits::default(),
             expires_at: None,
             enabled: true,
+        }
+    }
+
+    /// The key to store: this request's fields, a fresh secret's hash and prefix, the expiry
+    /// `validate_new` parsed, and the creation time. One place for the single-node keys file and
+    /// the fleet's Redis store.
+    pub fn into_key(self, secret: &NewSecret, expires_at: Option<u64>, now_unix: u64) -> ApiKey {
+        ApiKey {
+            name: self.name,
+            hash: secret.hash,
+            prefix: Some(secret.prefix.clone()),
+            team: self.team,
+            tags: self.tags,
+            models: self.models,
+            enabled: self.enabled,
+            expires_at,
+            limits: self.limits,
+            created_at: Some(now_unix),
         }
     }
 }

@@ -158,18 +158,7 @@ impl KeyRegistry {
             if keys.iter().any(|k| k.name == new.name) {
                 return Err(KeyAdminError::Conflict(new.name));
             }
-            keys.push(ApiKey {
-                name: new.name,
-                hash: secret.hash,
-                prefix: Some(secret.prefix),
-                team: new.team,
-                tags: new.tags,
-                models: new.models,
-                enabled: new.enabled,
-                expires_at,
-                limits: new.limits,
-                created_at: Some(now_unix),
-            });
+            keys.push(new.into_key(&secret, expires_at, now_unix));
             Ok(())
         })?;
         let key = self.stored(&name)?;

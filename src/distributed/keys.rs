@@ -143,20 +143,9 @@ pub async fn create(
 ) -> Result<(String, ApiKey), FleetKeyError> {
     let expires_at = validate_new(&new, now_unix)?;
     let secret = generate_secret().map_err(|e| FleetError::Unreachable(e.to_string()))?;
-    let key = ApiKey {
-        name: new.name.clone(),
-        hash: secret.hash,
-        prefix: Some(secret.prefix),
-        team: new.team,
-        tags: new.tags,
-        models: new.models,
-        enabled: new.enabled,
-        expires_at,
-        limits: new.limits,
-        created_at: Some(now_unix),
-    };
+    let key = new.into_key(&secret, expires_at, now_unix);
     match write(link, &key.name, &StoredKey::json(&key), "create").await? {
-        0 => Err(KeyAdminError::Conflict(new.name).into()),
+        0 => Err(KeyAdminError::Conflict(key.name).into()),
         _ => Ok((secret.secret, key)),
     }
 }
