@@ -14,7 +14,7 @@ use crate::ratelimit::lease::DownMode;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSection {
-    /// `redis://[user[:password]@]host:port[/db]` or `rediss://…` (TLS).
+    /// `redis://[user[:password]@]host:port[/db]` (`rediss://` is refused: no TLS client built in).
     pub redis_url: Spanned<String>,
     /// A file holding the Redis password (wins over one in the URL).
     pub password_file: Option<Spanned<String>>,
@@ -96,15 +96,25 @@ fn down_mode(value: &Option<Spanned<String>>, issues: &mut Vec<FleetIssue>) -> D
 
 fn check_url(url: &Spanned<String>, issues: &mut Vec<FleetIssue>) {
     let text = url.get_ref();
-    let rest = text
-        .strip_prefix("redis://")
-        .or_else(|| text.strip_prefix("rediss://"));
+    if text.starts_with("rediss://") {
+        // Accepting it would only fail later, at start: say so where the operator looks.
+        issues.push((
+            url.span(),
+            "fleet.redis_url".into(),
+            format!(
+                "`{text}`: TLS to Redis is not built into this tokengate; use `redis://` on a \
+                 private network or through a local TLS tunnel (e.g. stunnel)"
+            ),
+        ));
+        return;
+    }
+    let rest = text.strip_prefix("redis://");
     let host = rest.map(|r| r.rsplit('@').next().unwrap_or(r));
     if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
         issues.push((
             url.span(),
             "fleet.redis_url".into(),
-            format!("`{text}` is not a `redis://host:port` or `rediss://host:port` URL"),
+            format!("`{text}` is not a `redis://host:port` URL"),
         ));
     }
 }
@@ -240,12 +250,23 @@ mod tests {
     }
 
     #[test]
-    fn modes_and_tls_urls() {
+    fn modes_and_credentials() {
         let (s, issues) = parse(
-            r#"redis_url = "rediss://user:pw@redis.internal:6380/2"
+            r#"redis_url = "redis://user:pw@redis.internal:6380/2"
                on_redis_down = "fail-closed""#,
         );
         assert!(issues.is_empty());
         assert_eq!(s.on_redis_down, DownMode::FailClosed);
+    }
+
+    #[test]
+    fn a_tls_url_is_refused_with_the_reason() {
+        let (_, issues) = parse(r#"redis_url = "rediss://redis.internal:6380""#);
+        assert_eq!(issues.len(), 1);
+        assert!(
+            issues[0].2.contains("TLS to Redis is not built in"),
+            "{:?}",
+            issues[0]
+        );
     }
 }
