@@ -202,9 +202,12 @@ mod timing {
         );
         assert!(s_after.iter().all(|s| *s == 200));
         // The machine is shared: the baseline is the worse of the windows around the stall,
-        // so drift in the machine's load is not blamed on Redis. A request waiting on the
-        // stalled Redis would wait for its 50 ms timeout, far above either.
+        // so drift in the machine's load is not blamed on Redis, and the bound is 1 ms or, on a
+        // machine so loaded that p99 itself swings by milliseconds (a CPU-heavy job beside
+        // the debug build), half the baseline. A request waiting on the stalled Redis would
+        // wait for its 50 ms timeout or hang: far above either bound.
         let b = b.max(a);
+        let allowed = b + (b / 2).max(Duration::from_millis(1));
         let not_ok: Vec<_> = s_before
             .iter()
             .chain(&s_during)
@@ -212,8 +215,8 @@ mod timing {
             .collect();
         assert!(not_ok.is_empty(), "not 200: {not_ok:?}");
         assert!(
-            d <= b + Duration::from_millis(1),
-            "p99 rose from {b:?} to {d:?}"
+            d <= allowed && d < Duration::from_millis(50),
+            "p99 rose from {b:?} to {d:?} (allowed {allowed:?})"
         );
     }
 }
