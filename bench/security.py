@@ -213,45 +213,55 @@ def dribble(addr, request_head, body_bytes, limit_s=40):
 
 
 def deadlines(sim_addr):
-    proxy, addr = start_proxy(sim_addr, "client_body_timeout_ms = 5000")
+    proxy, addr = start_proxy(sim_addr, "client_body_timeout_ms = 5000\nclient_header_timeout_ms = 5000")
     took, line = dribble(addr, head(1000), True)
     print(f"body at 1 byte/s, client_body_timeout_ms = 5000: cut after {took:.1f} s: {line}")
     took, line = dribble(addr, b"POST /v1/chat/completions HTTP/1.1\r\nX-Slow: ", False, limit_s=20)
-    print(f"header at 1 byte/s: after {took:.1f} s: {line or '(no answer, still open at the bench limit)'}")
+    print(f"header at 1 byte/s, client_header_timeout_ms = 5000: cut after {took:.1f} s: "
+          f"{line or '(no answer, still open at the bench limit)'}")
     proxy.kill()
 
 
-def slow_connections_latency(sim_addr):
-    proxy, addr = start_proxy(sim_addr, "client_body_timeout_ms = 60000")
-    idle = p99(addr)
+def drip_process(addr, slow_headers, slow_bodies, ready, stop):
+    """Holds the slow connections in its own process, so the client measuring latency never
+    waits on this one (one Python process would serialise both on its interpreter lock)."""
     socks = []
-    for _ in range(2000):
+    for i in range(slow_headers + slow_bodies):
         s = socket.create_connection(addr, timeout=30)
-        s.sendall(head(100000))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nX-Slow: " if i < slow_headers
+                  else head(100000))
         socks.append(s)
-    stop = threading.Event()
+    ready.set()
+    while not stop.is_set():
+        for s in socks:
+            try:
+                s.send(b" ")
+            except OSError:
+                pass
+        stop.wait(1)
+    for s in socks:
+        s.close()
 
-    def drip():
-        while not stop.is_set():
-            for s in socks:
-                try:
-                    s.send(b" ")
-                except OSError:
-                    pass
-            time.sleep(1)
 
-    t = threading.Thread(target=drip)
-    t.start()
+def slow_connections_latency(sim_addr, slow_headers=1000, slow_bodies=1000):
+    import multiprocessing
+    proxy, addr = start_proxy(sim_addr, "client_body_timeout_ms = 60000\nclient_header_timeout_ms = 60000")
+    p99(addr, 100)  # warm
+    idle = p99(addr)
+    ready, stop = multiprocessing.Event(), multiprocessing.Event()
+    dripper = multiprocessing.Process(target=drip_process,
+                                      args=(addr, slow_headers, slow_bodies, ready, stop))
+    dripper.start()
+    ready.wait(60)
     time.sleep(1)
     loaded = p99(addr)
     rss = mem(proxy.pid)[0]
     stop.set()
-    t.join()
-    for s in socks:
-        s.close()
+    dripper.join()
     proxy.kill()
-    print(f"normal requests p99/p50: idle {idle[0]:.1f}/{idle[1]:.1f} ms; with 2000 slow bodies open "
-          f"{loaded[0]:.1f}/{loaded[1]:.1f} ms ({loaded[0]/idle[0]:.2f}x); RSS {rss} MB")
+    print(f"normal requests p99/p50: idle {idle[0]:.2f}/{idle[1]:.2f} ms; with {slow_headers} slow "
+          f"headers + {slow_bodies} slow bodies open (1 byte/s each) {loaded[0]:.2f}/{loaded[1]:.2f} ms "
+          f"({loaded[0]/idle[0]:.2f}x p99); RSS {rss} MB")
 
 
 def main():

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -68,9 +69,10 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
 
     let mut proxy = proxy_service(&server, &state, server_settings.grace_period_seconds);
     let mut proxy_endpoints = Vec::new();
+    let read_buffer = L4BufferSettings::default().read(server_settings.client_read_buffer_bytes);
     for (i, addr) in server_settings.listen.iter().enumerate() {
         let endpoint = Endpoint::new(format!("listen[{i}]"), *addr);
-        proxy.add_tcp(&endpoint.key());
+        proxy.add_listener(ListenerConfig::tcp(endpoint.key()).l4_buffer(read_buffer));
         proxy_endpoints.push(endpoint);
     }
     if let Some(tls) = &server_settings.tls {
@@ -87,7 +89,11 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
             if tls.http2 {
                 settings.enable_h2();
             }
-            proxy.add_tls_with_settings(&endpoint.key(), None, settings);
+            proxy.add_listener(
+                ListenerConfig::tcp(endpoint.key())
+                    .tls(settings)
+                    .l4_buffer(read_buffer),
+            );
             proxy_endpoints.push(endpoint);
         }
     }

@@ -1,5 +1,5 @@
-//! Validation of the client connection caps, with the default derived from the process's
-//! file-descriptor limit.
+//! Validation of the client connection settings: the caps (default derived from the process's
+//! file-descriptor limit) and the per-connection read buffer.
 
 use toml::Spanned;
 
@@ -26,6 +26,18 @@ impl Validator<'_> {
             cap
         });
         ConnectionLimits { total, per_ip }
+    }
+
+    pub(super) fn client_read_buffer(&mut self, s: &ServerSection) -> usize {
+        let v = &s.client_read_buffer_bytes;
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if n <= 1024 * 1024 => n,
+            _ => {
+                let field = "server.client_read_buffer_bytes";
+                self.fail(v, field, "must be between 0 and 1048576 (1 MiB)");
+                0
+            }
+        }
     }
 
     fn connection_cap(&mut self, v: &Spanned<u64>, field: &str, fallback: usize) -> usize {

@@ -76,6 +76,11 @@ pub struct ServerSection {
     /// the first byte of a later request on a kept-alive connection); else `408`.
     #[serde(default = "default_client_header_timeout_ms")]
     pub client_header_timeout_ms: Spanned<u64>,
+    /// Read buffer of each client connection below Pingora's HTTP parser (Pingora's own
+    /// default is 65536). 0, the default: none; reads go straight into the parser's buffers,
+    /// which read headers and bodies in their own chunks anyway.
+    #[serde(default = "default_client_read_buffer_bytes")]
+    pub client_read_buffer_bytes: Spanned<u64>,
     /// Client connections all listeners together may hold; default half of the descriptors
     /// left after a reserve (each may need an upstream connection too). Over it, new
     /// connections get a `503` and are closed.
@@ -271,6 +276,13 @@ fn default_tls_http2() -> bool {
 fn default_client_header_timeout_ms() -> Spanned<u64> {
     spanned(10_000)
 }
+
+fn default_client_read_buffer_bytes() -> Spanned<u64> {
+    spanned(DEFAULT_CLIENT_READ_BUFFER_BYTES)
+}
+
+/// See `client_read_buffer_bytes` (README, Benchmarks: chosen by measurement).
+pub const DEFAULT_CLIENT_READ_BUFFER_BYTES: u64 = 0;
 
 fn default_client_keepalive_seconds() -> Spanned<u64> {
     spanned(60)

@@ -27,6 +27,8 @@ pub struct ServerSettings {
     pub write_timeout: Duration,
     pub client_body_timeout: Duration,
     pub client_header_timeout: Duration,
+    /// Read buffer per client connection under Pingora's parser (0: none).
+    pub client_read_buffer_bytes: usize,
     /// Caps on concurrent client connections.
     pub connections: crate::ratelimit::connections::ConnectionLimits,
     pub upstream_idle_timeout: Duration,

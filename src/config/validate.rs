@@ -205,6 +205,7 @@ impl Validator<'_> {
                 "server.client_header_timeout_ms",
             ),
             connections: self.connection_limits(s),
+            client_read_buffer_bytes: self.client_read_buffer(s),
             upstream_idle_timeout,
             connect_retries: *s.connect_retries.get_ref(),
             grace_period_seconds: *s.grace_period_seconds.get_ref(),
