@@ -51,12 +51,14 @@ impl ConnectionLike for Conn {
 }
 
 enum Target {
-    Single(Client),
-    Cluster(ClusterClient),
+    /// The one `subscribe` client serves commands too.
+    Single,
+    Cluster(Box<ClusterClient>),
 }
 
-/// The configured Redis: the command client, and one plain client per node to subscribe
-/// through (on a cluster a `PUBLISH` reaches every node, so any one node will do).
+/// The configured Redis: one plain client per seed URL — the subscriptions go through them
+/// (on a cluster a `PUBLISH` reaches every node, so any one will do), and for a standalone
+/// Redis the commands too — and the cluster client in cluster mode.
 pub struct Transport {
     target: Target,
     subscribe: Vec<Client>,
@@ -122,13 +124,11 @@ impl Transport {
             if let Some(certs) = certs {
                 builder = builder.certs(certs);
             }
-            Target::Cluster(builder.build().map_err(|e| format!("fleet: {e}"))?)
+            Target::Cluster(Box::new(
+                builder.build().map_err(|e| format!("fleet: {e}"))?,
+            ))
         } else {
-            let first = subscribe
-                .first()
-                .cloned()
-                .ok_or_else(|| "fleet.redis_url: missing".to_string())?;
-            Target::Single(first)
+            Target::Single
         };
         Ok(Transport { target, subscribe })
     }
@@ -137,7 +137,10 @@ impl Transport {
     /// (a Redis that is down at start is not an error here).
     pub fn connect_lazy(&self, timeout: Duration) -> redis::RedisResult<Conn> {
         match &self.target {
-            Target::Single(client) => {
+            Target::Single => {
+                let client = self.subscribe.first().ok_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no URL"))
+                })?;
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(timeout))
                     .set_connection_timeout(Some(connect_timeout(timeout)))
