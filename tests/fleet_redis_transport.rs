@@ -1,9 +1,9 @@
 //! Fleet mode over the Redis transports beyond a plain standalone server, with real servers
-//! over real TCP: a TLS-only `redis-server` (`rediss://`, the test's own CA in `ca_file`) and
-//! a three-node Redis Cluster (`redis_cluster = true`). Keys created on one instance serve on
-//! the other within 1 s, a shared requests-per-minute limit holds across both instances on
-//! the cluster, no script hits CROSSSLOT, and an untrusted certificate stops the start with
-//! the reason.
+//! over real TCP: a TLS-only `redis-server` (`rediss://`, the test's own CA in `ca_file`), one
+//! that also requires a client certificate (`client_cert_file`), and a three-node Redis
+//! Cluster (`redis_cluster = true`). Keys created on one instance serve on the other within
+//! 1 s, a shared requests-per-minute limit holds across both instances on the cluster, no
+//! script hits CROSSSLOT, and a refused handshake stops the start with the reason.
 
 #![allow(
     clippy::unwrap_used,
@@ -112,6 +112,47 @@ async fn rediss_with_a_private_ca_shares_keys_and_an_untrusted_certificate_stops
     // The instances never noticed any of it.
     let other = create_key(b, json!({"name": "beta"})).await;
     until_status(&c, a, &other, 200, SEC).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate_and_a_clear_refusal_without_one() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let tls = TlsFiles::make(certs_dir.path());
+    let fleet = Fleet::on(Redis::start_mutual_tls(&tls), 2, &[]);
+    fleet.wait_members(2.0).await;
+    let c = client();
+    let secret = create_key(&fleet.nodes[0], json!({"name": "acme"})).await;
+    until_status(&c, &fleet.nodes[1], &secret, 200, SEC).await;
+    for node in &fleet.nodes {
+        assert_eq!(metric(node, "tokengate_fleet_redis_up").await, 1.0);
+    }
+
+    // No client certificate: Redis (tls-auth-clients yes) ends the handshake; the start
+    // says what to set.
+    let lines = format!(
+        "redis_url = \"{}\"\nca_file = \"{}\"",
+        fleet.redis.url(),
+        tls.ca.display()
+    );
+    let config = fleet_config(&[fleet.sim.addr], &lines, &fleet.keys, "no-cert", &[]);
+    let err = start_refused(&config);
+    eprintln!("no client certificate at start: {}", err.trim());
+    assert!(err.contains("client_cert_file"), "{err}");
+
+    // A key that is not the certificate's: check refuses it.
+    let wrong = format!(
+        "{lines}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        tls.client_cert.display(),
+        tls.server_key.display()
+    );
+    let (ok, said) = check(&fleet_config(
+        &[fleet.sim.addr],
+        &wrong,
+        &fleet.keys,
+        "x",
+        &[],
+    ));
+    assert!(!ok && said.contains("fleet.client_key_file"), "{said}");
 }
 
 /// Errors a node counted by type (INFO errorstats), e.g. `CROSSSLOT`, `MOVED`.

@@ -20,6 +20,9 @@ pub struct FleetSection {
     /// A PEM file of the CA(s) that sign Redis's certificate (a private CA); without it a
     /// `rediss://` server must present a certificate the system trust store accepts.
     pub ca_file: Option<Spanned<String>>,
+    /// This client's certificate chain and key (PEM), for a Redis with `tls-auth-clients yes`.
+    pub client_cert_file: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
     /// Redis Cluster (or Valkey cluster): the client follows the slot map (MOVED/ASK).
     pub redis_cluster: Option<bool>,
     /// More cluster nodes to start from, besides `redis_url` (only with `redis_cluster`).
@@ -48,6 +51,8 @@ pub struct FleetSection {
 pub struct FleetSettings {
     pub redis_url: String,
     pub ca_file: Option<PathBuf>,
+    /// (certificate chain, key) this client presents over TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// `redis_cluster = true`: `redis_url` then `cluster_seeds` are the seed nodes.
     pub cluster: bool,
     pub cluster_seeds: Vec<String>,
@@ -167,6 +172,48 @@ fn ca_file(
     Some(path)
 }
 
+/// The client certificate and key: both or neither, only for `rediss://`, and a pair.
+fn client_cert(
+    raw: &FleetSection,
+    resolve: &impl Fn(&str) -> PathBuf,
+    issues: &mut Vec<FleetIssue>,
+) -> Option<(PathBuf, PathBuf)> {
+    let field = |f: &str| format!("fleet.{f}");
+    let (cert, key) = match (&raw.client_cert_file, &raw.client_key_file) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        (Some(one), None) | (None, Some(one)) => {
+            issues.push((
+                one.span(),
+                field("client_cert_file"),
+                "set both client_cert_file and client_key_file, or neither".into(),
+            ));
+            return None;
+        }
+    };
+    let paths = (resolve(cert.get_ref()), resolve(key.get_ref()));
+    if !raw.redis_url.get_ref().starts_with("rediss://") {
+        issues.push((
+            cert.span(),
+            field("client_cert_file"),
+            "a client certificate is for TLS: use a `rediss://` redis_url".into(),
+        ));
+        return Some(paths);
+    }
+    let cert_ok = super::tls::certificates(&paths.0)
+        .map_err(|e| issues.push((cert.span(), field("client_cert_file"), e)))
+        .is_ok();
+    let key_ok = super::tls::private_key(&paths.1)
+        .map_err(|e| issues.push((key.span(), field("client_key_file"), e)))
+        .is_ok();
+    if cert_ok && key_ok {
+        if let Err(e) = super::tls::pair(&paths.0, &paths.1) {
+            issues.push((key.span(), field("client_key_file"), e));
+        }
+    }
+    Some(paths)
+}
+
 /// Validates the section. `default_port` names the instance when `instance_id` is unset;
 /// `resolve` makes a path relative to the config file.
 pub fn validate(
@@ -179,6 +226,7 @@ pub fn validate(
     let cluster = raw.redis_cluster.unwrap_or(false);
     let cluster_seeds = cluster_seeds(raw, cluster, &mut issues);
     let ca_file = ca_file(raw, &resolve, &mut issues);
+    let client_cert = client_cert(raw, &resolve, &mut issues);
     let instance_id = match &raw.instance_id {
         Some(id) => {
             let ok = !id.get_ref().is_empty()
@@ -227,6 +275,7 @@ pub fn validate(
     let settings = FleetSettings {
         redis_url: raw.redis_url.get_ref().clone(),
         ca_file,
+        client_cert,
         cluster,
         cluster_seeds,
         password_file: raw.password_file.as_ref().map(|p| resolve(p.get_ref())),
@@ -324,6 +373,13 @@ mod tests {
         assert!(s.cluster);
         assert_eq!(s.cluster_seeds, ["rediss://redis-2.internal:6380"]);
         assert_eq!(s.ca_file, None);
+
+        let (_, issues) = parse(
+            r#"redis_url = "rediss://a:1"
+               client_key_file = "k.pem""#,
+        );
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].2.contains("both"), "{issues:?}");
 
         let (_, issues) = parse(
             r#"redis_url = "redis://a:1"

@@ -10,7 +10,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Client, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value,
+    Client, ClientTlsConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture,
+    TlsCertificates, Value,
 };
 
 use crate::config::FleetSettings;
@@ -76,13 +77,26 @@ fn info(url: &str, password: Option<&str>) -> Result<ConnectionInfo, String> {
 }
 
 fn certificates(settings: &FleetSettings) -> Result<Option<TlsCertificates>, String> {
-    let Some(path) = &settings.ca_file else {
-        return Ok(None);
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("fleet.{what} {}: {e}", path.display()))
     };
-    let pem = std::fs::read(path).map_err(|e| format!("fleet.ca_file {}: {e}", path.display()))?;
+    let root_cert = match &settings.ca_file {
+        Some(path) => Some(read("ca_file", path)?),
+        None => None,
+    };
+    let client_tls = match &settings.client_cert {
+        Some((cert, key)) => Some(ClientTlsConfig {
+            client_cert: read("client_cert_file", cert)?,
+            client_key: read("client_key_file", key)?,
+        }),
+        None => None,
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
     Ok(Some(TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem),
+        client_tls,
+        root_cert,
     }))
 }
 
@@ -176,34 +190,59 @@ fn connect_timeout(command: Duration) -> Duration {
 
 /// Whether `err` is, or wraps, rustls's error (the redis crate keeps an `io::Error` in an
 /// `Arc`, and `io::Error::source` skips the error it carries).
-fn is_rustls(err: &(dyn std::error::Error + 'static)) -> bool {
-    if err.is::<rustls::Error>() {
-        return true;
+fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(found) = err.downcast_ref::<rustls::Error>() {
+        return Some(found);
     }
-    if let Some(io) = err.downcast_ref::<std::io::Error>() {
-        if io
-            .get_ref()
-            .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return true;
-        }
+    if let Some(found) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Some(found);
     }
     type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
     err.downcast_ref::<Shared>()
-        .is_some_and(|inner| is_rustls(inner.as_ref()))
+        .and_then(|inner| find_rustls(inner.as_ref()))
 }
 
-/// Whether `e` is a refused TLS handshake (an untrusted or mismatched certificate): a
-/// configuration error, unlike a Redis that is down.
-pub fn is_certificate_error(e: &redis::RedisError) -> bool {
+/// The rustls error in `e`, if the TLS handshake failed (a certificate refused either way):
+/// a configuration error, unlike a Redis that is down.
+pub fn tls_error(e: &redis::RedisError) -> Option<rustls::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if is_rustls(err) {
-            return true;
+        if let Some(found) = find_rustls(err) {
+            return Some(found.clone());
         }
         source = err.source();
     }
-    false
+    None
+}
+
+/// What to check for a failed handshake.
+fn tls_hint(error: &rustls::Error, settings: &FleetSettings) -> String {
+    match error {
+        rustls::Error::AlertReceived(_) => match &settings.client_cert {
+            Some((cert, _)) => format!(
+                "Redis refused this client's certificate: check that fleet.client_cert_file {} \
+                 is signed by a CA in Redis's tls-ca-cert-file",
+                cert.display()
+            ),
+            None => "Redis may require a client certificate (tls-auth-clients yes): set \
+                     fleet.client_cert_file and fleet.client_key_file"
+                .to_string(),
+        },
+        _ => match &settings.ca_file {
+            Some(path) => format!(
+                "Redis's certificate is not trusted: check that fleet.ca_file {} is the CA \
+                 that signed it and that the URL's host is in its names",
+                path.display()
+            ),
+            None => "Redis's certificate is not trusted by the system roots: set fleet.ca_file \
+                     to the CA that signed it"
+                .to_string(),
+        },
+    }
 }
 
 /// At start, with TLS configured: one connection attempt, so a certificate Redis presents
@@ -231,18 +270,13 @@ pub fn probe_tls(transport: &Transport, settings: &FleetSettings) -> Result<(), 
             .map(|_| ())
     });
     match result {
-        Err(e) if is_certificate_error(&e) => Err(format!(
-            "{}: the TLS handshake failed: Redis's certificate is not trusted ({e}); {}",
-            settings.redis_url,
-            match &settings.ca_file {
-                Some(path) => format!(
-                    "check that fleet.ca_file {} is the CA that signed it and that the URL's host \
-                     is in its names",
-                    path.display()
-                ),
-                None => "set fleet.ca_file to the CA that signed it".to_string(),
-            }
-        )),
+        Err(e) if tls_error(&e).is_some() => {
+            let hint = tls_error(&e).map_or_else(String::new, |t| tls_hint(&t, settings));
+            Err(format!(
+                "{}: the TLS handshake failed ({e}); {hint}",
+                settings.redis_url
+            ))
+        }
         Err(e) => {
             log::warn!("fleet: Redis not reachable at start ({e}); serving on the local share");
             Ok(())
@@ -261,9 +295,14 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
-        assert!(is_certificate_error(&redis::RedisError::from(tls)));
+        assert_eq!(
+            tls_error(&redis::RedisError::from(tls)),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
+        );
         let down = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(!is_certificate_error(&redis::RedisError::from(down)));
+        assert_eq!(tls_error(&redis::RedisError::from(down)), None);
     }
 
     #[test]
@@ -271,6 +310,7 @@ mod tests {
         let settings = FleetSettings {
             redis_url: "redis://127.0.0.1:7000".into(),
             ca_file: None,
+            client_cert: None,
             cluster: true,
             cluster_seeds: vec!["redis://127.0.0.1:7001".into()],
             password_file: None,

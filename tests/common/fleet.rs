@@ -17,8 +17,9 @@ use super::*;
 #[derive(Clone)]
 enum Mode {
     Plain,
-    /// `--port 0 --tls-port`: TLS only, with this server certificate.
-    Tls(TlsFiles),
+    /// `--port 0 --tls-port`: TLS only, with this server certificate; `true`: clients must
+    /// present a certificate the test CA signed.
+    Tls(TlsFiles, bool),
     /// A cluster node: its `nodes.conf` in this dir, its bus on this port.
     ClusterNode(PathBuf, u16),
 }
@@ -33,7 +34,7 @@ fn spawn_redis(port: u16, mode: &Mode) -> Child {
     let mut cmd = Command::new("redis-server");
     match mode {
         Mode::Plain => cmd.args(["--port", &port.to_string()]),
-        Mode::Tls(tls) => cmd
+        Mode::Tls(tls, client_auth) => cmd
             .args(["--port", "0", "--tls-port", &port.to_string()])
             .arg("--tls-cert-file")
             .arg(&tls.server_cert)
@@ -41,7 +42,10 @@ fn spawn_redis(port: u16, mode: &Mode) -> Child {
             .arg(&tls.server_key)
             .arg("--tls-ca-cert-file")
             .arg(&tls.ca)
-            .args(["--tls-auth-clients", "no"]),
+            .args([
+                "--tls-auth-clients",
+                if *client_auth { "yes" } else { "no" },
+            ]),
         Mode::ClusterNode(dir, bus) => cmd
             .args(["--port", &port.to_string(), "--cluster-enabled", "yes"])
             .args(["--cluster-port", &bus.to_string()])
@@ -59,14 +63,16 @@ fn spawn_redis(port: u16, mode: &Mode) -> Child {
         .expect("start redis-server (Debian: apt-get install redis-server)")
 }
 
-/// A test CA, a server certificate it signed for 127.0.0.1 and localhost, and a second CA
-/// that signed nothing (the wrong one).
+/// A test CA, a server certificate it signed for 127.0.0.1 and localhost, a client
+/// certificate it signed, and a second CA that signed nothing (the wrong one).
 #[derive(Clone)]
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub other_ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -104,48 +110,62 @@ impl TlsFiles {
             args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
             openssl(dir, &args);
         }
-        let mut args = vec!["req"];
-        args.extend(ec);
-        args.extend([
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        openssl(dir, &args);
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("write ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-            ],
-        );
+        for (name, cn, san, usage) in [
+            (
+                "server",
+                "localhost",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+                "serverAuth",
+            ),
+            ("client", "tokengate", "", "clientAuth"),
+        ] {
+            let (key, csr, ext, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.ext"),
+                format!("{name}.pem"),
+            );
+            let subj = format!("/CN={cn}");
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            openssl(dir, &args);
+            std::fs::write(
+                dir.join(&ext),
+                format!(
+                    "{san}basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                     extendedKeyUsage={usage}\n"
+                ),
+            )
+            .expect("write ext");
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &pem,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext,
+                ],
+            );
+        }
         TlsFiles {
             ca: dir.join("ca.pem"),
             other_ca: dir.join("other-ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
         }
     }
 }
@@ -166,11 +186,21 @@ impl Store for String {
 impl Store for Redis {
     fn fleet_lines(&self) -> String {
         match &self.mode {
-            Mode::Tls(tls) => format!(
-                "redis_url = \"{}\"\nca_file = \"{}\"",
-                self.url(),
-                tls.ca.display()
-            ),
+            Mode::Tls(tls, client_auth) => {
+                let mut lines = format!(
+                    "redis_url = \"{}\"\nca_file = \"{}\"",
+                    self.url(),
+                    tls.ca.display()
+                );
+                if *client_auth {
+                    lines += &format!(
+                        "\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+                        tls.client_cert.display(),
+                        tls.client_key.display()
+                    );
+                }
+                lines
+            }
             _ => format!("redis_url = \"{}\"", self.url()),
         }
     }
@@ -183,7 +213,12 @@ impl Redis {
 
     /// A TLS-only server with `tls`'s certificate.
     pub fn start_tls(tls: &TlsFiles) -> Redis {
-        Redis::start_as(&|_| Mode::Tls(tls.clone()))
+        Redis::start_as(&|_| Mode::Tls(tls.clone(), false))
+    }
+
+    /// A TLS-only server that also requires a client certificate (`tls-auth-clients yes`).
+    pub fn start_mutual_tls(tls: &TlsFiles) -> Redis {
+        Redis::start_as(&|_| Mode::Tls(tls.clone(), true))
     }
 
     fn start_as(mode: &dyn Fn(u16) -> Mode) -> Redis {
@@ -206,7 +241,7 @@ impl Redis {
 
     pub fn url(&self) -> String {
         match self.mode {
-            Mode::Tls(_) => format!("rediss://127.0.0.1:{}", self.port),
+            Mode::Tls(..) => format!("rediss://127.0.0.1:{}", self.port),
             _ => format!("redis://127.0.0.1:{}", self.port),
         }
     }
@@ -230,10 +265,13 @@ impl Redis {
     /// One command; `None` when Redis does not answer within 500 ms.
     pub fn try_cmd(&self, args: &[&str]) -> Option<redis::Value> {
         let client = match &self.mode {
-            Mode::Tls(tls) => redis::Client::build_with_tls(
+            Mode::Tls(tls, client_auth) => redis::Client::build_with_tls(
                 self.url(),
                 redis::TlsCertificates {
-                    client_tls: None,
+                    client_tls: client_auth.then(|| redis::ClientTlsConfig {
+                        client_cert: std::fs::read(&tls.client_cert).unwrap_or_default(),
+                        client_key: std::fs::read(&tls.client_key).unwrap_or_default(),
+                    }),
                     root_cert: Some(std::fs::read(&tls.ca).ok()?),
                 },
             )
