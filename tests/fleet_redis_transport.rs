@@ -178,7 +178,7 @@ mod timing {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_redis_cluster_shares_keys_and_limits_without_crossslot() {
         let _serial = serial().await;
-        let fleet = Fleet::on(RedisCluster::start(), 2, &[]);
+        let mut fleet = Fleet::on(RedisCluster::start(), 2, &[]);
         fleet.wait_members(2.0).await;
         let c = client();
         let [a, b] = [&fleet.nodes[0], &fleet.nodes[1]];
@@ -263,5 +263,49 @@ mod timing {
             .filter(|n| keys_held(n) > 0)
             .count();
         assert!(holding >= 2, "the fleet's keys sit on {holding} node(s)");
+
+        // A node killed (no replica: the cluster fails): requests keep flowing on the local
+        // share, the instances say so; the node back, leasing resumes, keys still serve.
+        let beta = create_key(a, json!({"name": "beta"})).await;
+        until_status(&c, b, &beta, 200, SEC).await;
+        fleet.redis.nodes[2].kill();
+        let outage = Instant::now();
+        let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+        let mut i = 0;
+        while outage.elapsed() < Duration::from_secs(4) {
+            let node = &fleet.nodes[i % 2];
+            *statuses
+                .entry(chat_status(&c, node, &rpm).await)
+                .or_default() += 1;
+            *statuses
+                .entry(chat_status(&c, node, &beta).await)
+                .or_default() += 1;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("cluster: one node killed, 4 s of requests: statuses {statuses:?}");
+        assert!(
+            statuses.keys().all(|s| [200, 429].contains(s)),
+            "{statuses:?}"
+        );
+        for node in &fleet.nodes {
+            assert_eventually(Duration::from_secs(5), "redis_up 0", || async {
+                metric(node, "tokengate_fleet_redis_up").await == 0.0
+            })
+            .await;
+        }
+        fleet.redis.nodes[2].restart();
+        fleet.redis.wait_ok(Duration::from_secs(20));
+        for node in &fleet.nodes {
+            let took = assert_eventually(Duration::from_secs(10), "redis_up 1", || async {
+                metric(node, "tokengate_fleet_redis_up").await == 1.0
+            })
+            .await;
+            eprintln!(
+                "cluster: node back, {} leasing again after {took:?}",
+                node.addr
+            );
+            assert_eq!(chat_status(&c, node, &beta).await, 200);
+        }
     }
 }

@@ -49,6 +49,8 @@ fn spawn_redis(port: u16, mode: &Mode) -> Child {
         Mode::ClusterNode(dir, bus) => cmd
             .args(["--port", &port.to_string(), "--cluster-enabled", "yes"])
             .args(["--cluster-port", &bus.to_string()])
+            // A dead node fails the cluster after 1 s, not the default 15.
+            .args(["--cluster-node-timeout", "1000"])
             .arg("--cluster-config-file")
             .arg(dir.join(format!("nodes-{port}.conf")))
             .arg("--dir")
@@ -398,8 +400,14 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let cluster = RedisCluster { nodes, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for n in &cluster.nodes {
+        cluster.wait_ok(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for n in &self.nodes {
             loop {
                 let info = match n.try_cmd(&["CLUSTER", "INFO"]) {
                     Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(&b).to_string(),
@@ -413,7 +421,6 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        cluster
     }
 
     /// Sum of the commands every node processed.
