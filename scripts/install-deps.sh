@@ -22,11 +22,12 @@ if [ "${1:-}" = --tests ]; then
     python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need python3-venv
     have promtool || need prometheus                  # checks /metrics
     have systemd-analyze || need systemd              # verifies systemd/*.service
-    have openssl || need openssl                      # test CA for the TLS tests
+    have openssl || need openssl                      # test CAs for the TLS tests (listener, Redis)
     { have curl && curl -V | grep -q HTTP2; } || need curl   # curl --http2 in the TLS tests
     have debootstrap || need debootstrap              # tests/systemd-live.sh: the rootfs
     have systemd-nspawn || need systemd-container     # tests/systemd-live.sh: the boot
-    have redis-server || need redis-server            # fleet-mode tests (tests/fleet_*.rs)
+    have redis-server || need redis-server            # fleet-mode tests (tests/fleet_*.rs; TLS too)
+    have redis-cli || need redis-tools                # redis-cli --cluster create (fleet_redis_transport)
 elif [ -n "${1:-}" ]; then
     die "usage: sh scripts/install-deps.sh [--tests]"
 fi

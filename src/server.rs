@@ -161,7 +161,7 @@ fn fleet_link(
         return Ok(None);
     };
     crate::distributed::FleetLink::new(settings, shared.clone())
-        .map(|l| Some(std::sync::Arc::new(l)))
+        .and_then(|l| l.probe_tls().map(|()| Some(std::sync::Arc::new(l))))
         .map_err(|message| ConfigError {
             issues: vec![config::ConfigIssue {
                 file: config_path.to_path_buf(),

@@ -3,8 +3,6 @@
 //! `/metrics`, and resume leasing once Redis is back, without a restart), and a 5 s stall
 //! (SIGSTOP) that must not raise client latency. Timing-sensitive: the serial timing group.
 
-// kill(2) on the redis-server this test started (SIGKILL, SIGSTOP, SIGCONT): the one unsafe.
-#![allow(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,12 +11,11 @@
 )] // tests fail loudly; scenarios read top to bottom
 
 mod common;
-mod fleet_common;
 
 use std::time::{Duration, Instant};
 
+use common::fleet::*;
 use common::*;
-use fleet_common::*;
 use serde_json::json;
 
 const SEC: Duration = Duration::from_secs(1);

@@ -5,8 +5,6 @@
 //! instances for 70 s hold fleet-wide within the README's bound. The two 70 s hammers use
 //! separate Redis servers and run side by side, in one test of the serial timing group.
 
-// kill(2) on the redis-server this test started (SIGKILL, SIGSTOP, SIGCONT): the one unsafe.
-#![allow(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,15 +13,13 @@
 )] // tests fail loudly; scenarios read top to bottom
 
 mod common;
-mod fleet_common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::fleet::*;
 use common::*;
-use fleet_common::*;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -190,85 +186,6 @@ async fn key_import_copies_a_keys_file_into_redis() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 0 key(s) into Redis, 1 kept"));
-}
-
-/// What the hammer saw: (seconds since start, tokens admitted) per admitted request, and
-/// every status.
-#[derive(Default)]
-struct Hammered {
-    admitted: Vec<(f64, u64)>,
-    statuses: std::collections::BTreeMap<u16, u64>,
-}
-
-/// The tokens a streamed reply metered (its final usage chunk).
-fn streamed_usage(text: &str) -> Option<u64> {
-    sse_events(text)
-        .iter()
-        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .find_map(|v| v["usage"]["total_tokens"].as_u64())
-}
-
-/// Hammers `secret` through the nodes for `run`: `workers[i]` concurrent clients on node i
-/// (a skewed split), each sending one request every `pace`.
-async fn hammer(
-    nodes: &[Proxy],
-    secret: &str,
-    workers: &[usize],
-    run: Duration,
-    pace: Duration,
-    stream: bool,
-) -> Hammered {
-    let seen = Arc::new(Mutex::new(Hammered::default()));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (node, &n) in nodes.iter().zip(workers) {
-        for _ in 0..n {
-            let url = node.url("/v1/chat/completions");
-            let (secret, seen) = (secret.to_string(), seen.clone());
-            tasks.push(tokio::spawn(async move {
-                let c = client();
-                let mut body = json!({
-                    "model": "m", "max_tokens": 40, "stream": stream,
-                    "messages": [{"role": "user", "content": "hi"}],
-                });
-                if stream {
-                    body["stream_options"] = json!({"include_usage": true});
-                }
-                while start.elapsed() < run {
-                    let sent = start.elapsed().as_secs_f64();
-                    let auth = format!("Bearer {secret}");
-                    let (status, tokens) = if stream {
-                        let (status, text) =
-                            stream_text(&url, &body.to_string(), &[("authorization", &auth)]).await;
-                        (status, streamed_usage(&text).unwrap_or(0))
-                    } else {
-                        match c
-                            .post(&url)
-                            .header("authorization", &auth)
-                            .json(&body)
-                            .send()
-                            .await
-                        {
-                            Ok(r) => (r.status().as_u16(), 1),
-                            Err(_) => (0, 0),
-                        }
-                    };
-                    {
-                        let mut s = seen.lock().unwrap();
-                        *s.statuses.entry(status).or_default() += 1;
-                        if status == 200 {
-                            s.admitted.push((sent, tokens));
-                        }
-                    }
-                    tokio::time::sleep(pace).await;
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap()
 }
 
 /// Smallest and largest admitted amount over every `window` starting from `from` (the

@@ -291,6 +291,30 @@ const HEADER: &str = "\
 
 /// The file text for a set of keys, in the order given.
 pub fn render<'a>(keys: impl IntoIterator<Item = &'a ApiKey>) -> String {
+    format!("{HEADER}{}", entries(keys))
+}
+
+/// One key as a keys-file entry (a `[[keys]]` table, no header): also the record fleet mode
+/// stores in Redis, so both stores share one shape and one validation ([`parse_entry`]).
+pub fn render_entry(key: &ApiKey) -> String {
+    entries([key])
+}
+
+/// Reads one key written by [`render_entry`]; `source` names it in messages.
+pub fn parse_entry(text: &str, source: &Path) -> Result<ApiKey, KeysFileError> {
+    let mut keys = parse(text, source)?;
+    match (keys.pop(), keys.is_empty()) {
+        (Some(key), true) => Ok(key),
+        _ => Err(KeysFileError {
+            issues: vec![KeysFileIssue::whole_file(
+                source,
+                "expected exactly one [[keys]] entry".to_string(),
+            )],
+        }),
+    }
+}
+
+fn entries<'a>(keys: impl IntoIterator<Item = &'a ApiKey>) -> String {
     let out = KeysFileOut {
         keys: keys
             .into_iter()
@@ -312,7 +336,7 @@ pub fn render<'a>(keys: impl IntoIterator<Item = &'a ApiKey>) -> String {
     // bug in this struct, and writing an empty file instead would lose every key.
     #[allow(clippy::panic)] // a bug in this struct, never input (see above)
     match toml::to_string(&out) {
-        Ok(body) => format!("{HEADER}{body}"),
+        Ok(body) => body,
         Err(e) => panic!("keys file serialisation failed: {e}"),
     }
 }
@@ -426,6 +450,25 @@ prefix = "tg-3kTqa9Zx0123"
         ))
         .unwrap_err();
         assert_eq!(e.issues[0].line, Some(5), "{e}");
+    }
+
+    #[test]
+    fn one_entry_round_trips_and_more_or_fewer_are_refused() {
+        let keys = p(&format!(
+            "[[keys]]\nname = \"a\"\nhash = \"{H1}\"\ntags = [\"x\"]\n[keys.limits]\nrequests_per_minute = 6\n\
+             [[keys]]\nname = \"b\"\nhash = \"{H2}\"\n"
+        ))
+        .unwrap();
+        let one = render_entry(&keys[0]);
+        assert!(!one.contains('#'), "{one}");
+        let back = parse_entry(&one, Path::new("redis")).unwrap();
+        assert_eq!(back, keys[0]);
+        let e = parse_entry(&render(&keys), Path::new("redis")).unwrap_err();
+        assert!(e.to_string().contains("exactly one"), "{e}");
+        assert!(parse_entry("", Path::new("redis")).is_err());
+        let bad = format!("[[keys]]\nname = \"a b\"\nhash = \"{H1}\"\n");
+        let e = parse_entry(&bad, Path::new("redis")).unwrap_err();
+        assert!(e.to_string().contains("keys[0]"), "{e}");
     }
 
     #[test]

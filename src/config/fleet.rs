@@ -14,8 +14,19 @@ use crate::ratelimit::lease::DownMode;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetSection {
-    /// `redis://[user[:password]@]host:port[/db]` (`rediss://` is refused: no TLS client built in).
+    /// `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS. With
+    /// `redis_cluster`, any one node of the cluster (a seed).
     pub redis_url: Spanned<String>,
+    /// A PEM file of the CA(s) that sign Redis's certificate (a private CA); without it a
+    /// `rediss://` server must present a certificate the system trust store accepts.
+    pub ca_file: Option<Spanned<String>>,
+    /// This client's certificate chain and key (PEM), for a Redis with `tls-auth-clients yes`.
+    pub client_cert_file: Option<Spanned<String>>,
+    pub client_key_file: Option<Spanned<String>>,
+    /// Redis Cluster (or Valkey cluster): the client follows the slot map (MOVED/ASK).
+    pub redis_cluster: Option<bool>,
+    /// More cluster nodes to start from, besides `redis_url` (only with `redis_cluster`).
+    pub redis_cluster_seeds: Option<Vec<Spanned<String>>>,
     /// A file holding the Redis password (wins over one in the URL).
     pub password_file: Option<Spanned<String>>,
     /// Default: hostname + the first listen port (or the pid when that port is 0).
@@ -39,6 +50,12 @@ pub struct FleetSection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetSettings {
     pub redis_url: String,
+    pub ca_file: Option<PathBuf>,
+    /// (certificate chain, key) this client presents over TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// `redis_cluster = true`: `redis_url` then `cluster_seeds` are the seed nodes.
+    pub cluster: bool,
+    pub cluster_seeds: Vec<String>,
     pub password_file: Option<PathBuf>,
     pub instance_id: String,
     pub key_prefix: String,
@@ -94,29 +111,107 @@ fn down_mode(value: &Option<Spanned<String>>, issues: &mut Vec<FleetIssue>) -> D
     }
 }
 
-fn check_url(url: &Spanned<String>, issues: &mut Vec<FleetIssue>) {
+fn check_url(url: &Spanned<String>, field: &str, issues: &mut Vec<FleetIssue>) {
     let text = url.get_ref();
-    if text.starts_with("rediss://") {
-        // Accepting it would only fail later, at start: say so where the operator looks.
-        issues.push((
-            url.span(),
-            "fleet.redis_url".into(),
-            format!(
-                "`{text}`: TLS to Redis is not built into this tokengate; use `redis://` on a \
-                 private network or through a local TLS tunnel (e.g. stunnel)"
-            ),
-        ));
-        return;
-    }
-    let rest = text.strip_prefix("redis://");
+    let rest = text
+        .strip_prefix("redis://")
+        .or_else(|| text.strip_prefix("rediss://"));
     let host = rest.map(|r| r.rsplit('@').next().unwrap_or(r));
     if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
         issues.push((
             url.span(),
-            "fleet.redis_url".into(),
-            format!("`{text}` is not a `redis://host:port` URL"),
+            format!("fleet.{field}"),
+            format!("`{text}` is not a `redis://host:port` or `rediss://host:port` URL"),
         ));
     }
+}
+
+/// The cluster seeds: each a URL of the same scheme as `redis_url`; only with `redis_cluster`.
+fn cluster_seeds(raw: &FleetSection, cluster: bool, issues: &mut Vec<FleetIssue>) -> Vec<String> {
+    let Some(seeds) = &raw.redis_cluster_seeds else {
+        return Vec::new();
+    };
+    let tls = raw.redis_url.get_ref().starts_with("rediss://");
+    for seed in seeds {
+        check_url(seed, "redis_cluster_seeds", issues);
+        if seed.get_ref().starts_with("rediss://") != tls {
+            issues.push((
+                seed.span(),
+                "fleet.redis_cluster_seeds".into(),
+                "every seed must use the scheme of `redis_url` (all TLS or none)".into(),
+            ));
+        }
+        if !cluster {
+            issues.push((
+                seed.span(),
+                "fleet.redis_cluster_seeds".into(),
+                "seeds are for a Redis Cluster: set `redis_cluster = true`".into(),
+            ));
+        }
+    }
+    seeds.iter().map(|s| s.get_ref().clone()).collect()
+}
+
+/// The CA file: only for `rediss://`, and it must hold PEM certificates.
+fn ca_file(
+    raw: &FleetSection,
+    resolve: &impl Fn(&str) -> PathBuf,
+    issues: &mut Vec<FleetIssue>,
+) -> Option<PathBuf> {
+    let ca = raw.ca_file.as_ref()?;
+    let path = resolve(ca.get_ref());
+    if !raw.redis_url.get_ref().starts_with("rediss://") {
+        issues.push((
+            ca.span(),
+            "fleet.ca_file".into(),
+            "a CA file is for TLS: use a `rediss://` redis_url".into(),
+        ));
+    } else if let Err(e) = super::tls::certificates(&path) {
+        issues.push((ca.span(), "fleet.ca_file".into(), e));
+    }
+    Some(path)
+}
+
+/// The client certificate and key: both or neither, only for `rediss://`, and a pair.
+fn client_cert(
+    raw: &FleetSection,
+    resolve: &impl Fn(&str) -> PathBuf,
+    issues: &mut Vec<FleetIssue>,
+) -> Option<(PathBuf, PathBuf)> {
+    let field = |f: &str| format!("fleet.{f}");
+    let (cert, key) = match (&raw.client_cert_file, &raw.client_key_file) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        (Some(one), None) | (None, Some(one)) => {
+            issues.push((
+                one.span(),
+                field("client_cert_file"),
+                "set both client_cert_file and client_key_file, or neither".into(),
+            ));
+            return None;
+        }
+    };
+    let paths = (resolve(cert.get_ref()), resolve(key.get_ref()));
+    if !raw.redis_url.get_ref().starts_with("rediss://") {
+        issues.push((
+            cert.span(),
+            field("client_cert_file"),
+            "a client certificate is for TLS: use a `rediss://` redis_url".into(),
+        ));
+        return Some(paths);
+    }
+    let cert_ok = super::tls::certificates(&paths.0)
+        .map_err(|e| issues.push((cert.span(), field("client_cert_file"), e)))
+        .is_ok();
+    let key_ok = super::tls::private_key(&paths.1)
+        .map_err(|e| issues.push((key.span(), field("client_key_file"), e)))
+        .is_ok();
+    if cert_ok && key_ok {
+        if let Err(e) = super::tls::pair(&paths.0, &paths.1) {
+            issues.push((key.span(), field("client_key_file"), e));
+        }
+    }
+    Some(paths)
 }
 
 /// Validates the section. `default_port` names the instance when `instance_id` is unset;
@@ -127,7 +222,11 @@ pub fn validate(
     resolve: impl Fn(&str) -> PathBuf,
 ) -> (FleetSettings, Vec<FleetIssue>) {
     let mut issues = Vec::new();
-    check_url(&raw.redis_url, &mut issues);
+    check_url(&raw.redis_url, "redis_url", &mut issues);
+    let cluster = raw.redis_cluster.unwrap_or(false);
+    let cluster_seeds = cluster_seeds(raw, cluster, &mut issues);
+    let ca_file = ca_file(raw, &resolve, &mut issues);
+    let client_cert = client_cert(raw, &resolve, &mut issues);
     let instance_id = match &raw.instance_id {
         Some(id) => {
             let ok = !id.get_ref().is_empty()
@@ -175,6 +274,10 @@ pub fn validate(
     };
     let settings = FleetSettings {
         redis_url: raw.redis_url.get_ref().clone(),
+        ca_file,
+        client_cert,
+        cluster,
+        cluster_seeds,
         password_file: raw.password_file.as_ref().map(|p| resolve(p.get_ref())),
         instance_id,
         key_prefix,
@@ -260,13 +363,57 @@ mod tests {
     }
 
     #[test]
-    fn a_tls_url_is_refused_with_the_reason() {
-        let (_, issues) = parse(r#"redis_url = "rediss://redis.internal:6380""#);
-        assert_eq!(issues.len(), 1);
-        assert!(
-            issues[0].2.contains("TLS to Redis is not built in"),
-            "{:?}",
-            issues[0]
+    fn tls_and_cluster_settings() {
+        let (s, issues) = parse(
+            r#"redis_url = "rediss://redis.internal:6380"
+               redis_cluster = true
+               redis_cluster_seeds = ["rediss://redis-2.internal:6380"]"#,
         );
+        assert!(issues.is_empty(), "{issues:?}");
+        assert!(s.cluster);
+        assert_eq!(s.cluster_seeds, ["rediss://redis-2.internal:6380"]);
+        assert_eq!(s.ca_file, None);
+
+        let (_, issues) = parse(
+            r#"redis_url = "rediss://a:1"
+               client_key_file = "k.pem""#,
+        );
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(issues[0].2.contains("both"), "{issues:?}");
+
+        let (_, issues) = parse(
+            r#"redis_url = "redis://a:1"
+               ca_file = "/nonexistent/ca.pem"
+               redis_cluster_seeds = ["rediss://b:2", "nope"]"#,
+        );
+        let fields: Vec<&str> = issues.iter().map(|i| i.1.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "fleet.redis_cluster_seeds",
+                "fleet.redis_cluster_seeds",
+                "fleet.redis_cluster_seeds",
+                "fleet.redis_cluster_seeds",
+                "fleet.ca_file",
+            ],
+            "{issues:?}"
+        );
+        assert!(issues[4].2.contains("rediss://"), "{issues:?}");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let text = format!(
+            "redis_url = \"rediss://r:6380\"\nca_file = \"{}\"",
+            path.display()
+        );
+        let (s, issues) = parse(&text);
+        assert_eq!(s.ca_file.as_deref(), Some(path.as_path()));
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].1, "fleet.ca_file");
+        assert!(issues[0].2.contains("CERTIFICATE"), "{issues:?}");
     }
 }

@@ -5,74 +5,32 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use super::scripts::KEY_WRITE;
 use super::{metrics, FleetError, FleetLink};
 use crate::auth::changes::{apply_patch, validate_new};
-use crate::auth::{generate_secret, ApiKey, KeyAdminError, KeyHash, KeyPatch, KeyRegistry, NewKey};
-use crate::ratelimit::{KeyLimits, Limiter};
+use crate::auth::{file, generate_secret, ApiKey, KeyAdminError, KeyPatch, KeyRegistry, NewKey};
+use crate::ratelimit::Limiter;
 
-/// A key record as stored in Redis (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoredKey {
-    pub name: String,
-    /// SHA-256 of the secret, hex.
-    pub hash: String,
-    #[serde(default)]
-    pub prefix: Option<String>,
-    #[serde(default)]
-    pub team: Option<String>,
-    #[serde(default)]
-    pub tags: Vec<String>,
-    #[serde(default)]
-    pub models: Vec<String>,
-    pub enabled: bool,
-    #[serde(default)]
-    pub expires_at: Option<u64>,
-    #[serde(default)]
-    pub limits: KeyLimits,
-    #[serde(default)]
-    pub created_at: Option<u64>,
+/// A key's record in Redis: its keys-file entry (`auth::file`), the one shape and
+/// validation both stores share. Hashes only, never secrets.
+fn record(key: &ApiKey) -> String {
+    file::render_entry(key)
 }
 
-impl From<&ApiKey> for StoredKey {
-    fn from(k: &ApiKey) -> Self {
-        StoredKey {
-            name: k.name.clone(),
-            hash: hex::encode(k.hash.0),
-            prefix: k.prefix.clone(),
-            team: k.team.clone(),
-            tags: k.tags.clone(),
-            models: k.models.clone(),
-            enabled: k.enabled,
-            expires_at: k.expires_at,
-            limits: k.limits,
-            created_at: k.created_at,
+/// The key in a record read from Redis under `name`; `None` (logged) when it does not
+/// validate or names another key.
+fn from_record(name: &str, text: &str) -> Option<ApiKey> {
+    let source = format!("redis keys record `{name}`");
+    match file::parse_entry(text, std::path::Path::new(&source)) {
+        Ok(key) if key.name == name => Some(key),
+        Ok(key) => {
+            log::error!("fleet: {source} holds key `{}`; skipped", key.name);
+            None
         }
-    }
-}
-
-impl StoredKey {
-    pub fn into_key(self) -> Option<ApiKey> {
-        let bytes: [u8; 32] = hex::decode(&self.hash).ok()?.try_into().ok()?;
-        Some(ApiKey {
-            name: self.name,
-            hash: KeyHash(bytes),
-            prefix: self.prefix,
-            team: self.team,
-            tags: self.tags,
-            models: self.models,
-            enabled: self.enabled,
-            expires_at: self.expires_at,
-            limits: self.limits,
-            created_at: self.created_at,
-        })
-    }
-
-    fn json(key: &ApiKey) -> String {
-        serde_json::to_string(&StoredKey::from(key)).unwrap_or_default()
+        Err(e) => {
+            log::error!("fleet: skipped: {e}");
+            None
+        }
     }
 }
 
@@ -99,14 +57,8 @@ pub async fn load_all(link: &FleetLink) -> Result<(Option<u64>, Vec<ApiKey>), Fl
         )
         .await?;
     let mut keys = Vec::with_capacity(records.len());
-    for (name, json) in records {
-        match serde_json::from_str::<StoredKey>(&json)
-            .ok()
-            .and_then(StoredKey::into_key)
-        {
-            Some(k) => keys.push(k),
-            None => log::error!("fleet: key record `{name}` in Redis is malformed; skipped"),
-        }
+    for (name, text) in records {
+        keys.extend(from_record(&name, &text));
     }
     Ok((version, keys))
 }
@@ -144,7 +96,7 @@ pub async fn create(
     let expires_at = validate_new(&new, now_unix)?;
     let secret = generate_secret().map_err(|e| FleetError::Unreachable(e.to_string()))?;
     let key = new.into_key(&secret, expires_at, now_unix);
-    match write(link, &key.name, &StoredKey::json(&key), "create").await? {
+    match write(link, &key.name, &record(&key), "create").await? {
         0 => Err(KeyAdminError::Conflict(key.name).into()),
         _ => Ok((secret.secret, key)),
     }
@@ -173,13 +125,11 @@ pub async fn update(
         let Some(old) = get(link, name).await? else {
             return Err(KeyAdminError::NotFound(name.to_string()).into());
         };
-        let current = serde_json::from_str::<StoredKey>(&old)
-            .ok()
-            .and_then(StoredKey::into_key)
+        let current = from_record(name, &old)
             .ok_or_else(|| FleetError::Unreachable(format!("key record `{name}` is malformed")))?;
         let changed = apply_patch(&current, patch, now_unix)?;
         let mode = format!("replace:{old}");
-        if write(link, name, &StoredKey::json(&changed), &mode).await? != 0 {
+        if write(link, name, &record(&changed), &mode).await? != 0 {
             return Ok(changed);
         }
     }
@@ -203,7 +153,7 @@ pub async fn import(
     let mode = if overwrite { "put" } else { "create" };
     let (mut written, mut skipped) = (0, 0);
     for key in keys {
-        if write(link, &key.name, &StoredKey::json(key), mode).await? == 0 {
+        if write(link, &key.name, &record(key), mode).await? == 0 {
             skipped += 1;
         } else {
             written += 1;
@@ -252,6 +202,8 @@ pub async fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::KeyHash;
+    use crate::ratelimit::KeyLimits;
 
     #[test]
     fn records_round_trip_without_secrets() {
@@ -270,18 +222,14 @@ mod tests {
             },
             created_at: Some(1),
         };
-        let json = StoredKey::json(&key);
-        assert!(!json.contains("tg-secret"));
-        let back = serde_json::from_str::<StoredKey>(&json)
-            .unwrap()
-            .into_key()
-            .unwrap();
-        assert_eq!(back, key);
-        assert!(
-            serde_json::from_str::<StoredKey>(r#"{"name":"a","hash":"zz","enabled":true}"#)
-                .unwrap()
-                .into_key()
-                .is_none()
+        let text = record(&key);
+        assert!(!text.contains("tg-secret"));
+        assert_eq!(from_record("acme", &text), Some(key));
+        // Another key's record under this name, or an invalid one, is skipped.
+        assert_eq!(from_record("other", &text), None);
+        assert_eq!(
+            from_record("a", "[[keys]]\nname = \"a\"\nhash = \"zz\"\n"),
+            None
         );
     }
 }

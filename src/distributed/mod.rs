@@ -14,12 +14,13 @@ pub mod keys;
 pub mod leases;
 pub mod metrics;
 pub mod scripts;
+pub mod transport;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+pub use transport::Conn;
+use transport::Transport;
 
 use crate::config::FleetSettings;
 use crate::ratelimit::lease::LeaseShared;
@@ -95,63 +96,49 @@ pub enum FleetError {
 pub struct FleetLink {
     pub settings: FleetSettings,
     pub names: Names,
-    client: redis::Client,
-    /// Set once the background service has started (the connection manager lives on its
-    /// runtime).
-    conn: OnceLock<ConnectionManager>,
+    transport: Transport,
+    /// Set once the background service has started (the connection lives on its runtime).
+    conn: OnceLock<Conn>,
     up: AtomicBool,
     pub lease: Arc<LeaseShared>,
 }
 
 impl FleetLink {
-    /// Fails only on a malformed URL or an unreadable password file; never connects.
+    /// Fails only on a malformed URL or an unreadable password or CA file; never connects.
     pub fn new(settings: &FleetSettings, lease: Arc<LeaseShared>) -> Result<FleetLink, String> {
-        use redis::IntoConnectionInfo;
-        let mut info = settings
-            .redis_url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("fleet.redis_url: {e}"))?;
-        if let Some(path) = &settings.password_file {
-            let password = std::fs::read_to_string(path)
-                .map_err(|e| format!("fleet.password_file {}: {e}", path.display()))?;
-            let redis = info.redis_settings().clone().set_password(password.trim());
-            info = info.set_redis_settings(redis);
-        }
-        let client = redis::Client::open(info).map_err(|e| format!("fleet.redis_url: {e}"))?;
         Ok(FleetLink {
             names: Names::new(&settings.key_prefix),
             settings: settings.clone(),
-            client,
+            transport: Transport::new(settings)?,
             conn: OnceLock::new(),
             up: AtomicBool::new(false),
             lease,
         })
     }
 
-    /// Creates the connection manager on the calling (background service) runtime.
+    /// At start: refuses a TLS certificate that is not trusted (see `transport::probe_tls`).
+    pub fn probe_tls(&self) -> Result<(), String> {
+        transport::probe_tls(&self.transport, &self.settings)
+    }
+
+    /// Creates the connection on the calling (background service) runtime.
     pub fn start_connection(&self) -> Result<(), FleetError> {
-        let timeout = self.settings.redis_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)?;
-        let _ = self.conn.set(manager);
+        let conn = self.transport.connect_lazy(self.settings.redis_timeout)?;
+        let _ = self.conn.set(conn);
         Ok(())
     }
 
     /// A handle to the multiplexed connection (cheap clone), once started.
-    pub fn conn(&self) -> Result<ConnectionManager, FleetError> {
+    pub fn conn(&self) -> Result<Conn, FleetError> {
         self.conn
             .get()
             .cloned()
             .ok_or_else(|| FleetError::Unreachable("the fleet service has not started".into()))
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The node to subscribe through on the `attempt`-th try (cluster seeds in turn).
+    pub fn subscriber(&self, attempt: usize) -> Option<&redis::Client> {
+        self.transport.subscriber(attempt)
     }
 
     pub fn is_up(&self) -> bool {

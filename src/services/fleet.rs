@@ -147,8 +147,11 @@ impl FleetService {
     /// Pub/sub: key changes wake the key loop; reload requests reload this instance. A lost
     /// subscription is re-made; the version check covers whatever was missed meanwhile.
     async fn subscriber_loop(&self, mut shutdown: ShutdownWatch) {
-        loop {
-            match self.link.client().get_async_pubsub().await {
+        for attempt in 0.. {
+            let Some(client) = self.link.subscriber(attempt) else {
+                return;
+            };
+            match client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
                     let keys = self.link.names.keys_channel();
                     let reload = self.link.names.reload_channel();

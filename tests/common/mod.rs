@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod fleet;
+
 pub const SIM_BIN: &str = env!("CARGO_BIN_EXE_tokengate-sim");
 pub const PROXY_BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 /// The admin token every test proxy is configured with.
