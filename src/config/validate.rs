@@ -20,10 +20,18 @@ use crate::ratelimit::body_budget::{self, BudgetLimits};
 pub(super) struct Locator<'a> {
     pub text: &'a str,
     pub path: &'a Path,
+    /// The overlay merged into this load: its spans start at `offset` (past `text`).
+    pub overlay: Option<(&'a str, &'a Path, usize)>,
 }
 impl Locator<'_> {
     pub(super) fn issue(&self, span: Range<usize>, field: String, message: String) -> ConfigIssue {
-        ConfigIssue::at_span(self.path, self.text, span, field, message)
+        match self.overlay {
+            Some((text, path, offset)) if span.start >= offset => {
+                let local = span.start - offset..span.end.saturating_sub(offset);
+                ConfigIssue::at_span(path, text, local, field, message)
+            }
+            _ => ConfigIssue::at_span(self.path, self.text, span, field, message),
+        }
     }
 }
 
@@ -124,6 +132,17 @@ impl Validator<'_> {
         Duration::from_millis(*value.get_ref())
     }
 
+    /// The load's result: `config` if no problem was found.
+    pub(super) fn finish(self, config: Config) -> Result<Config, super::ConfigError> {
+        if self.issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(super::ConfigError {
+                issues: self.issues,
+            })
+        }
+    }
+
     pub fn config(&mut self, raw: file::ConfigFile) -> Config {
         let server = self.server(&raw.server);
         let clusters = self.clusters(&raw.clusters, &server);
@@ -163,6 +182,7 @@ impl Validator<'_> {
             auth,
             global_limits,
             rules: Arc::new(rules),
+            origins: Default::default(),
             loaded_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
