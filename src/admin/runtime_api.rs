@@ -54,7 +54,7 @@ pub fn handle(state: &AppState, method: &str, path: &str, body: &[u8]) -> Reply 
             },
             "DELETE" => edit(state, |doc, current| {
                 if current.route(alias).is_none() {
-                    return Err(not_found("model", alias));
+                    return refuse(not_found("model", alias));
                 }
                 let in_file = current.origins.file_models.iter().any(|m| m == alias);
                 doc.remove_model(alias, Defined { in_file });
@@ -79,7 +79,7 @@ pub fn handle(state: &AppState, method: &str, path: &str, body: &[u8]) -> Reply 
         },
         ("DELETE", None) => edit(state, |doc, current| {
             if current.cluster(rest).is_none() {
-                return Err(not_found("cluster", rest));
+                return refuse(not_found("cluster", rest));
             }
             let in_file = current.origins.file_clusters.iter().any(|c| c == rest);
             doc.remove_cluster(rest, Defined { in_file });
@@ -101,12 +101,12 @@ fn add_replica(state: &AppState, cluster: &str, body: &[u8]) -> Reply {
     };
     edit(state, |doc, current| {
         let Some(c) = current.cluster(cluster) else {
-            return Err(not_found("cluster", cluster));
+            return refuse(not_found("cluster", cluster));
         };
         // A bad address is left to validation, which names the field.
         if let Ok(addr) = new.address.parse::<SocketAddr>() {
             if c.replicas.iter().any(|r| r.addr == addr) {
-                return Err(error_reply(
+                return refuse(error_reply(
                     StatusCode::CONFLICT,
                     &format!("`{addr}` is already a replica of cluster `{cluster}`."),
                     "replica_exists",
@@ -131,7 +131,7 @@ fn remove_replica(state: &AppState, cluster: &str, addr: &str) -> Reply {
             .cluster(cluster)
             .and_then(|c| c.replicas.iter().find(|r| r.addr == addr));
         let Some(replica) = known else {
-            return Err(not_found("replica", &format!("{cluster}/{addr}")));
+            return refuse(not_found("replica", &format!("{cluster}/{addr}")));
         };
         doc.remove_replica(cluster, &replica.authority);
         Ok(())
@@ -141,7 +141,7 @@ fn remove_replica(state: &AppState, cluster: &str, addr: &str) -> Reply {
 /// One overlay change: `change` sees the merged config now on disk and edits the overlay.
 fn edit(
     state: &AppState,
-    change: impl FnOnce(&mut OverlayDoc, &Config) -> Result<(), Reply>,
+    change: impl FnOnce(&mut OverlayDoc, &Config) -> Result<(), Box<Reply>>,
 ) -> Reply {
     let _writes = state
         .config_writes
@@ -163,7 +163,7 @@ fn edit(
         Err(reply) => return *reply,
     };
     if let Err(reply) = change(&mut doc, &current) {
-        return reply;
+        return *reply;
     }
     let text = doc.render();
     if let Err(e) = config::load_with_overlay(path, &text) {
@@ -279,6 +279,11 @@ fn file_error(path: &Path, e: &std::io::Error) -> Reply {
         &format!("Cannot write {}: {e}; nothing changed.", path.display()),
         "config_write_failed",
     )
+}
+
+/// A change refused before anything is written.
+fn refuse(reply: Reply) -> Result<(), Box<Reply>> {
+    Err(Box::new(reply))
 }
 
 fn not_found(what: &str, name: &str) -> Reply {
