@@ -509,6 +509,19 @@ mod timing {
             false,
             "new replicas start out of rotation"
         );
+        let a_id = format!("pool/{}", a.addr);
+        let replicas = get_json(proxy.admin_request(Method::GET, "/admin/replicas")).await;
+        let a_view = replicas["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == a_id.as_str())
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            a_view["state"], "healthy",
+            "the untouched replica kept its health: {a_view}"
+        );
 
         // While its /health fails (5+ probe intervals) it gets none of 20 requests.
         let url = proxy.url("/v1/chat/completions");
