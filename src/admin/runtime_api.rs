@@ -167,7 +167,11 @@ fn edit(
     }
     let text = doc.render();
     if let Err(e) = config::load_with_overlay(path, &text) {
-        return rejected(&e, "Change rejected; nothing changed");
+        let what = format!(
+            "Change rejected, nothing changed (lines in {} are those it would have had)",
+            overlay_path.display()
+        );
+        return rejected(&e, &what);
     }
     write_and_reload(state, &overlay_path, text.as_bytes())
 }
