@@ -2,6 +2,7 @@
 //! loader that turns one into the other, reporting every problem with file, line and field.
 
 mod cluster;
+mod connections;
 pub mod diff;
 pub mod file;
 pub mod fleet;
@@ -77,7 +78,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         issues: Vec::new(),
     };
     let config = v.config(raw);
-    v.finish(config)
+    finish(v, config)
 }
 
 /// Validate config text as the file at `path`, merged with its overlay: `overlay_text`, or
@@ -129,7 +130,16 @@ pub fn parse_merged(
     let origins = v.merge_overlay(&mut raw, parsed, origins);
     let mut config = v.config(raw);
     config.origins = origins;
-    v.finish(config)
+    finish(v, config)
+}
+
+/// The load's result: `config` if no problem was found.
+fn finish(v: Validator<'_>, config: Config) -> Result<Config, ConfigError> {
+    if v.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError { issues: v.issues })
+    }
 }
 
 /// Deserialize TOML `padded` (`text` behind `offset` spaces); a syntax or shape error is

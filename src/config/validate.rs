@@ -132,17 +132,6 @@ impl Validator<'_> {
         Duration::from_millis(*value.get_ref())
     }
 
-    /// The load's result: `config` if no problem was found.
-    pub(super) fn finish(self, config: Config) -> Result<Config, super::ConfigError> {
-        if self.issues.is_empty() {
-            Ok(config)
-        } else {
-            Err(super::ConfigError {
-                issues: self.issues,
-            })
-        }
-    }
-
     pub fn config(&mut self, raw: file::ConfigFile) -> Config {
         let server = self.server(&raw.server);
         let clusters = self.clusters(&raw.clusters, &server);
@@ -220,6 +209,11 @@ impl Validator<'_> {
             write_timeout: self.positive_ms(&s.write_timeout_ms, "server.write_timeout_ms"),
             client_body_timeout: self
                 .positive_ms(&s.client_body_timeout_ms, "server.client_body_timeout_ms"),
+            client_header_timeout: self.positive_ms(
+                &s.client_header_timeout_ms,
+                "server.client_header_timeout_ms",
+            ),
+            connections: self.connection_limits(s),
             upstream_idle_timeout,
             connect_retries: *s.connect_retries.get_ref(),
             grace_period_seconds: *s.grace_period_seconds.get_ref(),

@@ -341,7 +341,7 @@ impl ProxyConfig {
         self
     }
 
-    fn render(&self, dir: &std::path::Path) -> String {
+    pub fn render(&self, dir: &std::path::Path) -> String {
         let mut out = String::new();
         for line in &self.top_extra {
             out.push_str(line);
@@ -400,11 +400,17 @@ impl Proxy {
     /// Start on port-0 listeners; returns once the ready file names them (the proxy listener
     /// opens only after every replica was probed).
     pub fn start(config: &ProxyConfig) -> Proxy {
+        Proxy::start_under(config, &[])
+    }
+
+    /// Start through a command that execs its arguments (e.g. `prlimit --nofile=300:300 --`),
+    /// so the proxy's pid stays the child's.
+    pub fn start_under(config: &ProxyConfig, wrapper: &[&str]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("tokengate.toml");
         std::fs::write(&config_path, config.render(dir.path())).expect("write config");
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("write admin token");
-        let (child, bound) = spawn_proxy(&config_path, dir.path());
+        let (child, bound) = spawn_proxy(&config_path, dir.path(), wrapper);
         let proxy = Proxy {
             child,
             addr: bound.listen[0],
@@ -416,13 +422,13 @@ impl Proxy {
         proxy
     }
 
-    /// Kill the proxy and start it again on the same directory and config file (new port-0
-    /// listeners); returns once it is ready.
+    /// Kill the proxy and start it again (without a wrapper) on the same directory and config
+    /// file (new port-0 listeners); returns once it is ready.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(self.dir.path().join("ready.json"));
-        let (child, bound) = spawn_proxy(&self.config_path, self.dir.path());
+        let (child, bound) = spawn_proxy(&self.config_path, self.dir.path(), &[]);
         self.child = child;
         self.addr = bound.listen[0];
         self.admin = bound.admin;
@@ -472,9 +478,19 @@ impl Drop for Proxy {
     }
 }
 
-fn spawn_proxy(config_path: &Path, dir: &Path) -> (Child, Bound) {
+/// Start `tokengate run` on `config_path`, through `wrapper` if any (a command that execs its
+/// arguments), and wait for its ready file in `dir`.
+fn spawn_proxy(config_path: &Path, dir: &Path, wrapper: &[&str]) -> (Child, Bound) {
     let ready_file = dir.join("ready.json");
-    let mut child = Command::new(PROXY_BIN)
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(PROXY_BIN);
+            c
+        }
+        None => Command::new(PROXY_BIN),
+    };
+    let mut child = command
         .arg("run")
         .arg("--config")
         .arg(config_path)
