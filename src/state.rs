@@ -68,6 +68,9 @@ pub struct AppState {
     reload_lock: Mutex<()>,
     /// Called after every successful swap (e.g. to retarget health probes).
     on_swap: Mutex<Vec<SwapHook>>,
+    /// Serializes admin writes to the config and overlay files (read, change, validate,
+    /// write, reload) so two concurrent changes never lose one another.
+    pub config_writes: Mutex<()>,
 }
 
 /// Runs after every snapshot swap.
@@ -165,6 +168,7 @@ impl AppState {
             probed_once: std::sync::atomic::AtomicBool::new(false),
             reload_lock: Mutex::new(()),
             on_swap: Mutex::new(Vec::new()),
+            config_writes: Mutex::new(()),
         }))
     }
 

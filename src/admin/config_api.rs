@@ -32,7 +32,7 @@ fn issues(e: &ConfigError) -> Vec<IssueView> {
         .collect()
 }
 
-fn rejected(e: &ConfigError, what: &str) -> Response<Vec<u8>> {
+pub(super) fn rejected(e: &ConfigError, what: &str) -> Response<Vec<u8>> {
     field_errors_reply(
         &format!("{what}: {} error(s); see `errors`.", e.issues.len()),
         "invalid_config",
@@ -48,6 +48,12 @@ pub fn show(state: &AppState) -> Response<Vec<u8>> {
         &json!({
             "generation": state.generation(),
             "path": state.config_path().display().to_string(),
+            "overlay": {
+                "path": c.origins.overlay_file.display().to_string(),
+                "present": c.origins.overlay_present,
+                "removed_clusters": c.origins.removed_clusters,
+                "removed_models": c.origins.removed_models,
+            },
             "config": view(&c),
         }),
     )
@@ -85,12 +91,14 @@ fn view(c: &Config) -> serde_json::Value {
             "name": cl.name,
             "flavour": cl.flavour.as_str(),
             "replicas": cl.replicas.iter().map(|r| r.authority.clone()).collect::<Vec<_>>(),
+            "origin": c.origins.clusters.get(&cl.name),
         })).collect::<Vec<_>>(),
         "models": c.routes_in_order().map(|r| json!({
             "alias": r.alias,
             "cluster": r.cluster.name,
             "served_name": r.served_name,
             "owned_by": r.owned_by,
+            "origin": c.origins.models.get(&r.alias),
         })).collect::<Vec<_>>(),
     })
 }

@@ -7,6 +7,7 @@ mod fleet_api;
 mod fleet_mode_api;
 mod keys_api;
 mod reply;
+mod runtime_api;
 
 use std::sync::Arc;
 
@@ -176,6 +177,17 @@ impl AdminApp {
                 Err(reply) => *reply,
             },
             ("POST", "/admin/reload") => config_api::reload(&self.state),
+            (m, p) if runtime_api::handles(m, p) => {
+                let body = if runtime_api::wants_body(m) {
+                    match read_body(session).await {
+                        Ok(b) => b,
+                        Err(reply) => return *reply,
+                    }
+                } else {
+                    Bytes::new()
+                };
+                runtime_api::handle(&self.state, m, p, &body)
+            }
             ("GET", "/admin/replicas") => fleet_api::list(&self.state),
             ("POST", p) if p.starts_with("/admin/replicas/") => {
                 fleet_api::drain(&self.state, &p["/admin/replicas/".len()..])

@@ -112,6 +112,10 @@ pub struct ServerSection {
     /// `stdout`, `off`, or a file path: one JSON line per request.
     #[serde(default = "default_access_log")]
     pub access_log: Spanned<String>,
+    /// Runtime changes made over the admin API (replicas, clusters, aliases), merged over
+    /// this file at every load; relative to this file. Default `<config stem>.overlay.toml`.
+    #[serde(default)]
+    pub overlay_file: Option<Spanned<String>>,
     #[serde(default)]
     pub pid_file: Option<String>,
     #[serde(default)]

@@ -122,6 +122,8 @@ pub struct Config {
     pub loaded_at_unix: u64,
     /// `None`: a single node (the default); no Redis.
     pub fleet: Option<super::fleet::FleetSettings>,
+    /// Which clusters and aliases came from the config file, which from the runtime overlay.
+    pub origins: super::overlay::Origins,
 }
 
 impl Config {

@@ -20,10 +20,18 @@ use crate::ratelimit::body_budget::{self, BudgetLimits};
 pub(super) struct Locator<'a> {
     pub text: &'a str,
     pub path: &'a Path,
+    /// The overlay merged into this load: its spans start at `offset` (past `text`).
+    pub overlay: Option<(&'a str, &'a Path, usize)>,
 }
 impl Locator<'_> {
     pub(super) fn issue(&self, span: Range<usize>, field: String, message: String) -> ConfigIssue {
-        ConfigIssue::at_span(self.path, self.text, span, field, message)
+        match self.overlay {
+            Some((text, path, offset)) if span.start >= offset => {
+                let local = span.start - offset..span.end.saturating_sub(offset);
+                ConfigIssue::at_span(path, text, local, field, message)
+            }
+            _ => ConfigIssue::at_span(self.path, self.text, span, field, message),
+        }
     }
 }
 
@@ -163,6 +171,7 @@ impl Validator<'_> {
             auth,
             global_limits,
             rules: Arc::new(rules),
+            origins: Default::default(),
             loaded_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

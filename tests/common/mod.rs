@@ -412,27 +412,7 @@ impl Proxy {
         let config_path = dir.path().join("tokengate.toml");
         std::fs::write(&config_path, config.render(dir.path())).expect("write config");
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("write admin token");
-        let ready_file = dir.path().join("ready.json");
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(PROXY_BIN);
-                c
-            }
-            None => Command::new(PROXY_BIN),
-        };
-        let mut child = command
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--ready-file")
-            .arg(&ready_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tokengate");
-        let bound = wait_for_ready_file(&ready_file, &mut child);
+        let (child, bound) = spawn_proxy(&config_path, dir.path(), wrapper);
         let proxy = Proxy {
             child,
             addr: bound.listen[0],
@@ -442,6 +422,19 @@ impl Proxy {
         };
         wait_until_ready(proxy.admin);
         proxy
+    }
+
+    /// Kill the proxy and start it again (without a wrapper) on the same directory and config
+    /// file (new port-0 listeners); returns once it is ready.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.dir.path().join("ready.json"));
+        let (child, bound) = spawn_proxy(&self.config_path, self.dir.path(), &[]);
+        self.child = child;
+        self.addr = bound.listen[0];
+        self.admin = bound.admin;
+        wait_until_ready(self.admin);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -485,6 +478,33 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Start `tokengate run` on `config_path`, through `wrapper` if any (a command that execs its
+/// arguments), and wait for its ready file in `dir`.
+fn spawn_proxy(config_path: &Path, dir: &Path, wrapper: &[&str]) -> (Child, Bound) {
+    let ready_file = dir.join("ready.json");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(PROXY_BIN);
+            c
+        }
+        None => Command::new(PROXY_BIN),
+    };
+    let mut child = command
+        .arg("run")
+        .arg("--config")
+        .arg(config_path)
+        .arg("--ready-file")
+        .arg(&ready_file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tokengate");
+    let bound = wait_for_ready_file(&ready_file, &mut child);
+    (child, bound)
 }
 
 /// The admin `/health` says every replica was probed once.
