@@ -275,6 +275,39 @@ pub fn record_usage(key: &str, model: &str, usage: &crate::metering::UsageRecord
     }
 }
 
+/// Requests and tokens so far, for the event stream's once-a-second summary (off the hot
+/// path: it reads the counters the requests already bumped).
+pub fn event_counters() -> crate::events::summary::Counters {
+    use prometheus::core::Collector;
+    let mut out = crate::events::summary::Counters::default();
+    for m in REQUESTS.collect().iter().flat_map(|f| f.get_metric()) {
+        let label = |name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map_or("", |l| l.value())
+        };
+        let n = m.get_counter().value() as u64;
+        let count = out
+            .requests
+            .entry((label("model").to_string(), label("cluster").to_string()))
+            .or_default();
+        count.requests += n;
+        if matches!(label("status_class"), "4xx" | "5xx") {
+            count.errors += n;
+        }
+    }
+    for m in TOKENS.collect().iter().flat_map(|f| f.get_metric()) {
+        let model = m
+            .get_label()
+            .iter()
+            .find(|l| l.name() == "model")
+            .map_or("", |l| l.value());
+        *out.tokens.entry(model.to_string()).or_default() += m.get_counter().value() as u64;
+    }
+    out
+}
+
 /// The text exposition of every registered series. Every family is touched first so it is
 /// listed (with HELP/TYPE) before its first sample.
 pub fn render() -> String {

@@ -6,14 +6,13 @@ mod settle;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, AdminServer};
 use crate::config::{self, ConfigError};
 use crate::proxy::TokenGate;
 use crate::state::AppState;
@@ -88,7 +87,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     }
     let mut admin = Service::new(
         "tokengate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(state.clone()).with_fleet(fleet_link.clone())),
+        AdminServer::new(AdminApp::new(state.clone()).with_fleet(fleet_link.clone())),
     );
     let admin_endpoint = Endpoint::new("admin_listen", server_settings.admin_listen);
     admin.add_tcp(&admin_endpoint.key());
@@ -103,6 +102,12 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     proxy.add_dependency(&health);
     add_fleet_service(&mut server, fleet_link, &state, &proxy);
     server.add_service(Prebound::new(admin, vec![admin_endpoint], report));
+    server.add_service(background_service(
+        "events",
+        crate::services::events::EventTicker {
+            state: state.clone(),
+        },
+    ));
     server.add_service(background_service(
         "sighup reload",
         crate::services::reload_signal::SighupReload {

@@ -94,6 +94,9 @@ pub struct ServerSection {
     /// `stdout`, `off`, or a file path: one JSON line per request.
     #[serde(default = "default_access_log")]
     pub access_log: Spanned<String>,
+    /// Finished requests kept for `GET /admin/requests` (1-100000).
+    #[serde(default = "default_recent_requests")]
+    pub recent_requests: Spanned<usize>,
     #[serde(default)]
     pub pid_file: Option<String>,
     #[serde(default)]
@@ -251,6 +254,9 @@ fn default_graceful_shutdown_timeout_seconds() -> Spanned<u64> {
 }
 fn default_access_log() -> Spanned<String> {
     spanned("stdout".to_string())
+}
+fn default_recent_requests() -> Spanned<usize> {
+    spanned(1000)
 }
 fn default_tls_http2() -> bool {
     true

@@ -215,6 +215,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| "/tmp/tokengate_upgrade.sock".to_string()),
             admin_token_file: self.admin_token_file(s),
             access_log: self.access_log(s),
+            recent_requests: self.recent_requests(s),
         }
     }
 
@@ -317,6 +318,15 @@ impl Validator<'_> {
             None => (total / 4).max(max_body).min(total),
         };
         BudgetLimits { total, per_key }
+    }
+
+    fn recent_requests(&mut self, s: &file::ServerSection) -> usize {
+        let n = *s.recent_requests.get_ref();
+        if !(1..=100_000).contains(&n) {
+            let message = "must be between 1 and 100000";
+            self.fail(&s.recent_requests, "server.recent_requests", message);
+        }
+        n.clamp(1, 100_000)
     }
 
     fn access_log(&mut self, s: &file::ServerSection) -> AccessLogTarget {

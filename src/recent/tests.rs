@@ -1,0 +1,154 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn entry(n: u64, key: &str, model: &str, status: u16, time: &str) -> Entry {
+    Entry {
+        time: time.to_string(),
+        request_id: format!("r{n}"),
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        key: key.into(),
+        model: model.into(),
+        cluster: "c".into(),
+        replica: "-".into(),
+        status,
+        stream: false,
+        prompt_tokens: n,
+        completion_tokens: 0,
+        usage_source: "none",
+        truncated: false,
+        ttft_ms: None,
+        duration_ms: 1.0,
+        bytes_in: 0,
+        bytes_out: 0,
+        retries: 0,
+        error: None,
+        tags: vec![],
+        rules: vec![],
+        rate_limit_class: None,
+        priority: None,
+    }
+}
+
+fn ids(hits: &[Arc<Entry>]) -> Vec<String> {
+    hits.iter().map(|e| e.request_id.clone()).collect()
+}
+
+fn all(limit: usize) -> Filter {
+    Filter::parse(Some(&format!("limit={limit}")), 100_000).unwrap()
+}
+
+#[test]
+fn keeps_the_newest_capacity_entries_newest_first() {
+    for capacity in [1, 5, 16, 17, 100, 1000] {
+        let ring = RecentRequests::new(capacity);
+        for n in 0..(capacity as u64 * 3 + 7) {
+            ring.push(entry(n, "k", "m", 200, "t"));
+        }
+        let hits = ring.query(&all(100_000));
+        assert_eq!(hits.len(), capacity, "capacity {capacity}");
+        let total = capacity as u64 * 3 + 7;
+        let want: Vec<String> = (total - capacity as u64..total)
+            .rev()
+            .map(|n| format!("r{n}"))
+            .collect();
+        assert_eq!(ids(&hits), want);
+    }
+}
+
+#[test]
+fn limit_and_filters_select() {
+    let ring = RecentRequests::new(100);
+    ring.push(entry(0, "alice", "m1", 200, "2026-01-01T00:00:00.000Z"));
+    ring.push(entry(1, "bob", "m1", 429, "2026-01-01T00:00:01.000Z"));
+    ring.push(entry(2, "alice", "m2", 503, "2026-01-01T00:00:02.000Z"));
+    ring.push(entry(3, "alice", "m1", 200, "2026-01-01T00:00:03.000Z"));
+    let q = |s: &str| ids(&ring.query(&Filter::parse(Some(s), 100).unwrap()));
+    assert_eq!(q("limit=2"), ["r3", "r2"]);
+    assert_eq!(q("key=alice"), ["r3", "r2", "r0"]);
+    assert_eq!(q("key=alice&model=m1"), ["r3", "r0"]);
+    assert_eq!(q("status=429"), ["r1"]);
+    assert_eq!(q("status=5xx"), ["r2"]);
+    assert_eq!(q("status=2XX&limit=1"), ["r3"]);
+    assert_eq!(q("since=2026-01-01T00:00:02Z"), ["r3", "r2"]);
+    assert_eq!(q("since=2026-01-01T00%3A00%3A01.5Z"), ["r3", "r2"]);
+    assert_eq!(q("key=nobody"), Vec::<String>::new());
+}
+
+#[test]
+fn bad_parameters_name_themselves() {
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=ten", "limit"),
+        ("status=6xx", "status"),
+        ("status=99", "status"),
+        ("status=0200", "status"),
+        ("status=abc", "status"),
+        ("since=yesterday", "since"),
+        ("key=", "key"),
+        ("model=a&model=b", "model"),
+        ("prompt=x", "prompt"),
+    ] {
+        let err = Filter::parse(Some(query), 100).expect_err(query);
+        assert_eq!(err.param, param, "{query}: {err}");
+    }
+    assert_eq!(Filter::parse(None, 1000).unwrap().limit, DEFAULT_LIMIT);
+    assert_eq!(Filter::parse(None, 10).unwrap().limit, 10);
+}
+
+#[test]
+fn shrinking_capacity_bounds_queries_at_once() {
+    let ring = RecentRequests::new(100);
+    for n in 0..100 {
+        ring.push(entry(n, "k", "m", 200, "t"));
+    }
+    ring.set_capacity(10);
+    assert_eq!(ring.query(&all(100)).len(), 10);
+    ring.push(entry(100, "k", "m", 200, "t"));
+    assert_eq!(ids(&ring.query(&all(1))), ["r100"]);
+}
+
+/// The hot-path cost, measured (printed; `cargo test --release --lib recent -- --nocapture`).
+/// The bound is generous: it only catches a lock that serializes the threads badly.
+#[test]
+fn concurrent_pushes_stay_cheap() {
+    let ring = Arc::new(RecentRequests::new(1000));
+    let per_thread = 20_000u64;
+    let threads = 4;
+    let template = entry(0, "key", "model", 200, "2026-01-01T00:00:00.000Z");
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let ring = ring.clone();
+            let template = template.clone();
+            std::thread::spawn(move || {
+                let mut clones = Duration::ZERO;
+                for _ in 0..per_thread {
+                    let t = Instant::now();
+                    let e = template.clone();
+                    clones += t.elapsed();
+                    ring.push(e);
+                }
+                clones
+            })
+        })
+        .collect();
+    let clone_time: Duration = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let elapsed = started.elapsed();
+    let pushes = per_thread * threads;
+    let per_push = elapsed.as_secs_f64() * threads as f64 / pushes as f64;
+    println!(
+        "recent ring: {pushes} pushes on {threads} threads in {elapsed:?}: {:.0} ns per push \
+         (including {:.0} ns to build the entry)",
+        per_push * 1e9,
+        clone_time.as_secs_f64() / pushes as f64 * 1e9
+    );
+    assert_eq!(ring.query(&all(1000)).len(), 1000);
+    assert!(per_push < 50e-6, "{per_push} s per push");
+}
