@@ -27,6 +27,7 @@ if [ "${1:-}" = --tests ]; then
     have debootstrap || need debootstrap              # tests/systemd-live.sh: the rootfs
     have systemd-nspawn || need systemd-container     # tests/systemd-live.sh: the boot
     have redis-server || need redis-server            # fleet-mode tests (tests/fleet_*.rs)
+    have chromium || need chromium                    # the status page's browser test
 elif [ -n "${1:-}" ]; then
     die "usage: sh scripts/install-deps.sh [--tests]"
 fi
