@@ -37,6 +37,12 @@ counter_vec!(
     "Requests answered, by model alias, cluster and status class (2xx, 4xx, 5xx, none; client_closed: the client went away first, logged as 499).",
     &["model", "cluster", "status_class"]
 );
+counter_vec!(
+    KEY_REQUESTS,
+    "tokengate_key_requests_total",
+    "Requests answered, by API key name (`-`: none or not valid) and status class.",
+    &["key", "status_class"]
+);
 histogram_vec!(
     REQUEST_DURATION,
     "tokengate_request_duration_seconds",
@@ -238,9 +244,12 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-pub fn record_request(model: &str, cluster: &str, status: u16, seconds: f64) {
+pub fn record_request(key: &str, model: &str, cluster: &str, status: u16, seconds: f64) {
     REQUESTS
         .with_label_values(&[model, cluster, status_class(status)])
+        .inc();
+    KEY_REQUESTS
+        .with_label_values(&[key, status_class(status)])
         .inc();
     REQUEST_DURATION
         .with_label_values(&[model])
@@ -312,6 +321,7 @@ pub fn event_counters() -> crate::events::summary::Counters {
 /// listed (with HELP/TYPE) before its first sample.
 pub fn render() -> String {
     LazyLock::force(&REQUESTS);
+    LazyLock::force(&KEY_REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&TIME_TO_FIRST_TOKEN);
     LazyLock::force(&INTER_TOKEN_LATENCY);

@@ -108,7 +108,13 @@ fn record_metrics(
             .with_label_values(&[cluster, kind])
             .inc();
     }
-    metrics::record_request(model, cluster, status, duration.as_secs_f64());
+    metrics::record_request(
+        ctx.key_label(),
+        model,
+        cluster,
+        status,
+        duration.as_secs_f64(),
+    );
     if let Some(endpoint) = ctx.endpoint {
         metrics::PROXY_OVERHEAD
             .with_label_values(&[endpoint.as_str()])
