@@ -88,7 +88,7 @@ impl RecentRequests {
                 );
             }
         }
-        hits.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        hits.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
         // Entries older than the newest `capacity` may linger in a shard after a shrink.
         let newest = self.next.load(Ordering::Relaxed);
         let oldest_kept = newest.saturating_sub(self.capacity() as u64);

@@ -102,18 +102,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     proxy.add_dependency(&health);
     add_fleet_service(&mut server, fleet_link, &state, &proxy);
     server.add_service(Prebound::new(admin, vec![admin_endpoint], report));
-    server.add_service(background_service(
-        "events",
-        crate::services::events::EventTicker {
-            state: state.clone(),
-        },
-    ));
-    server.add_service(background_service(
-        "sighup reload",
-        crate::services::reload_signal::SighupReload {
-            state: state.clone(),
-        },
-    ));
+    add_state_services(&mut server, &state);
     log::info!(
         "tokengate configured to listen on {:?}, TLS on {:?}, admin on {}",
         server_settings.listen,
@@ -126,6 +115,22 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
 /// `path` from the current directory: `-d` changes the working directory to `/`.
 fn absolute_path(path: &Path) -> PathBuf {
     std::env::current_dir().map_or_else(|_| path.to_path_buf(), |dir| dir.join(path))
+}
+
+/// The event stream's tick and SIGHUP reloads.
+fn add_state_services(server: &mut Server, state: &std::sync::Arc<AppState>) {
+    server.add_service(background_service(
+        "events",
+        crate::services::events::EventTicker {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "sighup reload",
+        crate::services::reload_signal::SighupReload {
+            state: state.clone(),
+        },
+    ));
 }
 
 /// Fleet mode's background service; the proxy accepts only after its first key sync from
