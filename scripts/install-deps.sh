@@ -28,6 +28,7 @@ if [ "${1:-}" = --tests ]; then
     have systemd-nspawn || need systemd-container     # tests/systemd-live.sh: the boot
     have redis-server || need redis-server            # fleet-mode tests (tests/fleet_*.rs; TLS too)
     have redis-cli || need redis-tools                # redis-cli --cluster create (fleet_redis_transport)
+    have chromium || need chromium                    # the status page's browser test
 elif [ -n "${1:-}" ]; then
     die "usage: sh scripts/install-deps.sh [--tests]"
 fi

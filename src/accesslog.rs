@@ -17,32 +17,34 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Bytes buffered before lines are dropped (the writer is stuck, e.g. a full disk).
 const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 
-/// One request, as logged.
-#[derive(Debug, Serialize)]
-pub struct Entry<'a> {
+/// One request, as logged: built once per request, written to the log and kept in the
+/// recent-requests ring (`GET /admin/requests`). Never a secret (`key` is the key's name) nor
+/// prompt text.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
     pub time: String,
-    pub request_id: &'a str,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub key: &'a str,
-    pub model: &'a str,
-    pub cluster: &'a str,
-    pub replica: &'a str,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub key: String,
+    pub model: String,
+    pub cluster: String,
+    pub replica: String,
     pub status: u16,
     pub stream: bool,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    pub usage_source: &'a str,
+    pub usage_source: &'static str,
     pub truncated: bool,
     pub ttft_ms: Option<f64>,
     pub duration_ms: f64,
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub retries: usize,
-    pub error: Option<&'a str>,
-    pub tags: &'a [String],
-    pub rules: &'a [String],
-    pub rate_limit_class: Option<&'a str>,
+    pub error: Option<String>,
+    pub tags: Vec<String>,
+    pub rules: Vec<String>,
+    pub rate_limit_class: Option<String>,
     pub priority: Option<i32>,
 }
 
@@ -112,7 +114,7 @@ fn writer(mut out: Box<dyn Write + Send>) {
 }
 
 /// Queue one entry; never blocks on I/O.
-pub fn write(entry: &Entry<'_>) {
+pub fn write(entry: &Entry) {
     let Some(buffer) = pending() else { return };
     let Ok(mut line) = serde_json::to_vec(entry) else {
         return;

@@ -8,7 +8,8 @@
 //! - the validated model: [`config`] (file format → model; its TLS check is the one Pingora
 //!   use), [`routing`] (endpoints, aliases, body scan and rewrite), [`errors`] (the one
 //!   client-facing error)
-//! - shared runtime state: [`state`], [`metrics`], [`accesslog`]
+//! - shared runtime state: [`state`], [`metrics`], [`accesslog`], [`recent`] (the
+//!   recent-requests ring), [`events`] (the live event stream's hub and summary)
 //! - adapters (the only modules that see Pingora): [`proxy`] (the only one that sees a
 //!   `Session`), [`admin`], [`services`] (background services, including fleet mode's
 //!   Redis service), [`distributed`] (fleet mode: the Redis adapter), [`server`]
@@ -24,11 +25,13 @@ pub mod diagnostics;
 pub mod distributed;
 pub mod errors;
 pub mod estimate;
+pub mod events;
 pub mod fleet;
 pub mod metering;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod recent;
 pub mod routing;
 pub mod rules;
 pub mod server;

@@ -37,6 +37,12 @@ counter_vec!(
     "Requests answered, by model alias, cluster and status class (2xx, 4xx, 5xx, none; client_closed: the client went away first, logged as 499).",
     &["model", "cluster", "status_class"]
 );
+counter_vec!(
+    KEY_REQUESTS,
+    "tokengate_key_requests_total",
+    "Requests answered, by API key name (`-`: none or not valid) and status class.",
+    &["key", "status_class"]
+);
 histogram_vec!(
     REQUEST_DURATION,
     "tokengate_request_duration_seconds",
@@ -262,9 +268,12 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-pub fn record_request(model: &str, cluster: &str, status: u16, seconds: f64) {
+pub fn record_request(key: &str, model: &str, cluster: &str, status: u16, seconds: f64) {
     REQUESTS
         .with_label_values(&[model, cluster, status_class(status)])
+        .inc();
+    KEY_REQUESTS
+        .with_label_values(&[key, status_class(status)])
         .inc();
     REQUEST_DURATION
         .with_label_values(&[model])
@@ -299,10 +308,44 @@ pub fn record_usage(key: &str, model: &str, usage: &crate::metering::UsageRecord
     }
 }
 
+/// Requests and tokens so far, for the event stream's once-a-second summary (off the hot
+/// path: it reads the counters the requests already bumped).
+pub fn event_counters() -> crate::events::summary::Counters {
+    use prometheus::core::Collector;
+    let mut out = crate::events::summary::Counters::default();
+    for m in REQUESTS.collect().iter().flat_map(|f| f.get_metric()) {
+        let label = |name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map_or("", |l| l.value())
+        };
+        let n = m.get_counter().value() as u64;
+        let count = out
+            .requests
+            .entry((label("model").to_string(), label("cluster").to_string()))
+            .or_default();
+        count.requests += n;
+        if matches!(label("status_class"), "4xx" | "5xx") {
+            count.errors += n;
+        }
+    }
+    for m in TOKENS.collect().iter().flat_map(|f| f.get_metric()) {
+        let model = m
+            .get_label()
+            .iter()
+            .find(|l| l.name() == "model")
+            .map_or("", |l| l.value());
+        *out.tokens.entry(model.to_string()).or_default() += m.get_counter().value() as u64;
+    }
+    out
+}
+
 /// The text exposition of every registered series. Every family is touched first so it is
 /// listed (with HELP/TYPE) before its first sample.
 pub fn render() -> String {
     LazyLock::force(&REQUESTS);
+    LazyLock::force(&KEY_REQUESTS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&TIME_TO_FIRST_TOKEN);
     LazyLock::force(&INTER_TOKEN_LATENCY);

@@ -8,7 +8,6 @@ mod settle;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use pingora_core::apps::http_app::HttpServer;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -16,7 +15,7 @@ use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, AdminServer};
 use crate::config::{self, ConfigError};
 use crate::proxy::TokenGate;
 use crate::state::AppState;
@@ -99,7 +98,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     }
     let mut admin = Service::new(
         "tokengate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(state.clone()).with_fleet(fleet_link.clone())),
+        AdminServer::new(AdminApp::new(state.clone()).with_fleet(fleet_link.clone())),
     );
     let admin_endpoint = Endpoint::new("admin_listen", server_settings.admin_listen);
     admin.add_tcp(&admin_endpoint.key());
@@ -114,12 +113,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     proxy.add_dependency(&health);
     add_fleet_service(&mut server, fleet_link, &state, &proxy);
     server.add_service(Prebound::new(admin, vec![admin_endpoint], report));
-    server.add_service(background_service(
-        "sighup reload",
-        crate::services::reload_signal::SighupReload {
-            state: state.clone(),
-        },
-    ));
+    add_state_services(&mut server, &state);
     log::info!(
         "tokengate configured to listen on {:?}, TLS on {:?}, admin on {}",
         server_settings.listen,
@@ -132,6 +126,22 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
 /// `path` from the current directory: `-d` changes the working directory to `/`.
 fn absolute_path(path: &Path) -> PathBuf {
     std::env::current_dir().map_or_else(|_| path.to_path_buf(), |dir| dir.join(path))
+}
+
+/// The event stream's tick and SIGHUP reloads.
+fn add_state_services(server: &mut Server, state: &std::sync::Arc<AppState>) {
+    server.add_service(background_service(
+        "events",
+        crate::services::events::EventTicker {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "sighup reload",
+        crate::services::reload_signal::SighupReload {
+            state: state.clone(),
+        },
+    ));
 }
 
 /// Fleet mode's background service; the proxy accepts only after its first key sync from

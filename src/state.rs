@@ -62,6 +62,10 @@ pub struct AppState {
     pub body_budget: Arc<crate::ratelimit::body_budget::BodyBudget>,
     /// Tokens and requests per key and model since start (`GET /admin/usage`).
     pub usage: Usage,
+    /// The last finished requests (`GET /admin/requests`); sized by `server.recent_requests`.
+    pub recent: crate::recent::RecentRequests,
+    /// The live event stream (`GET /admin/events`).
+    pub events: crate::events::EventHub,
     /// Set once every replica was probed once after start (readiness).
     pub probed_once: std::sync::atomic::AtomicBool,
     /// Serializes reloads (admin, signal) so two never interleave; never taken per request.
@@ -154,6 +158,7 @@ impl AppState {
         metrics::CONFIG_GENERATION.set(1);
         let fleet = Fleet::new();
         let limiter = limiter_for(&config);
+        let recent = crate::recent::RecentRequests::new(config.server.recent_requests);
         let snapshot = build_snapshot(config, &fleet, 1);
         Ok(Arc::new(AppState {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -165,6 +170,8 @@ impl AppState {
             limiter,
             body_budget: Arc::default(),
             usage: Usage::new(),
+            recent,
+            events: crate::events::EventHub::default(),
             probed_once: std::sync::atomic::AtomicBool::new(false),
             reload_lock: Mutex::new(()),
             on_swap: Mutex::new(Vec::new()),
@@ -205,6 +212,23 @@ impl AppState {
     /// Re-read and validate the config file; swap it in only if every check passes. On failure
     /// the running config stays and the generation is unchanged.
     pub fn reload(&self, trigger: &str) -> Result<Reloaded, ConfigError> {
+        let result = self.reload_file(trigger);
+        let event = match &result {
+            Ok(r) => serde_json::json!({ "trigger": trigger, "result": "ok", "reloaded": r }),
+            Err(e) => serde_json::json!({
+                "trigger": trigger,
+                "result": "rejected",
+                "generation": self.generation(),
+                "errors": e.issues.iter().map(|i| serde_json::json!({
+                    "field": i.field, "line": i.line, "message": i.message,
+                })).collect::<Vec<_>>(),
+            }),
+        };
+        self.events.publish("reload", &event);
+        result
+    }
+
+    fn reload_file(&self, trigger: &str) -> Result<Reloaded, ConfigError> {
         let _serial = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = match config::load(&self.config_path) {
             Ok(fresh) => fresh,
@@ -233,6 +257,7 @@ impl AppState {
         self.keys.store(Arc::new(keys));
         let generation = self.generation() + 1;
         self.admin_token.store(Arc::new(read_admin_token(&fresh)));
+        self.recent.set_capacity(fresh.server.recent_requests);
         let snapshot = build_snapshot(fresh, &self.fleet, generation);
         self.snapshot.store(Arc::new(snapshot));
         self.generation.store(generation, Ordering::Relaxed);

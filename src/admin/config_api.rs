@@ -86,6 +86,7 @@ fn view(c: &Config) -> serde_json::Value {
                 AccessLogTarget::Off => "off".to_string(),
                 AccessLogTarget::File(p) => p.display().to_string(),
             },
+            "recent_requests": s.recent_requests,
         },
         "clusters": c.clusters.iter().map(|cl| json!({
             "name": cl.name,

@@ -1,13 +1,19 @@
 //! The admin listener (loopback by default; never the client listener). `/metrics` and
 //! `/health` are open for scrapers and probes; every `/admin/*` endpoint requires the admin
 //! bearer token, compared in constant time. JSON everywhere, errors in the OpenAI shape.
+//! `GET /admin/` is the status page (no data in it: it signs in with the token itself);
+//! `GET /admin/events` streams (see [`server`]).
 
 mod config_api;
+mod events_api;
 mod fleet_api;
 mod fleet_mode_api;
 mod keys_api;
 mod reply;
+mod requests_api;
 mod runtime_api;
+mod server;
+mod status_page;
 
 use std::sync::Arc;
 
@@ -20,6 +26,7 @@ use subtle::ConstantTimeEq;
 
 use crate::state::AppState;
 pub use reply::{error_reply, json_reply};
+pub use server::AdminServer;
 
 /// Largest admin request body (config documents, key definitions).
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
@@ -125,6 +132,7 @@ impl ServeHttp for AdminApp {
                     "ready": self.state.probed_once.load(std::sync::atomic::Ordering::Acquire),
                 }),
             ),
+            ("GET", "/admin/" | "/admin") => status_page::page(),
             (_, p) if p.starts_with("/admin/") => {
                 if let Err(denied) = self.authorized(session) {
                     return *denied;
@@ -189,6 +197,9 @@ impl AdminApp {
                 runtime_api::handle(&self.state, m, p, &body)
             }
             ("GET", "/admin/replicas") => fleet_api::list(&self.state),
+            ("GET", "/admin/requests") => {
+                requests_api::list(&self.state, session.req_header().uri.query())
+            }
             ("POST", p) if p.starts_with("/admin/replicas/") => {
                 fleet_api::drain(&self.state, &p["/admin/replicas/".len()..])
             }

@@ -19,12 +19,34 @@ fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 pub fn error_reply(status: StatusCode, message: &str, code: &str) -> Response<Vec<u8>> {
+    reply_with_param(status, message, code, None)
+}
+
+/// An error about one request parameter (`error.param` names it).
+pub fn error_reply_param(
+    status: StatusCode,
+    message: &str,
+    code: &str,
+    param: &str,
+) -> Response<Vec<u8>> {
+    reply_with_param(status, message, code, Some(param))
+}
+
+fn reply_with_param(
+    status: StatusCode,
+    message: &str,
+    code: &str,
+    param: Option<&str>,
+) -> Response<Vec<u8>> {
     let kind = if status.is_server_error() {
         "server_error"
     } else {
         "invalid_request_error"
     };
-    json_bytes(status, error_body(message, kind, None, Some(code)).to_vec())
+    json_bytes(
+        status,
+        error_body(message, kind, param, Some(code)).to_vec(),
+    )
 }
 
 /// A 400 with every field error listed: `{"error":{…}, "errors":[…]}`.

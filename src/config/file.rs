@@ -116,6 +116,9 @@ pub struct ServerSection {
     /// this file at every load; relative to this file. Default `<config stem>.overlay.toml`.
     #[serde(default)]
     pub overlay_file: Option<Spanned<String>>,
+    /// Finished requests kept for `GET /admin/requests` (1-100000).
+    #[serde(default = "default_recent_requests")]
+    pub recent_requests: Spanned<usize>,
     #[serde(default)]
     pub pid_file: Option<String>,
     #[serde(default)]
@@ -273,6 +276,9 @@ fn default_graceful_shutdown_timeout_seconds() -> Spanned<u64> {
 }
 fn default_access_log() -> Spanned<String> {
     spanned("stdout".to_string())
+}
+fn default_recent_requests() -> Spanned<usize> {
+    spanned(1000)
 }
 fn default_tls_http2() -> bool {
     true

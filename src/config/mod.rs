@@ -1,6 +1,7 @@
 //! Configuration: the TOML file format (`file`), the validated model (`model`), and the
 //! loader that turns one into the other, reporting every problem with file, line and field.
 
+mod body_budget;
 mod cluster;
 mod connections;
 pub mod diff;

@@ -40,6 +40,8 @@ pub struct ServerSettings {
     pub upgrade_sock: String,
     pub admin_token_file: Option<std::path::PathBuf>,
     pub access_log: AccessLogTarget,
+    /// Size of the recent-requests ring (`GET /admin/requests`).
+    pub recent_requests: usize,
 }
 
 /// Certificate and key of the TLS listeners.

@@ -15,7 +15,6 @@ use super::model::{
     TlsFiles,
 };
 use super::{file, tls, ConfigIssue};
-use crate::ratelimit::body_budget::{self, BudgetLimits};
 
 pub(super) struct Locator<'a> {
     pub text: &'a str,
@@ -230,6 +229,7 @@ impl Validator<'_> {
                 .unwrap_or_else(|| "/tmp/tokengate_upgrade.sock".to_string()),
             admin_token_file: self.admin_token_file(s),
             access_log: self.access_log(s),
+            recent_requests: self.recent_requests(s),
         }
     }
 
@@ -312,26 +312,13 @@ impl Validator<'_> {
         Some(path)
     }
 
-    /// The body-bytes budget: configured, or derived from the memory available.
-    fn body_budget(&mut self, s: &file::ServerSection, max_body: u64) -> BudgetLimits {
-        let total = match &s.max_buffered_body_bytes {
-            Some(v) if *v.get_ref() == 0 => {
-                self.fail(v, "server.max_buffered_body_bytes", "must be at least 1");
-                1
-            }
-            Some(v) => *v.get_ref(),
-            None => body_budget::default_total(available_memory()),
-        };
-        let per_key = match &s.max_buffered_body_bytes_per_key {
-            Some(v) if *v.get_ref() == 0 || *v.get_ref() > total => {
-                let message = "must be between 1 and server.max_buffered_body_bytes";
-                self.fail(v, "server.max_buffered_body_bytes_per_key", message);
-                total
-            }
-            Some(v) => *v.get_ref(),
-            None => (total / 4).max(max_body).min(total),
-        };
-        BudgetLimits { total, per_key }
+    fn recent_requests(&mut self, s: &file::ServerSection) -> usize {
+        let n = *s.recent_requests.get_ref();
+        if !(1..=100_000).contains(&n) {
+            let message = "must be between 1 and 100000";
+            self.fail(&s.recent_requests, "server.recent_requests", message);
+        }
+        n.clamp(1, 100_000)
     }
 
     fn access_log(&mut self, s: &file::ServerSection) -> AccessLogTarget {
@@ -577,18 +564,4 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// Memory this process may use: its cgroup's `memory.max`, else `MemTotal`.
-fn available_memory() -> Option<u64> {
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let meminfo = || {
-        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    };
-    cgroup.or_else(meminfo)
 }

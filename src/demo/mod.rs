@@ -141,6 +141,8 @@ demo API key: {key}
   curl -s http://{admin}/metrics | grep tokengate_
   curl -s http://{admin}/admin/replicas -H "authorization: Bearer $(cat conf/demo-admin-token)"
 
+status page: http://{admin}/admin/  (sign in with the token in conf/demo-admin-token)
+
 OpenAI Python SDK (pip install openai):
 
   from openai import OpenAI

@@ -36,7 +36,9 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
     ctx.admission.in_flight_gauge = None;
     let duration = ctx.started.elapsed();
     record_metrics(ctx, e, &model, &cluster, status, duration);
-    write_access_log(session, e, ctx, &model, &cluster, status, duration);
+    let entry = access_log_entry(session, e, ctx, model, cluster, status, duration);
+    accesslog::write(&entry);
+    state.recent.push(entry);
 }
 
 /// Finish metering and reconcile the admission estimate with what was metered (a cut stream:
@@ -106,7 +108,13 @@ fn record_metrics(
             .with_label_values(&[cluster, kind])
             .inc();
     }
-    metrics::record_request(model, cluster, status, duration.as_secs_f64());
+    metrics::record_request(
+        ctx.key_label(),
+        model,
+        cluster,
+        status,
+        duration.as_secs_f64(),
+    );
     if let Some(endpoint) = ctx.endpoint {
         metrics::PROXY_OVERHEAD
             .with_label_values(&[endpoint.as_str()])
@@ -114,27 +122,26 @@ fn record_metrics(
     }
 }
 
-fn write_access_log(
+/// The request's one record: the access log line and the recent-requests ring entry.
+fn access_log_entry(
     session: &Session,
     e: Option<&Error>,
     ctx: &RequestCtx,
-    model: &str,
-    cluster: &str,
+    model: String,
+    cluster: String,
     status: u16,
     duration: std::time::Duration,
-) {
+) -> accesslog::Entry {
     let usage = ctx.outcome.usage.as_ref();
-    let method = session.req_header().method.as_str().to_string();
-    let path = session.req_header().uri.path().to_string();
-    accesslog::write(&accesslog::Entry {
+    accesslog::Entry {
         time: accesslog::now_rfc3339(),
-        request_id: &ctx.request_id,
-        method: &method,
-        path: &path,
-        key: ctx.key_label(),
+        request_id: ctx.request_id.clone(),
+        method: session.req_header().method.as_str().to_string(),
+        path: session.req_header().uri.path().to_string(),
+        key: ctx.key_label().to_string(),
         model,
         cluster,
-        replica: ctx.attempt.replica.as_deref().unwrap_or("-"),
+        replica: ctx.attempt.replica.as_deref().unwrap_or("-").to_string(),
         status,
         stream: ctx.admission.stream,
         prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
@@ -156,12 +163,13 @@ fn write_access_log(
             .map(ApiError::log_code)
             .or(ctx.outcome.client_closed.then_some("client_closed"))
             .or(ctx.outcome.stream_error.as_deref())
-            .or_else(|| e.map(|e| e.etype().as_str())),
-        tags: &ctx.admission.rules.tags,
-        rules: &ctx.admission.rules.matched,
-        rate_limit_class: ctx.admission.rules.rate_limit_class.as_deref(),
+            .or_else(|| e.map(|e| e.etype().as_str()))
+            .map(str::to_string),
+        tags: ctx.admission.rules.tags.clone(),
+        rules: ctx.admission.rules.matched.clone(),
+        rate_limit_class: ctx.admission.rules.rate_limit_class.clone(),
         priority: ctx.admission.rules.priority,
-    });
+    }
 }
 
 /// Bounded kinds for `tokengate_upstream_errors_total`.
