@@ -24,6 +24,8 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     pub method: &'a str,
     pub path: &'a str,
+    /// The API surface (`chat_completions`, `messages`, ...; `-` when the path is unknown).
+    pub endpoint: &'a str,
     pub key: &'a str,
     pub model: &'a str,
     pub cluster: &'a str,

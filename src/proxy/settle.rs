@@ -11,6 +11,7 @@ use super::failure;
 use crate::accesslog;
 use crate::errors::ApiError;
 use crate::metrics;
+use crate::routing::Endpoint;
 use crate::state::AppState;
 
 pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -70,9 +71,10 @@ fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
         reservation.settle(prompt + completion, Instant::now());
     }
     if ctx.admission.route.is_some() {
+        let endpoint = ctx.endpoint.map_or("-", Endpoint::as_str);
         state
             .usage
-            .record_usage(ctx.key_label(), model, prompt, completion);
+            .record_usage(ctx.key_label(), model, endpoint, prompt, completion);
     }
 }
 
@@ -106,7 +108,8 @@ fn record_metrics(
             .with_label_values(&[cluster, kind])
             .inc();
     }
-    metrics::record_request(model, cluster, status, duration.as_secs_f64());
+    let endpoint = ctx.endpoint.map_or("-", Endpoint::as_str);
+    metrics::record_request(model, cluster, endpoint, status, duration.as_secs_f64());
     if let Some(endpoint) = ctx.endpoint {
         metrics::PROXY_OVERHEAD
             .with_label_values(&[endpoint.as_str()])
@@ -131,6 +134,7 @@ fn write_access_log(
         request_id: &ctx.request_id,
         method: &method,
         path: &path,
+        endpoint: ctx.endpoint.map_or("-", Endpoint::as_str),
         key: ctx.key_label(),
         model,
         cluster,

@@ -368,8 +368,9 @@ async fn inference(
         .checked_mul(later_tokens)
         .and_then(|decode| decode.checked_add(ttft))
         .unwrap_or(Duration::MAX);
-    // A zero-length sleep still waits for the next 1 ms timer tick: skip it.
-    if !generation_time.is_zero() {
+    // A zero-length sleep still waits for the next 1 ms timer tick: skip it. Counting tokens
+    // generates nothing.
+    if !generation_time.is_zero() && endpoint != Endpoint::CountTokens {
         tokio::time::sleep(generation_time).await;
     }
     let body = non_streaming_body(

@@ -1,7 +1,8 @@
 //! Anthropic's error shape, `{"type":"error","error":{"type":…,"message":…}}`: the one place it
-//! is written, and the normaliser of a replica's error body on the Messages endpoints (an
-//! Anthropic-shaped body passes byte-identical; any other shape keeps its message and gets the
-//! Anthropic type of its status).
+//! is written, and the normaliser of a replica's error body on the Messages endpoints. An
+//! Anthropic-shaped body with one of Anthropic's error types passes byte-identical; any other
+//! body (vLLM puts its OpenAI error's type, e.g. `BadRequestError`, in `error.type`) keeps its
+//! message and gets the Anthropic type of its status.
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -48,14 +49,30 @@ pub fn anthropic_error_body(kind: &str, message: &str) -> Bytes {
     Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
 }
 
-/// True for `{"type":"error","error":{"type":str,"message":str,…},…}`.
+/// Anthropic's error types (its API's error table).
+pub const ERROR_TYPES: &[&str] = &[
+    "invalid_request_error",
+    "authentication_error",
+    "billing_error",
+    "permission_error",
+    "not_found_error",
+    "request_too_large",
+    "rate_limit_error",
+    "api_error",
+    "timeout_error",
+    "overloaded_error",
+];
+
+/// True for `{"type":"error","error":{"type":<one of ERROR_TYPES>,"message":str,…},…}`.
 pub fn is_anthropic_shaped(body: &[u8]) -> bool {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body.trim_ascii()) else {
         return false;
     };
     map.get("type").and_then(Value::as_str) == Some("error")
         && map.get("error").is_some_and(|e| {
-            e.get("type").is_some_and(Value::is_string)
+            e.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| ERROR_TYPES.contains(&t))
                 && e.get("message").is_some_and(Value::is_string)
         })
 }
@@ -81,7 +98,13 @@ mod tests {
 
     #[test]
     fn other_shapes_keep_the_message_and_take_the_status_type() {
-        let cases: [(u16, &[u8], &str, &str); 4] = [
+        let cases: [(u16, &[u8], &str, &str); 5] = [
+            (
+                400,
+                br#"{"type":"error","error":{"type":"BadRequestError","message":"max_tokens must be positive"}}"#,
+                "invalid_request_error",
+                "max_tokens must be positive",
+            ),
             (
                 404,
                 br#"{"detail":"Not Found"}"#,
