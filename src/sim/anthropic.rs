@@ -171,16 +171,10 @@ fn block_delta(index: u32, delta: JsonObject) -> Bytes {
     event("content_block_delta", &data)
 }
 
-/// Streams one Messages answer with the plan's timing and faults (cut connection, the
-/// converter's `error` event, which vLLM sends with no `message_stop` after it).
-pub async fn generate(
-    plan: &StreamPlan,
-    tracker: &mut RequestTracker,
-    writer: &mut EventWriter,
-) -> Result<Outcome, ClientGone> {
-    let request = &plan.request;
-    let shape = &plan.shape;
-    let start = JsonObject::new()
+/// `message_start` and the first block's `content_block_start`.
+fn opening_events(plan: &StreamPlan) -> (Bytes, Bytes) {
+    let (request, shape) = (&plan.request, &plan.shape);
+    let message = JsonObject::new()
         .field("id", &shape.id)
         .raw("content", "[]")
         .field("model", &shape.model)
@@ -189,15 +183,8 @@ pub async fn generate(
         .object("usage", usage(request.prompt_tokens, 0));
     let start = JsonObject::new()
         .field("type", "message_start")
-        .object("message", start)
+        .object("message", message)
         .finish();
-    writer.send(event("message_start", &start)).await?;
-    writer.pause(plan.ttft).await?;
-
-    let pieces = match &request.tool_call {
-        Some(_) => tool_json_pieces(request),
-        None => Vec::new(),
-    };
     let block = match &request.tool_call {
         Some(name) => JsonObject::new()
             .field("type", "tool_use")
@@ -211,6 +198,27 @@ pub async fn generate(
         .object("content_block", block)
         .field("index", &0)
         .finish();
+    (
+        event("message_start", &start),
+        event("content_block_start", &block),
+    )
+}
+
+/// Streams one Messages answer with the plan's timing and faults (cut connection, the
+/// converter's `error` event, which vLLM sends with no `message_stop` after it).
+pub async fn generate(
+    plan: &StreamPlan,
+    tracker: &mut RequestTracker,
+    writer: &mut EventWriter,
+) -> Result<Outcome, ClientGone> {
+    let request = &plan.request;
+    let (start, block) = opening_events(plan);
+    writer.send(start).await?;
+    writer.pause(plan.ttft).await?;
+    let pieces = match &request.tool_call {
+        Some(_) => tool_json_pieces(request),
+        None => Vec::new(),
+    };
     let mut block_started = false;
     let mut sent_tokens = 0u64;
     for step in 0..=request.tokens_per_choice {
@@ -230,7 +238,7 @@ pub async fn generate(
             writer.pause(plan.itl).await?;
         }
         if !block_started {
-            writer.send(event("content_block_start", &block)).await?;
+            writer.send(block.clone()).await?;
             if let Some(opening) = pieces.first() {
                 writer.send(json_delta(opening)).await?;
             }
