@@ -224,6 +224,30 @@ pub static ACCESS_LOG_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static CLIENT_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "tokengate_client_connections",
+        "Client connections open on the proxy listeners."
+    )
+    .expect("metric registers once")
+});
+
+counter_vec!(
+    CLIENT_CONNECTIONS_REFUSED,
+    "tokengate_client_connections_refused_total",
+    "Client connections turned away at accept by a cap (reason: total|per_ip).",
+    &["reason"]
+);
+
+pub static CLIENT_HEADER_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "tokengate_client_header_timeouts_total",
+        "Requests whose header did not arrive whole within server.client_header_timeout_ms \
+         (answered 408)."
+    )
+    .expect("metric registers once")
+});
+
 /// `2xx`, `4xx`, ...; `none` when no response was written (client gone).
 pub fn status_class(status: u16) -> &'static str {
     match status {

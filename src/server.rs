@@ -1,5 +1,7 @@
 //! Building and running the Pingora server from a validated config.
 
+mod connection_guard;
+mod guarded_stream;
 mod listeners;
 mod settle;
 
@@ -17,6 +19,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, ConfigError};
 use crate::proxy::TokenGate;
 use crate::state::AppState;
+use connection_guard::GuardedApp;
 use listeners::{BoundReport, Endpoint, Prebound};
 use settle::SettlingApp;
 
@@ -36,6 +39,8 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     let absolute = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
     let config_path = absolute.as_path();
     let ready_file = flags.ready_file.as_deref().map(absolute_path);
+    // Before the config is validated: the default connection cap derives from the limit.
+    connection_guard::raise_fd_limit();
     let config = config::load(config_path)?;
     let server_settings = config.server.clone();
     crate::accesslog::configure(server_settings.access_log.clone());
@@ -162,16 +167,18 @@ fn fleet_link(
         })
 }
 
-/// The proxy service: tokengate's `ProxyHttp` in Pingora's HTTP proxy, with a short settle before
-/// its shutdown cleanup (see `settle.rs`).
+/// The proxy service: tokengate's `ProxyHttp` in Pingora's HTTP proxy, behind the connection
+/// caps and header deadline (`connection_guard.rs`), with a short settle before its shutdown
+/// cleanup (`settle.rs`).
 fn proxy_service(
     server: &Server,
     state: &Arc<AppState>,
     grace_period_seconds: u64,
-) -> Service<SettlingApp<pingora_proxy::HttpProxy<TokenGate>>> {
+) -> Service<GuardedApp<SettlingApp<pingora_proxy::HttpProxy<TokenGate>>>> {
     let proxy = pingora_proxy::http_proxy(&server.configuration, TokenGate::new(state.clone()));
+    let settling = SettlingApp::new(proxy, grace_period_seconds);
     Service::new(
         "tokengate proxy".to_string(),
-        SettlingApp::new(proxy, grace_period_seconds),
+        GuardedApp::new(settling, state.clone()),
     )
 }

@@ -103,13 +103,19 @@ say "booting $rootfs (systemd-nspawn -b, shared network namespace)"
 systemd-nspawn -q -b --register=no --keep-unit --volatile=overlay --console=read-only \
     -D "$rootfs" -M tokengate-test --bind-ro="$SRC:/src" </dev/null >"$run/console.log" 2>&1 &
 nspawn_pid=$!
-leader=''
-for _ in $(seq 200); do
-    kill -0 "$nspawn_pid" 2>/dev/null || die "systemd-nspawn exited: $(tail -n 20 "$run/console.log")"
+# The container's init: a child of systemd-nspawn running systemd. Checking the name matters
+# on a loaded machine, where nspawn's short-lived helper child can be seen first.
+find_leader() {
     for stat in /proc/[0-9]*/stat; do
-        read -r pid _ _ ppid _ <"$stat" 2>/dev/null || continue
-        [ "$ppid" = "$nspawn_pid" ] && leader=$pid && break
+        read -r pid comm _ ppid _ <"$stat" 2>/dev/null || continue
+        [ "$ppid" = "$nspawn_pid" ] || continue
+        case "$comm" in "(systemd)" | "(init)") echo "$pid"; return ;; esac
     done
+}
+leader=''
+for _ in $(seq 600); do
+    kill -0 "$nspawn_pid" 2>/dev/null || die "systemd-nspawn exited: $(tail -n 20 "$run/console.log")"
+    leader=$(find_leader)
     [ -n "$leader" ] && break
     sleep 0.1
 done

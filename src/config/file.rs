@@ -72,6 +72,19 @@ pub struct ServerSection {
     /// How long to wait for a slow client to send its request body.
     #[serde(default = "default_client_body_timeout_ms")]
     pub client_body_timeout_ms: Spanned<u64>,
+    /// A request header must arrive whole within this (from the connection's start, or from
+    /// the first byte of a later request on a kept-alive connection); else `408`.
+    #[serde(default = "default_client_header_timeout_ms")]
+    pub client_header_timeout_ms: Spanned<u64>,
+    /// Client connections all listeners together may hold; default half of the descriptors
+    /// left after a reserve (each may need an upstream connection too). Over it, new
+    /// connections get a `503` and are closed.
+    #[serde(default)]
+    pub max_client_connections: Option<Spanned<u64>>,
+    /// Client connections one IP address may hold; default: no per-IP cap (behind an L4
+    /// balancer without PROXY protocol every client has the balancer's address).
+    #[serde(default)]
+    pub max_client_connections_per_ip: Option<Spanned<u64>>,
     /// Idle pooled upstream connections are closed after this; keep it under the replicas'
     /// own keep-alive (vLLM / trtllm-serve: 5 s) so we never write into a closing socket.
     #[serde(default = "default_upstream_idle_timeout_ms")]
@@ -255,6 +268,10 @@ fn default_access_log() -> Spanned<String> {
 fn default_tls_http2() -> bool {
     true
 }
+fn default_client_header_timeout_ms() -> Spanned<u64> {
+    spanned(10_000)
+}
+
 fn default_client_keepalive_seconds() -> Spanned<u64> {
     spanned(60)
 }

@@ -2,6 +2,7 @@
 //! loader that turns one into the other, reporting every problem with file, line and field.
 
 mod cluster;
+mod connections;
 pub mod diff;
 pub mod file;
 pub mod fleet;

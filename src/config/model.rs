@@ -26,6 +26,9 @@ pub struct ServerSettings {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub client_body_timeout: Duration,
+    pub client_header_timeout: Duration,
+    /// Caps on concurrent client connections.
+    pub connections: crate::ratelimit::connections::ConnectionLimits,
     pub upstream_idle_timeout: Duration,
     pub connect_retries: usize,
     pub grace_period_seconds: u64,

@@ -200,6 +200,11 @@ impl Validator<'_> {
             write_timeout: self.positive_ms(&s.write_timeout_ms, "server.write_timeout_ms"),
             client_body_timeout: self
                 .positive_ms(&s.client_body_timeout_ms, "server.client_body_timeout_ms"),
+            client_header_timeout: self.positive_ms(
+                &s.client_header_timeout_ms,
+                "server.client_header_timeout_ms",
+            ),
+            connections: self.connection_limits(s),
             upstream_idle_timeout,
             connect_retries: *s.connect_retries.get_ref(),
             grace_period_seconds: *s.grace_period_seconds.get_ref(),

@@ -341,7 +341,7 @@ impl ProxyConfig {
         self
     }
 
-    fn render(&self, dir: &std::path::Path) -> String {
+    pub fn render(&self, dir: &std::path::Path) -> String {
         let mut out = String::new();
         for line in &self.top_extra {
             out.push_str(line);
@@ -400,12 +400,26 @@ impl Proxy {
     /// Start on port-0 listeners; returns once the ready file names them (the proxy listener
     /// opens only after every replica was probed).
     pub fn start(config: &ProxyConfig) -> Proxy {
+        Proxy::start_under(config, &[])
+    }
+
+    /// Start through a command that execs its arguments (e.g. `prlimit --nofile=300:300 --`),
+    /// so the proxy's pid stays the child's.
+    pub fn start_under(config: &ProxyConfig, wrapper: &[&str]) -> Proxy {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("tokengate.toml");
         std::fs::write(&config_path, config.render(dir.path())).expect("write config");
         std::fs::write(dir.path().join("admin-token"), ADMIN_TOKEN).expect("write admin token");
         let ready_file = dir.path().join("ready.json");
-        let mut child = Command::new(PROXY_BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(PROXY_BIN);
+                c
+            }
+            None => Command::new(PROXY_BIN),
+        };
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(&config_path)
