@@ -26,6 +26,8 @@ pub struct Entry {
     pub request_id: String,
     pub method: String,
     pub path: String,
+    /// The API surface (`chat_completions`, `messages`, ...; `-` when the path is unknown).
+    pub endpoint: &'static str,
     pub key: String,
     pub model: String,
     pub cluster: String,

@@ -1,7 +1,10 @@
-//! The one error type the proxy answers clients with, and its OpenAI-shaped JSON body.
+//! The one error type the proxy answers clients with, and its OpenAI-shaped JSON body; the
+//! Anthropic-shaped writer for the Messages endpoints is in [`anthropic`].
 //!
 //! Every status, `type` and `code` lives in the exhaustive `match`es below (no catch-all arm),
 //! so a new variant cannot ship without deciding how a client sees it.
+
+pub mod anthropic;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -50,6 +53,14 @@ pub enum ApiError {
         cluster: String,
         retry_after_secs: u64,
     },
+    /// The route's cluster runs a server that does not serve this endpoint.
+    #[error("The model `{model}` is served by cluster `{cluster}` ({flavour}), which does not serve {endpoint}.")]
+    EndpointNotServed {
+        model: String,
+        endpoint: &'static str,
+        cluster: String,
+        flavour: &'static str,
+    },
     #[error("Could not connect to an upstream replica for model `{model}`: {detail}.")]
     UpstreamUnreachable { model: String, detail: String },
     #[error("The upstream replica did not answer in time for model `{model}`.")]
@@ -80,7 +91,9 @@ impl ApiError {
             ApiError::Unauthorized(e) => e.status(),
             ApiError::RateLimited(_) => 429,
             ApiError::RuleDenied { status, .. } => *status,
-            ApiError::ModelNotFound { .. } | ApiError::UnknownPath { .. } => 404,
+            ApiError::ModelNotFound { .. }
+            | ApiError::UnknownPath { .. }
+            | ApiError::EndpointNotServed { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::ClientBodyTimeout => 408,
             ApiError::NoReplicaAvailable { .. }
@@ -105,6 +118,7 @@ impl ApiError {
             | ApiError::InvalidBody(_)
             | ApiError::InvalidRequestFraming(_)
             | ApiError::ModelNotFound { .. }
+            | ApiError::EndpointNotServed { .. }
             | ApiError::MethodNotAllowed { .. }
             | ApiError::UnknownPath { .. }
             | ApiError::ClientBodyTimeout => "invalid_request_error",
@@ -131,6 +145,7 @@ impl ApiError {
             ApiError::RuleDenied { code, .. } => Some(code.as_str()),
             ApiError::RateLimited(_) => Some(RateLimited::CODE),
             ApiError::ModelNotFound { .. } => Some("model_not_found"),
+            ApiError::EndpointNotServed { .. } => Some("endpoint_not_served"),
             ApiError::MethodNotAllowed { .. } => Some("method_not_allowed"),
             ApiError::UnknownPath { .. } => Some("unknown_url"),
             ApiError::ClientBodyTimeout => Some("request_timeout"),
@@ -164,6 +179,7 @@ impl ApiError {
             }
             ApiError::RateLimited(_) => RateLimited::CODE,
             ApiError::ModelNotFound { .. } => "model_not_found",
+            ApiError::EndpointNotServed { .. } => "endpoint_not_served",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::UnknownPath { .. } => "unknown_url",
             ApiError::ClientBodyTimeout => "request_timeout",
@@ -183,7 +199,7 @@ impl ApiError {
     pub fn param(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidBody(e) => e.param(),
-            ApiError::ModelNotFound { .. } => Some("model"),
+            ApiError::ModelNotFound { .. } | ApiError::EndpointNotServed { .. } => Some("model"),
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyTooLargeStreaming { .. }
             | ApiError::Unauthorized(_)

@@ -34,8 +34,8 @@ macro_rules! histogram_vec {
 counter_vec!(
     REQUESTS,
     "tokengate_requests_total",
-    "Requests answered, by model alias, cluster and status class (2xx, 4xx, 5xx, none; client_closed: the client went away first, logged as 499).",
-    &["model", "cluster", "status_class"]
+    "Requests answered, by model alias, cluster, endpoint (chat_completions, messages, ...) and status class (2xx, 4xx, 5xx, none; client_closed: the client went away first, logged as 499).",
+    &["model", "cluster", "endpoint", "status_class"]
 );
 counter_vec!(
     KEY_REQUESTS,
@@ -268,9 +268,17 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-pub fn record_request(key: &str, model: &str, cluster: &str, status: u16, seconds: f64) {
+#[allow(clippy::too_many_arguments)]
+pub fn record_request(
+    key: &str,
+    model: &str,
+    cluster: &str,
+    endpoint: &str,
+    status: u16,
+    seconds: f64,
+) {
     REQUESTS
-        .with_label_values(&[model, cluster, status_class(status)])
+        .with_label_values(&[model, cluster, endpoint, status_class(status)])
         .inc();
     KEY_REQUESTS
         .with_label_values(&[key, status_class(status)])

@@ -7,6 +7,8 @@
 //! `"error"` mid-stream); `{"error":"str"}`; `{"detail":"str"|[…]}`; empty bodies; non-JSON text.
 //! An already OpenAI-shaped body passes through byte-identical.
 
+pub mod anthropic;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};

@@ -1,4 +1,4 @@
-//! Usage counters since process start, per key name and per model alias, for
+//! Usage counters since process start, per key name, per model alias and per endpoint, for
 //! `GET /admin/usage`. Lock-free on the hot path: one `DashMap` read and three atomic adds.
 
 use std::collections::BTreeMap;
@@ -48,12 +48,16 @@ pub struct UsageCounts {
 pub struct UsageSnapshot {
     pub keys: BTreeMap<String, UsageCounts>,
     pub models: BTreeMap<String, UsageCounts>,
+    /// By API surface (`chat_completions`, `messages`, ...): every surface's tokens also land
+    /// in `keys` and `models`.
+    pub endpoints: BTreeMap<String, UsageCounts>,
 }
 
 #[derive(Debug, Default)]
 pub struct Usage {
     keys: DashMap<String, Counters>,
     models: DashMap<String, Counters>,
+    endpoints: DashMap<String, Counters>,
 }
 
 fn add(map: &DashMap<String, Counters>, name: &str, prompt: u64, completion: u64) {
@@ -72,9 +76,17 @@ impl Usage {
     }
 
     /// One finished request (whatever its status) and the tokens it used.
-    pub fn record_usage(&self, key: &str, model: &str, prompt: u64, completion: u64) {
+    pub fn record_usage(
+        &self,
+        key: &str,
+        model: &str,
+        endpoint: &str,
+        prompt: u64,
+        completion: u64,
+    ) {
         add(&self.keys, key, prompt, completion);
         add(&self.models, model, prompt, completion);
+        add(&self.endpoints, endpoint, prompt, completion);
     }
 
     pub fn snapshot(&self) -> UsageSnapshot {
@@ -86,6 +98,7 @@ impl Usage {
         UsageSnapshot {
             keys: read(&self.keys),
             models: read(&self.models),
+            endpoints: read(&self.endpoints),
         }
     }
 }
@@ -98,10 +111,12 @@ mod tests {
     #[test]
     fn counts_per_key_and_model() {
         let u = Usage::new();
-        u.record_usage("ci-bot", "llama", 10, 5);
-        u.record_usage("ci-bot", "qwen", 1, 2);
-        u.record_usage("alice", "llama", 100, 0);
+        u.record_usage("ci-bot", "llama", "chat_completions", 10, 5);
+        u.record_usage("ci-bot", "qwen", "chat_completions", 1, 2);
+        u.record_usage("alice", "llama", "messages", 100, 0);
         let s = u.snapshot();
+        assert_eq!(s.endpoints["chat_completions"].total_tokens, 18);
+        assert_eq!(s.endpoints["messages"].requests, 1);
         assert_eq!(
             s.keys["ci-bot"],
             UsageCounts {
@@ -125,7 +140,7 @@ mod tests {
                 let u = u.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1_000 {
-                        u.record_usage("k", "m", 3, 4);
+                        u.record_usage("k", "m", "chat_completions", 3, 4);
                     }
                 })
             })

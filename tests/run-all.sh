@@ -13,7 +13,7 @@ die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 sh scripts/install-deps.sh --tests || die "cannot install the test prerequisites (above)"
 command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs)"
 
-say "python venv with the OpenAI SDK (.venv)"
+say "python venv with the OpenAI and Anthropic SDKs (.venv)"
 [ -x .venv/bin/python ] || python3 -m venv .venv || die "cannot create .venv"
 .venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt \
     || die "pip install of tests/sdk/requirements.txt failed"
@@ -43,7 +43,7 @@ say "cargo test (the timing group, serially)"
 cargo test --locked --tests -- 'timing::' --test-threads=1 2>&1 | tee target/cargo-test-timing.log
 grep -q '^test timing::' target/cargo-test-timing.log || die "the timing group ran no test"
 
-say "OpenAI Python SDK tests (tests/sdk)"
+say "OpenAI and Anthropic Python SDK tests (tests/sdk)"
 cargo build --locked --bins
 .venv/bin/python -m pytest -q tests/sdk --ignore=tests/sdk/test_status_page.py
 

@@ -209,6 +209,12 @@ impl JsonUsageScanner {
             .flatten()
     }
 
+    /// Raw bytes of the top-level `usage` value, if present and complete.
+    pub fn usage_raw(&self) -> Option<&[u8]> {
+        let v = self.usage.trim_ascii();
+        (!v.is_empty() && self.capturing != Some(Target::Usage)).then_some(v)
+    }
+
     /// Raw bytes of the top-level `error` value (`None` if absent or `null`).
     pub fn error_value(&self) -> Option<&[u8]> {
         let v = self.error.trim_ascii();

@@ -21,7 +21,8 @@
 //! let record: UsageRecord = meter.finish(Instant::now());
 //! ```
 //!
-//! Modules: [`sse`] incremental SSE parser; [`stream`] per-event metering; [`strip`] removing or
+//! Modules: [`sse`] incremental SSE parser; [`stream`] per-event metering (OpenAI, Triton);
+//! [`anthropic`] per-event metering of Anthropic Messages streams and their JSON `usage`; [`strip`] removing or
 //! replacing events in the byte stream; [`json`] top-level `usage` of non-streaming bodies;
 //! [`usage`] the record; [`response`] the entry point; [`synthetic`] generated streams.
 //!
@@ -31,6 +32,9 @@
 //! event, with or without stripping (64 KiB pieces: ~320 MB/s). The JSON `usage` scanner reads an
 //! embeddings-like body at ~320 MB/s. Most of the per-event time is serde_json parsing the chunk.
 
+pub mod anthropic;
+#[cfg(test)]
+mod anthropic_tests;
 pub mod chunk;
 pub mod json;
 pub mod response;
@@ -46,7 +50,7 @@ mod corpus_tests;
 pub use chunk::WireUsage;
 pub use json::JsonUsageScanner;
 pub use response::{
-    truncation_error_event, BodyKind, MeterConfig, ResponseMeter, TRUNCATION_MESSAGE,
+    truncation_error_event, BodyKind, MeterConfig, ResponseMeter, UsageShape, TRUNCATION_MESSAGE,
 };
 pub use sse::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
 pub use stream::{EventVerdict, StreamMeter, StreamProtocol};

@@ -1,5 +1,6 @@
 //! [`ResponseMeter`]: the one entry point the proxy calls for a response body.
 
+use super::anthropic::{self, MessagesMeter};
 use super::json::JsonUsageScanner;
 use super::sse::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
 use super::stream::{EventVerdict, StreamMeter, StreamProtocol};
@@ -39,6 +40,16 @@ pub struct MeterConfig {
     pub prompt_tokens_hint: u64,
     /// Upstream HTTP status, to map a JSON `error` body (0 if unknown).
     pub status: u16,
+    /// Whose `usage` object a JSON body carries.
+    pub usage_shape: UsageShape,
+}
+
+/// The `usage` object of a non-streaming body: OpenAI's (`prompt_tokens`, …) or Anthropic's
+/// (`input_tokens`, `output_tokens`, cache tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageShape {
+    OpenAi,
+    Anthropic,
 }
 
 impl MeterConfig {
@@ -51,6 +62,24 @@ impl MeterConfig {
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             prompt_tokens_hint: 0,
             status: 200,
+            usage_shape: UsageShape::OpenAi,
+        }
+    }
+
+    /// An Anthropic Messages stream: events pass unchanged (no usage chunk to strip, errors
+    /// already in the client's shape); a cut stream gets an Anthropic `error` event.
+    pub fn messages_sse() -> Self {
+        Self {
+            normalize_error_events: false,
+            ..Self::sse(StreamProtocol::Anthropic, false)
+        }
+    }
+
+    /// A non-streaming Messages body (or its error).
+    pub fn messages_json(status: u16) -> Self {
+        Self {
+            usage_shape: UsageShape::Anthropic,
+            ..Self::json(status)
         }
     }
 
@@ -70,11 +99,53 @@ enum Body {
     Json(JsonUsageScanner),
 }
 
+/// The per-protocol event meter of a stream.
+#[derive(Debug)]
+enum EventMeter {
+    OpenAi(StreamMeter),
+    Anthropic(MessagesMeter),
+}
+
+impl EventMeter {
+    fn observe(&mut self, data: &[u8], now: Instant) -> EventVerdict {
+        match self {
+            EventMeter::OpenAi(m) => m.observe(data, now),
+            EventMeter::Anthropic(m) => {
+                // Anthropic events are already in the client's shape: never rewritten.
+                m.observe(data, now);
+                EventVerdict::Keep
+            }
+        }
+    }
+
+    /// The protocol's clean end was seen (`[DONE]`, `message_stop`).
+    fn done_seen(&self) -> bool {
+        match self {
+            EventMeter::OpenAi(m) => m.done_seen(),
+            EventMeter::Anthropic(m) => m.stop_seen(),
+        }
+    }
+
+    fn error_seen(&self) -> bool {
+        match self {
+            EventMeter::OpenAi(m) => m.error_seen(),
+            EventMeter::Anthropic(m) => m.error_seen(),
+        }
+    }
+
+    fn record(&self, prompt_tokens_hint: u64) -> UsageRecord {
+        match self {
+            EventMeter::OpenAi(m) => m.record(prompt_tokens_hint),
+            EventMeter::Anthropic(m) => m.record(prompt_tokens_hint),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct SseBody {
     protocol: StreamProtocol,
     parser: SseParser,
-    meter: StreamMeter,
+    meter: EventMeter,
     rewriter: EventRewriter,
     /// Holding an event would exceed the bound: stop rewriting, pass everything through.
     abandoned: bool,
@@ -103,7 +174,12 @@ impl ResponseMeter {
             BodyKind::Sse(protocol) => Body::Sse(Box::new(SseBody {
                 protocol,
                 parser: SseParser::new(config.max_event_bytes),
-                meter: StreamMeter::new(start),
+                meter: match protocol {
+                    StreamProtocol::Anthropic => EventMeter::Anthropic(MessagesMeter::new(start)),
+                    StreamProtocol::OpenAi | StreamProtocol::TritonGenerate => {
+                        EventMeter::OpenAi(StreamMeter::new(start))
+                    }
+                },
                 rewriter: EventRewriter::default(),
                 abandoned: false,
                 stripped: 0,
@@ -190,7 +266,11 @@ impl ResponseMeter {
             truncated: scanner.body_bytes() > 0 && !scanner.complete(),
             ..UsageRecord::default()
         };
-        if let Some(u) = scanner.usage() {
+        let usage = match self.config.usage_shape {
+            UsageShape::OpenAi => scanner.usage(),
+            UsageShape::Anthropic => scanner.usage_raw().and_then(anthropic::parse_usage),
+        };
+        if let Some(u) = usage {
             r.prompt_tokens = u.prompt_tokens.unwrap_or(0);
             r.completion_tokens = u.completion_tokens.unwrap_or(0);
             r.total_tokens = u.total();
@@ -262,6 +342,8 @@ impl SseBody {
         self.truncated = match self.protocol {
             StreamProtocol::OpenAi => !handler.meter.done_seen(),
             StreamProtocol::TritonGenerate => state.mid_event,
+            // An `error` event is the protocol's other end (vLLM sends no `message_stop` after it).
+            StreamProtocol::Anthropic => !handler.meter.done_seen() && !handler.meter.error_seen(),
         };
         let append = self.truncated && config.append_truncation_error;
         // A cut event is terminated so the client sees it end before the error event.
@@ -292,7 +374,7 @@ impl SseBody {
 
 /// Applies the meter's verdicts to the rewriter as events complete.
 struct EventHandler<'a> {
-    meter: &'a mut StreamMeter,
+    meter: &'a mut EventMeter,
     rewriter: &'a mut EventRewriter,
     stripped: &'a mut u32,
     strip: bool,
@@ -347,6 +429,14 @@ pub fn truncation_error_event(protocol: StreamProtocol) -> Bytes {
         // Triton's own error event shape.
         StreamProtocol::TritonGenerate => {
             Bytes::from(format!("data: {{\"error\":\"{TRUNCATION_MESSAGE}\"}}\n\n"))
+        }
+        // What the Anthropic SDKs raise on: an `error` event in Anthropic's error shape.
+        StreamProtocol::Anthropic => {
+            let body = crate::upstream_error::anthropic::anthropic_error_body("api_error", TRUNCATION_MESSAGE);
+            let mut event = b"event: error\ndata: ".to_vec();
+            event.extend_from_slice(&body);
+            event.extend_from_slice(b"\n\n");
+            Bytes::from(event)
         }
     }
 }

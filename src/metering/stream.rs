@@ -20,6 +20,9 @@ pub enum StreamProtocol {
     OpenAi,
     /// Triton `generate_stream`: no `[DONE]`, no usage, `text_output` deltas.
     TritonGenerate,
+    /// Anthropic Messages (vLLM `/v1/messages`): must end with `message_stop` (or an `error`
+    /// event); metered by [`super::anthropic::MessagesMeter`].
+    Anthropic,
 }
 
 /// What the caller should do with the bytes of an event.

@@ -20,7 +20,7 @@ use crate::ratelimit::{
     RateLimited, Reservation,
 };
 use crate::routing::body::{BodyScan, RequestFacts, RewritePlan, StreamUsage};
-use crate::routing::{self, Endpoint};
+use crate::routing::{self, Endpoint, Protocol};
 use crate::rules::{BodyFacts, KeyInfo, RuleInput};
 use crate::state::AppState;
 
@@ -79,9 +79,11 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
                 Err(e) => reject(session, ctx, e, false).await,
             }
         }
-        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
-            prepare_upstream(state, session, ctx).await
-        }
+        Endpoint::ChatCompletions
+        | Endpoint::Completions
+        | Endpoint::Embeddings
+        | Endpoint::Messages
+        | Endpoint::CountTokens => prepare_upstream(state, session, ctx, endpoint).await,
     }
 }
 
@@ -111,7 +113,7 @@ async fn reject(
 ) -> Result<bool> {
     ctx.outcome.local_status = Some(error.status());
     let unread = body_unread && may_have_body(session);
-    write_error(session, &error, &ctx.request_id, unread).await?;
+    write_error(session, &error, ctx.protocol(), &ctx.request_id, unread).await?;
     if unread && !body::expects_continue(session) {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await;
     }
@@ -163,8 +165,9 @@ async fn prepare_upstream(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
+    endpoint: Endpoint,
 ) -> Result<bool> {
-    match plan(state, session, ctx).await {
+    match plan(state, session, ctx, endpoint).await {
         Ok(plan) => {
             start_upstream(session, ctx, plan);
             Ok(false)
@@ -182,6 +185,7 @@ async fn plan(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
+    endpoint: Endpoint,
 ) -> Result<Plan, Refusal> {
     let ticket = admit_key_early(state, ctx).map_err(|e| Refusal::Answer {
         error: rate_limited(e),
@@ -190,8 +194,10 @@ async fn plan(
     let client_body = read_body(state, session, ctx).await?;
     let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
     let facts = scan.facts();
+    routing::check_body(endpoint, facts).map_err(ApiError::from)?;
     let decision = apply_rules(session, ctx, facts)?;
     let route = resolve(ctx, facts, decision.route_cluster.as_deref())?;
+    served(endpoint, &route)?;
     let reservation = reserve(state, ctx, facts, &route, ticket)?;
     let prefix_key = (route.cluster.balance.policy == Policy::PrefixAffinity)
         .then(|| affinity_key(session, &scan, &route));
@@ -280,6 +286,20 @@ fn resolve(
     }
 }
 
+/// Step 4b: the chosen cluster's servers must serve the endpoint (not a replica's 404).
+fn served(endpoint: Endpoint, route: &Route) -> Result<(), ApiError> {
+    let flavour = route.cluster.flavour;
+    if endpoint.served_by(flavour) {
+        return Ok(());
+    }
+    Err(ApiError::EndpointNotServed {
+        model: route.alias.clone(),
+        endpoint: endpoint.path(),
+        cluster: route.cluster.name.clone(),
+        flavour: flavour.as_str(),
+    })
+}
+
 /// Step 5: reserve the estimate against the key, model and global buckets (`ticket`: the
 /// key's part, taken from the headers before the body was read).
 fn reserve(
@@ -320,8 +340,9 @@ fn admit_key_early(
     state.limiter.admit_key(&request, now).map(Some)
 }
 
-/// Step 6: the body the replica gets. Streams are metered from the upstream's own usage
-/// chunk: ask for it, and strip it again unless the client asked for it itself.
+/// Step 6: the body the replica gets. OpenAI streams are metered from the upstream's own
+/// usage chunk: ask for it, and strip it again unless the client asked for it itself.
+/// Messages streams always carry usage (`message_start`, `message_delta`): nothing to add.
 fn rewrite(
     ctx: &mut RequestCtx,
     scan: &BodyScan<'_>,
@@ -331,9 +352,10 @@ fn rewrite(
     let facts = scan.facts();
     ctx.admission.stream = facts.stream == Some(true);
     ctx.admission.prompt_bytes = facts.prompt_bytes;
+    let openai_stream = ctx.admission.stream && ctx.protocol() == Protocol::OpenAi;
     let mut plan = RewritePlan::new(scan)
         .model(&route.served_name)
-        .ensure_stream_usage(ctx.admission.stream);
+        .ensure_stream_usage(openai_stream);
     for (key, raw) in body_sets {
         plan = plan.set_field_raw(&key, raw);
     }

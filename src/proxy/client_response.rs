@@ -10,6 +10,7 @@ use pingora_http::ResponseHeader;
 
 use super::ctx::RequestCtx;
 use crate::metering::{BodyAction, MeterConfig, ResponseMeter, StreamProtocol};
+use crate::routing::Protocol;
 
 /// Upstream error bodies are small; anything beyond this is cut before normalising.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -41,20 +42,30 @@ pub fn on_response_header(
         response.insert_header(name.clone(), value.clone())?;
     }
     let sent_at = ctx.attempt.upstream_sent_at.unwrap_or(ctx.started);
+    let anthropic = ctx.protocol() == Protocol::Anthropic;
     let body_changes = if status >= 400 {
-        // The replica's error shape differs by server; the client gets OpenAI's.
+        // The replica's error shape differs by server; the client gets its protocol's.
         ctx.reply.error_body = Some(BytesMut::new());
         response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         true
     } else if is_event_stream(response) {
-        let mut config = MeterConfig::sse(StreamProtocol::OpenAi, ctx.admission.strip_usage);
+        let mut config = if anthropic {
+            MeterConfig::messages_sse()
+        } else {
+            MeterConfig::sse(StreamProtocol::OpenAi, ctx.admission.strip_usage)
+        };
         config.prompt_tokens_hint = estimate_prompt_tokens(ctx.admission.prompt_bytes);
         ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
         // Events may be removed (usage chunk), rewritten (error events) or appended
         // (truncation), so the length is not known up front.
         true
     } else {
-        ctx.reply.meter = Some(ResponseMeter::new(MeterConfig::json(status), sent_at));
+        let config = if anthropic {
+            MeterConfig::messages_json(status)
+        } else {
+            MeterConfig::json(status)
+        };
+        ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
         false
     };
     if body_changes {
@@ -105,6 +116,7 @@ pub fn check_total_deadline(ctx: &mut RequestCtx, end_of_stream: bool) -> Result
 }
 
 pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut RequestCtx) {
+    let protocol = ctx.protocol();
     if let Some(buf) = ctx.reply.error_body.as_mut() {
         if let Some(piece) = body.as_ref() {
             let room = MAX_ERROR_BODY.saturating_sub(buf.len());
@@ -112,7 +124,12 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
         }
         *body = if end_of_stream {
             let status = ctx.reply.upstream_status.unwrap_or(502);
-            Some(crate::upstream_error::normalize_error_body(status, buf))
+            Some(match protocol {
+                Protocol::OpenAi => crate::upstream_error::normalize_error_body(status, buf),
+                Protocol::Anthropic => {
+                    crate::upstream_error::anthropic::normalize_anthropic_error_body(status, buf)
+                }
+            })
         } else {
             Some(Bytes::new())
         };

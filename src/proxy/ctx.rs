@@ -13,7 +13,7 @@ use crate::errors::ApiError;
 use crate::fleet::InFlight;
 use crate::metering::{ResponseMeter, UsageRecord};
 use crate::ratelimit::Reservation;
-use crate::routing::Endpoint;
+use crate::routing::{Endpoint, Protocol};
 use crate::state::Snapshot;
 
 pub struct RequestCtx {
@@ -168,6 +168,11 @@ impl RequestCtx {
     }
 
     /// Key label for logs and metrics: the key's name (never the secret), `-` without auth.
+    /// The client's protocol (OpenAI's until the endpoint is known).
+    pub fn protocol(&self) -> Protocol {
+        self.endpoint.map_or(Protocol::OpenAi, Endpoint::protocol)
+    }
+
     pub fn key_label(&self) -> &str {
         self.admission.key.as_ref().map_or("-", |k| k.name.as_str())
     }

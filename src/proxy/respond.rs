@@ -6,6 +6,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use crate::errors::ApiError;
+use crate::routing::Protocol;
 
 /// Write a complete JSON response. `close` drops client keep-alive (used when the request body
 /// was not fully read, so the connection cannot be reused safely).
@@ -40,18 +41,24 @@ pub async fn write_json(
     Ok(())
 }
 
-/// Write an OpenAI-shaped error.
+/// Write an error in the shape of the client's protocol (OpenAI's, or Anthropic's on the
+/// Messages endpoints).
 pub async fn write_error(
     session: &mut Session,
     error: &ApiError,
+    protocol: Protocol,
     request_id: &str,
     close: bool,
 ) -> Result<()> {
+    let body = match protocol {
+        Protocol::OpenAi => error.to_json(),
+        Protocol::Anthropic => error.to_anthropic_json(),
+    };
     write_json(
         session,
         error.status(),
         &error.extra_headers(),
-        error.to_json(),
+        body,
         request_id,
         close,
     )

@@ -11,6 +11,7 @@ use super::failure;
 use crate::accesslog;
 use crate::errors::ApiError;
 use crate::metrics;
+use crate::routing::Endpoint;
 use crate::state::AppState;
 
 pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -72,9 +73,10 @@ fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
         reservation.settle(prompt + completion, Instant::now());
     }
     if ctx.admission.route.is_some() {
+        let endpoint = ctx.endpoint.map_or("-", Endpoint::as_str);
         state
             .usage
-            .record_usage(ctx.key_label(), model, prompt, completion);
+            .record_usage(ctx.key_label(), model, endpoint, prompt, completion);
     }
 }
 
@@ -108,10 +110,12 @@ fn record_metrics(
             .with_label_values(&[cluster, kind])
             .inc();
     }
+    let endpoint = ctx.endpoint.map_or("-", Endpoint::as_str);
     metrics::record_request(
         ctx.key_label(),
         model,
         cluster,
+        endpoint,
         status,
         duration.as_secs_f64(),
     );
@@ -138,6 +142,7 @@ fn access_log_entry(
         request_id: ctx.request_id.clone(),
         method: session.req_header().method.as_str().to_string(),
         path: session.req_header().uri.path().to_string(),
+        endpoint: ctx.endpoint.map_or("-", Endpoint::as_str),
         key: ctx.key_label().to_string(),
         model,
         cluster,

@@ -11,6 +11,7 @@ fn entry(n: u64, key: &str, model: &str, status: u16, time: &str) -> Entry {
         request_id: format!("r{n}"),
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
+        endpoint: "chat_completions",
         key: key.into(),
         model: model.into(),
         cluster: "c".into(),

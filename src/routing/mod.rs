@@ -6,6 +6,7 @@ pub mod body;
 use std::sync::Arc;
 
 use crate::config::{Config, Route};
+use crate::fleet::Flavour;
 
 /// Why a request has no route; `errors` maps it to the client-facing error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,6 +23,15 @@ pub enum RouteError {
     ModelNotFound { model: String },
 }
 
+/// The API family a client speaks: decides the error shape and the stream's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenAI's (chat/completions, completions, embeddings, models).
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
 /// The client-facing API surface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -31,6 +41,10 @@ pub enum Endpoint {
     ListModels,
     /// `GET /v1/models/{id}`
     RetrieveModel,
+    /// Anthropic's `POST /v1/messages`.
+    Messages,
+    /// Anthropic's `POST /v1/messages/count_tokens`.
+    CountTokens,
     /// The proxy's own liveness.
     Health,
 }
@@ -40,8 +54,53 @@ impl Endpoint {
     pub fn is_proxied(self) -> bool {
         matches!(
             self,
-            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings
+            Endpoint::ChatCompletions
+                | Endpoint::Completions
+                | Endpoint::Embeddings
+                | Endpoint::Messages
+                | Endpoint::CountTokens
         )
+    }
+
+    /// The API family whose shapes (errors, stream events) the client expects.
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => Protocol::Anthropic,
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::ListModels
+            | Endpoint::RetrieveModel
+            | Endpoint::Health => Protocol::OpenAi,
+        }
+    }
+
+    /// Whether replicas of `flavour` serve this endpoint natively (UPSTREAMS.md §11: only
+    /// vLLM has the Anthropic routes; trtllm-serve and Triton's frontend answer them 404).
+    pub fn served_by(self, flavour: Flavour) -> bool {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => flavour == Flavour::Vllm,
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::ListModels
+            | Endpoint::RetrieveModel
+            | Endpoint::Health => true,
+        }
+    }
+
+    /// The request path, for messages that name the endpoint.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::ListModels => "/v1/models",
+            Endpoint::RetrieveModel => "/v1/models/{id}",
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Health => "/health",
+        }
     }
 
     /// Stable label for logs and metrics.
@@ -52,6 +111,8 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::ListModels => "list_models",
             Endpoint::RetrieveModel => "retrieve_model",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
             Endpoint::Health => "health",
         }
     }
@@ -67,6 +128,8 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
         "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
         "/v1/completions" => (Endpoint::Completions, "POST"),
         "/v1/embeddings" => (Endpoint::Embeddings, "POST"),
+        "/v1/messages" => (Endpoint::Messages, "POST"),
+        "/v1/messages/count_tokens" => (Endpoint::CountTokens, "POST"),
         "/v1/models" => (Endpoint::ListModels, "GET"),
         "/health" => (Endpoint::Health, "GET"),
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
@@ -89,6 +152,17 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
             allowed,
         })
     }
+}
+
+/// What an endpoint requires of a body beyond the scan's checks: Anthropic's Messages always
+/// carries `max_tokens` (it is what the token buckets reserve).
+pub fn check_body(endpoint: Endpoint, facts: &body::RequestFacts) -> Result<(), body::BodyError> {
+    if endpoint == Endpoint::Messages && facts.max_tokens.is_none() {
+        return Err(body::BodyError::MissingField {
+            param: "max_tokens",
+        });
+    }
+    Ok(())
 }
 
 /// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.

@@ -5,6 +5,7 @@
 //! exact SSE shapes, real in-flight metrics, injectable faults and a `/sim/` control API
 //! that records every request it received.
 
+mod anthropic;
 mod control;
 pub mod faults;
 pub mod generate;

@@ -17,6 +17,10 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// Anthropic's `/v1/messages` (vLLM only).
+    Messages,
+    /// Anthropic's `/v1/messages/count_tokens` (vLLM only).
+    CountTokens,
 }
 
 impl Endpoint {
@@ -25,8 +29,15 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Self::Chat),
             "/v1/completions" => Some(Self::Completions),
             "/v1/embeddings" => Some(Self::Embeddings),
+            "/v1/messages" => Some(Self::Messages),
+            "/v1/messages/count_tokens" => Some(Self::CountTokens),
             _ => None,
         }
+    }
+
+    /// Anthropic's surface: its own request fields, events and error shape.
+    pub fn is_anthropic(self) -> bool {
+        matches!(self, Self::Messages | Self::CountTokens)
     }
 
     /// The pydantic model name upstream servers mention in validation errors.
@@ -35,6 +46,8 @@ impl Endpoint {
             Self::Chat => "ChatCompletionRequest",
             Self::Completions => "CompletionRequest",
             Self::Embeddings => "EmbeddingRequest",
+            Self::Messages => "AnthropicMessagesRequest",
+            Self::CountTokens => "AnthropicCountTokensRequest",
         }
     }
 }
@@ -116,6 +129,8 @@ pub struct InferenceRequest {
     pub seed: u64,
     /// Embeddings only: one fingerprint per input.
     pub embedding_inputs: Vec<u64>,
+    /// Messages only: the tool the request forces (answered with a `tool_use` block).
+    pub tool_call: Option<String>,
 }
 
 /// Settings from the command line and per-request headers that shape generation.
@@ -172,7 +187,10 @@ pub fn parse_request(
             None => return invalid("stream: Input should be a valid boolean"),
         },
     };
-    let stream_options = fields.get("stream_options").filter(|v| !v.is_null());
+    // Anthropic's schema has no `stream_options` (pydantic ignores it).
+    let stream_options = fields
+        .get("stream_options")
+        .filter(|v| !v.is_null() && !endpoint.is_anthropic());
     // Upstream checks `if data.get("stream_options") and not data.get("stream")`:
     // Python truthiness, so an empty object passes.
     let options_truthy =
@@ -220,6 +238,12 @@ pub fn parse_request(
             let fingerprints = items.iter().map(|item| item.fingerprint()).collect();
             (tokens, 0, fingerprints)
         }
+        Endpoint::Messages | Endpoint::CountTokens => {
+            let Some(tokens) = super::anthropic::prompt_tokens(fields) else {
+                return invalid("messages: Field required (a list of messages)");
+            };
+            (tokens, 1, Vec::new())
+        }
     };
 
     let n = optional_u64(fields, "n")?.unwrap_or(1);
@@ -240,7 +264,13 @@ pub fn parse_request(
             ));
         }
     }
-    let (tokens_per_choice, finish_reason) = completion_length(max_tokens, defaults);
+    if endpoint == Endpoint::Messages && max_tokens.is_none() {
+        return invalid("max_tokens: Field required");
+    }
+    let (tokens_per_choice, finish_reason) = match endpoint {
+        Endpoint::CountTokens => (0, "stop"),
+        _ => completion_length(max_tokens, defaults),
+    };
 
     Ok(InferenceRequest {
         endpoint,
@@ -257,6 +287,9 @@ pub fn parse_request(
         prompt_tokens,
         seed,
         embedding_inputs,
+        tool_call: (endpoint == Endpoint::Messages)
+            .then(|| super::anthropic::forced_tool(fields))
+            .flatten(),
     })
 }
 
@@ -382,6 +415,8 @@ fn reject_unknown_fields(endpoint: Endpoint, fields: &Map<String, Value>) -> Res
             TRTLLM_COMMON_FIELDS.contains(&name) || TRTLLM_COMPLETION_FIELDS.contains(&name)
         }
         Endpoint::Embeddings => TRTLLM_EMBEDDING_FIELDS.contains(&name),
+        // trtllm-serve has no Anthropic routes (the server answers them 404 first).
+        Endpoint::Messages | Endpoint::CountTokens => false,
     };
     let unknown: Vec<(&String, &Value)> =
         fields.iter().filter(|(name, _)| !allowed(name)).collect();

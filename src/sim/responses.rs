@@ -612,6 +612,7 @@ mod tests {
             prompt_tokens: 5,
             seed: 0,
             embedding_inputs: Vec::new(),
+            tool_call: None,
         };
         let texts = vec![" a b c".to_owned(), " d e f".to_owned()];
         let done = Completed {

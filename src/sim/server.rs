@@ -103,6 +103,9 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<SimBody> 
         return control::handle(app, request).await;
     }
     if let Some(endpoint) = Endpoint::from_path(&path) {
+        if endpoint.is_anthropic() && flavour != Flavour::Vllm {
+            return not_found();
+        }
         return if method == Method::POST {
             inference(app, endpoint, request).await
         } else {
@@ -279,6 +282,7 @@ async fn inference(
 
     let reply = Reply {
         flavour: app.config.flavour,
+        anthropic: endpoint.is_anthropic(),
         x_request_id: x_request_id.as_deref(),
     };
     let content_type = headers
@@ -364,8 +368,9 @@ async fn inference(
         .checked_mul(later_tokens)
         .and_then(|decode| decode.checked_add(ttft))
         .unwrap_or(Duration::MAX);
-    // A zero-length sleep still waits for the next 1 ms timer tick: skip it.
-    if !generation_time.is_zero() {
+    // A zero-length sleep still waits for the next 1 ms timer tick: skip it. Counting tokens
+    // generates nothing.
+    if !generation_time.is_zero() && endpoint != Endpoint::CountTokens {
         tokio::time::sleep(generation_time).await;
     }
     let body = non_streaming_body(
@@ -414,6 +419,8 @@ fn non_streaming_body(
     };
     match endpoint {
         Endpoint::Chat => responses::chat_response(flavour, &done),
+        Endpoint::Messages => super::anthropic::message_response(parsed, id, &texts[0]),
+        Endpoint::CountTokens => super::anthropic::count_tokens_response(parsed.prompt_tokens),
         _ => responses::completion_response(flavour, &done),
     }
 }
@@ -421,6 +428,8 @@ fn non_streaming_body(
 /// Builds inference responses and closes their records.
 struct Reply<'a> {
     flavour: Flavour,
+    /// Errors in Anthropic's shape (the Messages routes).
+    anthropic: bool,
     x_request_id: Option<&'a str>,
 }
 
@@ -446,7 +455,11 @@ impl Reply<'_> {
     }
 
     fn error(&self, tracker: RequestTracker, case: &ErrorCase) -> Response<SimBody> {
-        let (status, body) = responses::error_response(self.flavour, case);
+        let (status, body) = if self.anthropic {
+            super::anthropic::error_response(case)
+        } else {
+            responses::error_response(self.flavour, case)
+        };
         tracker.set_status(status.as_u16());
         tracker.finish(Outcome::Ok);
         match body {
@@ -473,7 +486,9 @@ impl Reply<'_> {
 
 fn response_id(endpoint: Endpoint, request_id: &str) -> String {
     let prefix = match endpoint {
-        Endpoint::Chat => "chatcmpl",
+        // vLLM's Messages answers carry the chat completion's id.
+        Endpoint::Chat | Endpoint::Messages => "chatcmpl",
+        Endpoint::CountTokens => "count",
         Endpoint::Completions => "cmpl",
         Endpoint::Embeddings => "embd",
     };

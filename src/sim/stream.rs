@@ -94,7 +94,12 @@ pub fn start_stream(plan: StreamPlan, tracker: RequestTracker) -> ChannelBody {
             sent: 0,
             flushed: flushed_watch,
         };
-        match generate(&plan, &mut tracker, &mut writer).await {
+        let generated = if plan.request.endpoint == Endpoint::Messages {
+            super::anthropic::generate(&plan, &mut tracker, &mut writer).await
+        } else {
+            generate(&plan, &mut tracker, &mut writer).await
+        };
+        match generated {
             Ok(outcome) => tracker.finish(outcome),
             // Dropping the tracker unfinished records the abandonment.
             Err(ClientGone) => drop(tracker),
@@ -109,16 +114,16 @@ pub fn start_stream(plan: StreamPlan, tracker: RequestTracker) -> ChannelBody {
 
 /// The receiving side (the client's connection) is gone.
 #[derive(Debug)]
-struct ClientGone;
+pub struct ClientGone;
 
-struct EventWriter {
+pub struct EventWriter {
     sender: mpsc::Sender<StreamItem>,
     sent: u64,
     flushed: watch::Receiver<Option<u64>>,
 }
 
 impl EventWriter {
-    async fn send(&mut self, event: Bytes) -> Result<(), ClientGone> {
+    pub async fn send(&mut self, event: Bytes) -> Result<(), ClientGone> {
         self.sender.send(Ok(event)).await.map_err(|_| ClientGone)?;
         self.sent += 1;
         Ok(())
@@ -126,7 +131,7 @@ impl EventWriter {
 
     /// Makes hyper drop the connection mid-body. hyper discards unflushed output when a
     /// body fails, so first wait until everything sent so far is flushed.
-    async fn abort_connection(&mut self) -> Result<(), ClientGone> {
+    pub async fn abort_connection(&mut self) -> Result<(), ClientGone> {
         let sent = self.sent;
         let Self {
             sender, flushed, ..
@@ -145,7 +150,7 @@ impl EventWriter {
     }
 
     /// Sleeps, but returns early if the client goes away meanwhile.
-    async fn pause(&mut self, duration: Duration) -> Result<(), ClientGone> {
+    pub async fn pause(&mut self, duration: Duration) -> Result<(), ClientGone> {
         if duration.is_zero() {
             return Ok(());
         }

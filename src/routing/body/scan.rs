@@ -30,6 +30,9 @@ pub enum BodyError {
     ModelNotString { found: &'static str },
     #[error("'model' must not be empty")]
     EmptyModel,
+    /// A member the endpoint requires is absent (Messages' `max_tokens`).
+    #[error("{param}: Field required")]
+    MissingField { param: &'static str },
     #[error("duplicate key '{key}' in request body")]
     DuplicateKey { key: &'static str },
     /// A field the proxy reads has the wrong JSON type. Upstreams coerce (`"n": "5"` becomes 5
@@ -53,7 +56,7 @@ impl BodyError {
             BodyError::MissingModel | BodyError::ModelNotString { .. } | BodyError::EmptyModel => {
                 Some("model")
             }
-            BodyError::DuplicateKey { key } => Some(key),
+            BodyError::DuplicateKey { key } | BodyError::MissingField { param: key } => Some(key),
             BodyError::InvalidType { param, .. } => Some(param),
         }
     }
@@ -67,6 +70,7 @@ impl BodyError {
             BodyError::MissingModel => "missing_model",
             BodyError::ModelNotString { .. } | BodyError::EmptyModel => "invalid_model",
             BodyError::DuplicateKey { .. } => "duplicate_key",
+            BodyError::MissingField { .. } => "missing_field",
             BodyError::InvalidType { .. } => "invalid_type",
         }
     }
@@ -124,8 +128,8 @@ pub struct RequestFacts {
     pub has_tools: bool,
     /// `Some` only when `user` is a string.
     pub user: Option<String>,
-    /// Raw byte length of `messages` + `prompt` + `input` (all occurrences);
-    /// a cheap proxy for prompt size.
+    /// Raw byte length of `messages` + `prompt` + `input` + `system` (Anthropic's system
+    /// prompt; all occurrences): a cheap proxy for prompt size.
     pub prompt_bytes: usize,
     /// Offset just after the last top-level value, before any whitespace and
     /// the closing `}`: where `,"key":value` can be inserted.
@@ -257,7 +261,7 @@ pub(super) fn extract_facts(
             "model" => (&mut model, "model"),
             "stream" => (&mut stream, "stream"),
             "stream_options" => (&mut stream_options, "stream_options"),
-            "messages" | "prompt" | "input" => {
+            "messages" | "prompt" | "input" | "system" => {
                 prompt_bytes = prompt_bytes.saturating_add(member.value.get().len());
                 continue;
             }
