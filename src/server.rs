@@ -66,7 +66,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = proxy_service(&server, &state, server_settings.grace_period_seconds);
+    let mut proxy = proxy_service(&server, &state, &server_settings);
     let mut proxy_endpoints = Vec::new();
     let read_buffer = L4BufferSettings::default().read(server_settings.client_read_buffer_bytes);
     for (i, addr) in server_settings.listen.iter().enumerate() {
@@ -185,14 +185,19 @@ fn fleet_link(
 
 /// The proxy service: tokengate's `ProxyHttp` in Pingora's HTTP proxy, behind the connection
 /// caps and header deadline (`connection_guard.rs`), with a short settle before its shutdown
-/// cleanup (`settle.rs`).
+/// cleanup (`settle.rs`). With `h2c`, Pingora peeks each plain connection for the HTTP/2
+/// preface (bounded by the header deadline, `guarded_stream.rs`) and speaks HTTP/2 to those
+/// that send it; TLS connections keep ALPN.
 fn proxy_service(
     server: &Server,
     state: &Arc<AppState>,
-    grace_period_seconds: u64,
+    settings: &config::ServerSettings,
 ) -> Service<GuardedApp<SettlingApp<pingora_proxy::HttpProxy<TokenGate>>>> {
-    let proxy = pingora_proxy::http_proxy(&server.configuration, TokenGate::new(state.clone()));
-    let settling = SettlingApp::new(proxy, grace_period_seconds);
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2c = settings.h2c;
+    let mut proxy = pingora_proxy::http_proxy(&server.configuration, TokenGate::new(state.clone()));
+    proxy.server_options = Some(options);
+    let settling = SettlingApp::new(proxy, settings.grace_period_seconds);
     Service::new(
         "tokengate proxy".to_string(),
         GuardedApp::new(settling, state.clone()),

@@ -95,6 +95,9 @@ fn listener_changes(old: &Config, new: &Config) -> Vec<String> {
     if a.admin_listen != b.admin_listen {
         changed.push("server.admin_listen".to_string());
     }
+    if a.h2c != b.h2c {
+        changed.push("server.h2c".to_string());
+    }
     if a.client_read_buffer_bytes != b.client_read_buffer_bytes {
         changed.push("server.client_read_buffer_bytes".to_string());
     }

@@ -46,6 +46,10 @@ pub struct ServerSection {
     /// Offer HTTP/2 by ALPN on `tls_listen` (HTTP/1.1 stays available).
     #[serde(default = "default_tls_http2")]
     pub tls_http2: bool,
+    /// Speak HTTP/2 cleartext (prior knowledge, `PRI *` preface) on `listen` too; HTTP/1.1
+    /// stays available on the same listener.
+    #[serde(default = "default_h2c")]
+    pub h2c: bool,
     /// Admin listener (`/metrics`, `/admin/*`); loopback by default.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Spanned<String>,
@@ -281,6 +285,9 @@ fn default_recent_requests() -> Spanned<usize> {
     spanned(1000)
 }
 fn default_tls_http2() -> bool {
+    true
+}
+fn default_h2c() -> bool {
     true
 }
 fn default_client_header_timeout_ms() -> Spanned<u64> {

@@ -17,6 +17,8 @@ pub struct ServerSettings {
     pub tls_listen: Vec<SocketAddr>,
     /// Set whenever `tls_listen` is non-empty (validated: readable, parsable, matching).
     pub tls: Option<TlsFiles>,
+    /// HTTP/2 cleartext (prior knowledge) on the plain listeners, beside HTTP/1.1.
+    pub h2c: bool,
     pub admin_listen: SocketAddr,
     pub threads: usize,
     pub max_request_body_bytes: u64,

@@ -199,6 +199,7 @@ impl Validator<'_> {
             listen,
             tls_listen,
             tls,
+            h2c: s.h2c,
             admin_listen,
             threads: threads.max(1),
             max_request_body_bytes: max_body,

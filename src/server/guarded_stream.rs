@@ -51,6 +51,9 @@ connection: close\r\n\
 content-length: 111\r\n\r\n\
 {\"error\":{\"message\":\"malformed HTTP request header\",\"type\":\"invalid_request_error\",\"code\":\"malformed_request\"}}";
 
+/// What an HTTP/2 cleartext (prior knowledge) connection starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A byte no request line or header may contain (httparse rejects it everywhere).
 const INVALID_HEADER_BYTE: &[u8] = b"\x00";
 
@@ -108,6 +111,8 @@ pub struct GuardedStream {
     out: &'static [u8],
     out_pos: usize,
     header_timeouts: Option<prometheus::IntCounter>,
+    /// Bytes read while peeking for the HTTP/2 preface, handed out before new reads.
+    replay: Vec<u8>,
 }
 
 impl fmt::Debug for GuardedStream {
@@ -140,6 +145,7 @@ impl GuardedStream {
             out: &[],
             out_pos: 0,
             header_timeouts: None,
+            replay: Vec::new(),
         }
     }
 
@@ -274,7 +280,13 @@ impl AsyncRead for GuardedStream {
             Phase::Request | Phase::Idle | Phase::Inert => {}
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.replay.is_empty() {
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        } else {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.drain(..n);
+        }
         this.observe_read(buf.filled().get(before..).unwrap_or_default());
         Poll::Ready(Ok(()))
     }
@@ -419,17 +431,31 @@ impl GetSocketDigest for GuardedStream {
 
 #[async_trait]
 impl Peek for GuardedStream {
-    /// Pingora peeks for the HTTP/2 cleartext preface before reading; the header deadline
-    /// bounds that wait too.
+    /// Pingora's h2c check (`HttpServerOptions::h2c`) peeks for the HTTP/2 preface before
+    /// reading. Its own peek waits for all 24 bytes, so an HTTP/1 header shorter than that, or
+    /// arriving slowly, would wait out the header deadline and be closed without an answer.
+    /// This one reads only while the bytes can still be the preface: on the first byte that
+    /// rules it out, at the end of the stream or at the header deadline it answers with what
+    /// was read, zero-padded (never the preface), so HTTP/1 goes on at once and the deadline
+    /// is enforced by the reads as without h2c. What was read is handed out again first.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt;
         if !matches!(self.phase, Phase::Header { .. }) {
             return self.inner.try_peek(buf).await;
         }
         let deadline = self.deadline.deadline();
-        match tokio::time::timeout_at(deadline, self.inner.try_peek(buf)).await {
-            Ok(peeked) => peeked,
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        let mut chunk = [0u8; 1024];
+        while self.replay.len() < buf.len() && H2_PREFACE.starts_with(&self.replay) {
+            match tokio::time::timeout_at(deadline, self.inner.read(&mut chunk)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => self.replay.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(e),
+            }
         }
+        buf.fill(0);
+        let n = self.replay.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.replay[..n]);
+        Ok(true)
     }
 }
 
