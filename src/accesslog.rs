@@ -24,6 +24,8 @@ const MAX_BUFFERED: usize = 16 * 1024 * 1024;
 pub struct Entry {
     pub time: String,
     pub request_id: String,
+    /// The client's own `X-Request-ID` (sanitised), `null` if none or dropped.
+    pub client_request_id: Option<String>,
     pub method: String,
     pub path: String,
     /// The API surface (`chat_completions`, `messages`, ...; `-` when the path is unknown).

@@ -2,7 +2,8 @@
 //!
 //! Layers (dependencies point down only; `tests/check-layers.sh` checks it):
 //! - leaves, plain Rust (std, serde, no Pingora): [`diagnostics`] (file problems),
-//!   [`estimate`] (the bytes-per-token estimate), [`usage_totals`] (admin usage totals),
+//!   [`estimate`] (the bytes-per-token estimate), [`client_request_id`] (a client's own id,
+//!   bounded), [`usage_totals`] (admin usage totals),
 //!   [`upstream_error`], [`metering`], [`ratelimit`], [`rules`], [`fleet`] (replica health and
 //!   selection), [`auth`] (keys; uses `ratelimit`, `diagnostics`)
 //! - the validated model: [`config`] (file format → model; its TLS check is the one Pingora
@@ -19,6 +20,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod client_request_id;
 pub mod config;
 pub mod demo;
 pub mod diagnostics;

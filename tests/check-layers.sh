@@ -32,6 +32,7 @@ leaf='config|errors|state|proxy|admin|server|services|routing|accesslog|metrics'
 rules=(
     "diagnostics:$leaf|auth|fleet|rules|ratelimit|metering|upstream_error"
     "estimate:$leaf|auth|fleet|rules|ratelimit|metering|upstream_error|diagnostics"
+    "client_request_id:$leaf|auth|fleet|rules|ratelimit|metering|upstream_error|diagnostics"
     "usage_totals:$leaf|auth|fleet|rules|ratelimit|metering|upstream_error"
     "upstream_error:$leaf|auth|fleet|rules|metering"
     "ratelimit:$leaf|auth|fleet|rules|metering"

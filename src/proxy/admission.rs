@@ -36,6 +36,11 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
     if !session.is_process_shutting_down() && !http10 {
         session.set_keepalive(Some(ctx.config.server.client_keepalive_seconds));
     }
+    ctx.client_request_id = session
+        .req_header()
+        .headers
+        .get(crate::client_request_id::CLIENT_HEADER)
+        .and_then(|v| crate::client_request_id::sanitize(v.as_bytes()));
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
     let endpoint = match routing::classify(&method, &path) {
@@ -97,7 +102,7 @@ fn unreachable_health() -> Result<bool> {
 
 async fn answer(session: &mut Session, ctx: &mut RequestCtx, body: Bytes) -> Result<bool> {
     ctx.outcome.local_status = Some(200);
-    write_json(session, 200, &[], body, &ctx.request_id, false).await?;
+    write_json(session, 200, &[], body, ctx.ids(), false).await?;
     Ok(true)
 }
 
@@ -113,7 +118,7 @@ async fn reject(
 ) -> Result<bool> {
     ctx.outcome.local_status = Some(error.status());
     let unread = body_unread && may_have_body(session);
-    write_error(session, &error, ctx.protocol(), &ctx.request_id, unread).await?;
+    write_error(session, &error, ctx.protocol(), ctx.ids(), unread).await?;
     if unread && !body::expects_continue(session) {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await;
     }

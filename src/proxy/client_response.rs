@@ -23,7 +23,7 @@ pub fn on_response_header(
     let http11 = version == http::Version::HTTP_11;
     let status = response.status.as_u16();
     ctx.reply.upstream_status = Some(status);
-    response.insert_header("x-request-id", ctx.request_id.as_str())?;
+    ctx.ids().apply(response)?;
     // A replica's 429/503 (every retry spent) tells SDKs when to come back; vLLM sends none.
     if matches!(status, 429 | 503) && !response.headers.contains_key(http::header::RETRY_AFTER) {
         let secs = crate::errors::RETRY_AFTER_SECONDS;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::ApiKey;
+use crate::client_request_id::PASSED_ON_HEADER;
 use crate::config::Route;
 use crate::errors::ApiError;
 use crate::fleet::InFlight;
@@ -21,6 +22,8 @@ pub struct RequestCtx {
     pub config: Arc<Snapshot>,
     /// Our id for this request; sent to the client and, suffixed per attempt, upstream.
     pub request_id: String,
+    /// The client's own `X-Request-ID`, sanitised: passed on as `x-client-request-id`.
+    pub client_request_id: Option<String>,
     pub started: Instant,
     pub endpoint: Option<Endpoint>,
     pub admission: Admission,
@@ -157,6 +160,7 @@ impl RequestCtx {
         RequestCtx {
             config,
             request_id: new_request_id(),
+            client_request_id: None,
             started: Instant::now(),
             endpoint: None,
             admission: Admission::default(),
@@ -185,6 +189,14 @@ impl RequestCtx {
             .map_or("-", |r| r.alias.as_str())
     }
 
+    /// The ids every response carries.
+    pub fn ids(&self) -> ResponseIds<'_> {
+        ResponseIds {
+            ours: &self.request_id,
+            client: self.client_request_id.as_deref(),
+        }
+    }
+
     /// `X-Request-Id` for the current upstream attempt: unique per attempt so a replica never
     /// sees one id twice.
     pub fn attempt_request_id(&self) -> String {
@@ -201,6 +213,27 @@ impl RequestCtx {
         let out = work(self);
         self.timing.overhead += started.elapsed();
         out
+    }
+}
+
+/// `x-request-id` (ours) and `x-client-request-id` (the client's, if it sent a usable one).
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseIds<'a> {
+    pub ours: &'a str,
+    pub client: Option<&'a str>,
+}
+
+impl ResponseIds<'_> {
+    /// Set both on a response header (a replica's own `x-client-request-id` never passes).
+    pub fn apply(self, header: &mut pingora_http::ResponseHeader) -> pingora_core::Result<()> {
+        header.insert_header("x-request-id", self.ours)?;
+        match self.client {
+            Some(id) => header.insert_header(PASSED_ON_HEADER, id)?,
+            None => {
+                header.remove_header(PASSED_ON_HEADER);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -76,8 +76,7 @@ pub async fn answer(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
     };
     let status = error.status();
     if session.response_written().is_none() {
-        if let Err(write_err) =
-            write_error(session, &error, ctx.protocol(), &ctx.request_id, true).await
+        if let Err(write_err) = write_error(session, &error, ctx.protocol(), ctx.ids(), true).await
         {
             log::debug!("could not send error response: {write_err}");
         }

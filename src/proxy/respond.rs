@@ -5,6 +5,7 @@ use pingora_core::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use super::ctx::ResponseIds;
 use crate::errors::ApiError;
 use crate::routing::Protocol;
 
@@ -15,7 +16,7 @@ pub async fn write_json(
     status: u16,
     extra_headers: &[(&'static str, String)],
     body: Bytes,
-    request_id: &str,
+    ids: ResponseIds<'_>,
     close: bool,
 ) -> Result<()> {
     if close {
@@ -24,7 +25,7 @@ pub async fn write_json(
     let mut header = ResponseHeader::build(status, Some(6))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header("x-request-id", request_id)?;
+    ids.apply(&mut header)?;
     if close {
         header.insert_header("connection", "close")?;
     }
@@ -47,7 +48,7 @@ pub async fn write_error(
     session: &mut Session,
     error: &ApiError,
     protocol: Protocol,
-    request_id: &str,
+    ids: ResponseIds<'_>,
     close: bool,
 ) -> Result<()> {
     let body = match protocol {
@@ -59,7 +60,7 @@ pub async fn write_error(
         error.status(),
         &error.extra_headers(),
         body,
-        request_id,
+        ids,
         close,
     )
     .await

@@ -140,6 +140,7 @@ fn access_log_entry(
     accesslog::Entry {
         time: accesslog::now_rfc3339(),
         request_id: ctx.request_id.clone(),
+        client_request_id: ctx.client_request_id.clone(),
         method: session.req_header().method.as_str().to_string(),
         path: session.req_header().uri.path().to_string(),
         endpoint: ctx.endpoint.map_or("-", Endpoint::as_str),

@@ -8,6 +8,7 @@ use pingora_core::Result;
 use pingora_http::RequestHeader;
 
 use super::ctx::RequestCtx;
+use crate::client_request_id::PASSED_ON_HEADER;
 
 pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
     if let Some(replica) = ctx.attempt.replica.as_deref() {
@@ -36,6 +37,11 @@ pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Res
         request.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     }
     request.insert_header("x-request-id", ctx.attempt_request_id())?;
+    // Only the sanitised id of the client's own passes on, never a header it set itself.
+    request.remove_header(PASSED_ON_HEADER);
+    if let Some(id) = ctx.client_request_id.as_deref() {
+        request.insert_header(PASSED_ON_HEADER, id)?;
+    }
     for name in &ctx.admission.rules.remove_request_headers {
         request.remove_header(name);
     }

@@ -9,6 +9,7 @@ fn entry(n: u64, key: &str, model: &str, status: u16, time: &str) -> Entry {
     Entry {
         time: time.to_string(),
         request_id: format!("r{n}"),
+        client_request_id: None,
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
         endpoint: "chat_completions",
