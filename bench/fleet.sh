@@ -6,12 +6,14 @@
 #
 #   bash bench/fleet.sh                  # 3 rounds of 10 s
 #   ROUNDS=2 DUR=5 bash bench/fleet.sh   # quicker
+#   INSTRUCTIONS=1 bash bench/fleet.sh   # instructions per request under callgrind instead
+#                                        # (repeatable on a busy machine; needs valgrind)
 #
 # Ports: PORT_BASE (default 24400) … +9. Needs redis-server (Debian: apt-get install redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}
 OUT=$ROOT/bench/results
 mkdir -p "$OUT"
 ROUNDS=${ROUNDS:-3}
@@ -81,6 +83,42 @@ config fleet >"$RUN/fleet.toml"
 KEY=$("$BIN/tokengate" key new --keys-file "$RUN/keys.toml" --name busy \
   --requests-per-minute 100000000 --tokens-per-minute 100000000000 -c "$RUN/single.toml" 2>/dev/null)
 "$BIN/tokengate" key import -c "$RUN/fleet.toml" >&2
+
+# Instruction counts (INSTRUCTIONS=1): each mode under callgrind at two request counts; the
+# difference divided by the extra requests is instructions per request, free of start-up and of
+# whatever else the machine runs (valgrind counts instructions, not time).
+if [[ ${INSTRUCTIONS:-0} == 1 ]]; then
+  command -v valgrind >/dev/null || { log "valgrind missing"; exit 1; }
+  N1=${N1:-500} N2=${N2:-2500}
+  declare -A IR
+  for mode in single fleet; do
+    for n in "$N1" "$N2"; do
+      valgrind --tool=callgrind --callgrind-out-file="$RUN/cg.$mode.$n" \
+        "$BIN/tokengate" run -c "$RUN/$mode.toml" >"$RUN/$mode.$n.log" 2>&1 &
+      TGPID=$!
+      for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/"$TG") 2>/dev/null && break; sleep 0.1; done
+      "$BIN/tokengate-load" --target "127.0.0.1:$TG" --model bench --api-key "$KEY" \
+        --requests "$n" --duration-s 600 --concurrency 8 >"$RUN/load.$mode.$n.json"
+      kill -TERM "$TGPID"; wait "$TGPID" 2>/dev/null || true
+      IR[$mode.$n]=$(awk '/^summary:/ {print $2}' "$RUN/cg.$mode.$n")
+      log "$mode, $n requests: ${IR[$mode.$n]} instructions"
+    done
+  done
+  per() { python3 -c "print((${IR[$1.$N2]} - ${IR[$1.$N1]}) / ($N2 - $N1))"; } # $1 = mode
+  S=$(per single)
+  F=$(per fleet)
+  {
+    echo "# Fleet mode cost in instructions ($(date -u +%F), callgrind, $N1 and $N2 requests, 8 connections, one key)"
+    echo
+    echo "| mode | instructions / request |"
+    echo "|---|---|"
+    echo "| single node | $(printf '%.0f' "$S") |"
+    echo "| [fleet] on (Redis) | $(printf '%.0f' "$F") |"
+    echo
+    echo "fleet / single instructions per request: $(python3 -c "print('%.3f' % ($F / $S))")"
+  } | tee "$OUT/fleet-instructions.md"
+  exit 0
+fi
 
 declare -A CPU RPS CMD_CL CMD_ALL
 for mode in single fleet; do CPU[$mode]=""; RPS[$mode]=""; done

