@@ -15,12 +15,6 @@ use serde_json::Value;
 
 const SERVED: &str = "sim-model";
 
-fn one_replica(sim: &Sim) -> ProxyConfig {
-    ProxyConfig::default()
-        .cluster("pool", "vllm", &[sim.addr])
-        .model("m", "pool", SERVED)
-}
-
 /// `curl -sS` with `args`; (success, stdout, stderr).
 fn curl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("curl")
@@ -58,7 +52,7 @@ async fn h2c_prior_knowledge_and_http1_share_the_plain_listener() {
     let (_, version, _) = curl(&["-V"]);
     assert!(version.contains("HTTP2"), "curl without HTTP/2: {version}");
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let url = proxy.url("/v1/chat/completions");
     let chat = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 
@@ -106,7 +100,7 @@ async fn h2c_prior_knowledge_and_http1_share_the_plain_listener() {
 #[tokio::test]
 async fn h2c_off_keeps_the_plain_listener_http1_only() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim).server("h2c = false"));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED).server("h2c = false"));
     let url = proxy.url("/v1/chat/completions");
     let chat = r#"{"model":"m","messages":[]}"#;
     let (_, status) = curl_post("--http1.1", &url, chat);
@@ -145,7 +139,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 #[tokio::test]
 async fn a_clients_request_id_is_passed_on_beside_ours_upstream_back_and_in_the_log() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let chat = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
     let stream = r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 

@@ -17,15 +17,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const SERVED: &str = "sim-model";
-
-fn one_replica(sim: &Sim) -> ProxyConfig {
-    ProxyConfig::default()
-        .cluster("pool", "vllm", &[sim.addr])
-        .model("m", "pool", SERVED)
-}
 
 /// Read what the server sends until it closes or `wait` passes; `true` if it closed.
 fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, bool) {
@@ -41,19 +34,6 @@ fn read_until_close(s: &mut TcpStream, wait: Duration) -> (String, bool) {
         }
     };
     (String::from_utf8_lossy(&out).into_owned(), closed)
-}
-
-fn status_of(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn json_body(response: &str) -> Value {
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
 fn idle_sockets(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
@@ -74,7 +54,7 @@ async fn chat_ok(proxy: &Proxy) -> bool {
 #[tokio::test]
 async fn connections_over_the_total_cap_get_a_json_503_and_the_place_is_freed_on_close() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim).server("max_client_connections = 8"));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED).server("max_client_connections = 8"));
     let held = idle_sockets(proxy.addr, 8);
     assert_eventually(Duration::from_secs(5), "8 connections counted", || async {
         metric_sum(&proxy, "tokengate_client_connections", &[]).await == 8.0
@@ -107,7 +87,7 @@ async fn connections_over_the_total_cap_get_a_json_503_and_the_place_is_freed_on
 async fn the_per_ip_cap_holds_for_one_address() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
     let proxy = Proxy::start(
-        &one_replica(&sim)
+        &one_replica(&sim, SERVED)
             .server("max_client_connections = 100")
             .server("max_client_connections_per_ip = 3"),
     );
@@ -160,7 +140,7 @@ async fn a_per_ip_cap_above_the_total_is_a_config_error() {
 #[tokio::test]
 async fn requests_pingora_cannot_parse_get_a_json_400() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let malformed: [&[u8]; 3] = [
         b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
         b"\x01\x02\x03 / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -217,7 +197,7 @@ mod timing {
         // With h2c on (the default, explicit here), a slow HTTP/1 header is still cut by the
         // deadline: the HTTP/2 preface peek gives up at its first non-preface byte.
         let proxy = Proxy::start(
-            &one_replica(&sim)
+            &one_replica(&sim, SERVED)
                 .server("client_header_timeout_ms = 3000")
                 .server("h2c = true"),
         );
@@ -247,7 +227,8 @@ mod timing {
     async fn an_idle_connection_is_closed_at_the_header_deadline_and_keep_alive_reuse_works() {
         let _serial = serial().await;
         let sim = Sim::start(&["--served-model-name", SERVED]);
-        let proxy = Proxy::start(&one_replica(&sim).server("client_header_timeout_ms = 2000"));
+        let proxy =
+            Proxy::start(&one_replica(&sim, SERVED).server("client_header_timeout_ms = 2000"));
         let mut idle = TcpStream::connect(proxy.addr).expect("connect");
         let started = Instant::now();
         let (reply, closed) = read_until_close(&mut idle, Duration::from_secs(10));
@@ -284,7 +265,7 @@ mod timing {
         let _serial = serial().await;
         let sim = Sim::start(&["--served-model-name", SERVED]);
         // 300 descriptors: the derived cap is (300 - 128) / 2 = 86 client connections.
-        let config = one_replica(&sim)
+        let config = one_replica(&sim, SERVED)
             .with(&["health = { interval_ms = 200 }"])
             .server("client_header_timeout_ms = 4000");
         let proxy = Proxy::start_under(&config, &["prlimit", "--nofile=300:300", "--"]);

@@ -17,15 +17,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SERVED: &str = "sim-model";
-
-fn one_replica(sim: &Sim) -> ProxyConfig {
-    ProxyConfig::default()
-        .cluster("pool", "vllm", &[sim.addr])
-        .model("m", "pool", SERVED)
-}
 
 /// Send `request` on a fresh connection and read until the server closes or `wait` passes.
 fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> (String, bool) {
@@ -44,19 +38,6 @@ fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> (String, bool) {
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
-fn status_of(response: &str) -> u16 {
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn json_body(response: &str) -> Value {
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(Value::Null)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Strict parameter types (item 3)
 // ---------------------------------------------------------------------------------------------
@@ -64,7 +45,7 @@ fn json_body(response: &str) -> Value {
 #[tokio::test]
 async fn wrong_json_types_are_refused_naming_the_parameter() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let cases = [
         ("/v1/chat/completions", r#""n":"5""#, "n"),
         ("/v1/chat/completions", r#""n":5.0"#, "n"),
@@ -142,7 +123,7 @@ async fn the_simulator_coerces_like_pydantic() {
 async fn the_shipped_team_caps_cannot_be_bypassed_with_coercible_values() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("lua-free-rules");
-    let config = one_replica(&sim).top(&format!(
+    let config = one_replica(&sim, SERVED).top(&format!(
         "rules = [\"{}\"]",
         rules.join("30-team-caps.toml").display()
     ));
@@ -170,7 +151,7 @@ async fn the_shipped_team_caps_cannot_be_bypassed_with_coercible_values() {
 #[tokio::test]
 async fn malformed_chunked_bodies_get_400_json() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
     let bodies = [
         "zz\r\n{}\r\n0\r\n\r\n",                 // size not hex
@@ -204,7 +185,7 @@ async fn malformed_chunked_bodies_get_400_json() {
 #[tokio::test]
 async fn clients_dropping_mid_stream_are_client_closed_not_server_errors() {
     let sim = Sim::start(&["--served-model-name", SERVED, "--itl-ms", "20"]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let body = r#"{"model":"m","stream":true,"max_tokens":200,"messages":[{"role":"user","content":"hi"}]}"#;
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -271,7 +252,7 @@ async fn clients_dropping_mid_stream_are_client_closed_not_server_errors() {
 #[tokio::test]
 async fn http10_clients_get_a_readable_stream_and_a_closed_connection() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let body =
         r#"{"model":"m","stream":true,"max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
     let request = format!(
@@ -315,7 +296,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
 #[tokio::test]
 async fn declared_lengths_reserve_no_memory() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let (rss0, vsz0) = memory_kib(proxy.pid());
     let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16000000\r\n\r\n{";
     let mut held = Vec::new();
@@ -363,7 +344,7 @@ async fn key_limits_apply_before_the_body_is_buffered() {
     };
     let (secret, _) = registry.create(new, now_unix()).expect("key");
     let proxy = Proxy::start(
-        &one_replica(&sim).table(&format!("[auth]\nkeys_file = \"{}\"", keys.display())),
+        &one_replica(&sim, SERVED).table(&format!("[auth]\nkeys_file = \"{}\"", keys.display())),
     );
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\nContent-Length: 10000000\r\n\r\n"
@@ -414,7 +395,7 @@ async fn key_limits_apply_before_the_body_is_buffered() {
 #[tokio::test]
 async fn a_missing_admin_token_file_is_a_config_error_and_the_running_token_stays() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let config = one_replica(&sim);
+    let config = one_replica(&sim, SERVED);
     let proxy = Proxy::start(&config);
     std::fs::remove_file(proxy.dir.path().join("admin-token")).expect("remove token");
     let check = std::process::Command::new(PROXY_BIN)
@@ -447,7 +428,7 @@ async fn a_missing_admin_token_file_is_a_config_error_and_the_running_token_stay
 #[tokio::test]
 async fn a_reload_that_changes_listeners_says_they_wait_for_an_upgrade() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let text = std::fs::read_to_string(&proxy.config_path).expect("config");
     // A second listener (nothing binds it before an upgrade).
     let changed = text.replacen(
@@ -504,7 +485,7 @@ async fn a_replica_429_is_retried_elsewhere_and_a_final_429_or_503_carries_retry
 #[tokio::test]
 async fn upgrade_headers_are_not_forwarded() {
     let sim = Sim::start(&["--served-model-name", SERVED]);
-    let proxy = Proxy::start(&one_replica(&sim));
+    let proxy = Proxy::start(&one_replica(&sim, SERVED));
     let response = client()
         .post(proxy.url("/v1/chat/completions"))
         .header("upgrade", "websocket")
@@ -536,7 +517,7 @@ mod timing {
         let _serial = serial().await;
         let sim = Sim::start(&["--served-model-name", SERVED]);
         let proxy = Proxy::start(
-            &one_replica(&sim)
+            &one_replica(&sim, SERVED)
                 .server("max_buffered_body_bytes = 4000000")
                 .server("max_buffered_body_bytes_per_key = 4000000")
                 .server("client_body_timeout_ms = 20000"),
@@ -610,7 +591,8 @@ mod timing {
     async fn a_body_sent_one_byte_a_second_is_cut_at_the_whole_body_deadline() {
         let _serial = serial().await;
         let sim = Sim::start(&["--served-model-name", SERVED]);
-        let proxy = Proxy::start(&one_replica(&sim).server("client_body_timeout_ms = 3000"));
+        let proxy =
+            Proxy::start(&one_replica(&sim, SERVED).server("client_body_timeout_ms = 3000"));
         let mut s = TcpStream::connect(proxy.addr).expect("connect");
         s.write_all(
             b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",

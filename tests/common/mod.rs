@@ -653,3 +653,25 @@ pub fn sse_events(text: &str) -> Vec<String> {
         .map(|d| d.trim().to_string())
         .collect()
 }
+
+/// One cluster `pool` of one simulator, alias `m` served as `served`.
+pub fn one_replica(sim: &Sim, served: &'static str) -> ProxyConfig {
+    ProxyConfig::default()
+        .cluster("pool", "vllm", &[sim.addr])
+        .model("m", "pool", served)
+}
+
+/// The status code of a raw HTTP/1 response (0 when there is none).
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The JSON body of a raw HTTP/1 response (`Null` when there is none).
+pub fn json_body(response: &str) -> Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
