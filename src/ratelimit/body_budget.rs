@@ -56,11 +56,15 @@ impl BodyBudget {
 
     /// An empty lease for one request (`key`: the API key's name, `None` without auth).
     pub fn lease(self: &Arc<Self>, key: Option<&str>) -> BodyLease {
-        let key = key.map(|k| {
-            self.per_key
+        // A read lookup first: the usual case (a key seen before) takes no shard write lock
+        // and allocates nothing.
+        let key = key.map(|k| match self.per_key.get(k) {
+            Some(counter) => Arc::clone(&counter),
+            None => self
+                .per_key
                 .entry(k.to_string())
                 .or_insert_with(|| Arc::new(AtomicU64::new(0)))
-                .clone()
+                .clone(),
         });
         BodyLease {
             budget: Arc::clone(self),
