@@ -180,18 +180,7 @@ fn wait_ready(admin: SocketAddr, pid: i32) {
 /// A test CA and a server certificate for `localhost` / `127.0.0.1`, made with the openssl CLI:
 /// `ca.pem`, `server.pem`, `server.key` (and `other.key`, a key that fits nothing).
 fn make_test_pki(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl CLI is needed for the TLS tests (apt-get install openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| common::openssl(dir, args);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
