@@ -77,10 +77,15 @@ async fn connections_over_the_total_cap_get_a_json_503_and_the_place_is_freed_on
     .await;
     assert_eq!(refused, 1.0);
     drop(held);
-    assert_eventually(Duration::from_secs(5), "a request after the close", || {
-        chat_ok(&proxy)
-    })
+    // The closes reach the proxy asynchronously; a request before they do would itself be
+    // refused (and reqwest reports a response before its request as an error).
+    assert_eventually(
+        Duration::from_secs(5),
+        "the held connections closed",
+        || async { metric_sum(&proxy, "tokengate_client_connections", &[]).await == 0.0 },
+    )
     .await;
+    assert!(chat_ok(&proxy).await, "a request after the close");
 }
 
 #[tokio::test]
@@ -107,10 +112,15 @@ async fn the_per_ip_cap_holds_for_one_address() {
     .await;
     assert_eq!(per_ip, 1.0);
     drop(held);
-    assert_eventually(Duration::from_secs(5), "a request after the close", || {
-        chat_ok(&proxy)
-    })
+    // The closes reach the proxy asynchronously; a request before they do would itself be
+    // refused (and reqwest reports a response before its request as an error).
+    assert_eventually(
+        Duration::from_secs(5),
+        "the held connections closed",
+        || async { metric_sum(&proxy, "tokengate_client_connections", &[]).await == 0.0 },
+    )
     .await;
+    assert!(chat_ok(&proxy).await, "a request after the close");
 }
 
 #[tokio::test]
