@@ -375,9 +375,12 @@ fn start_upstream(session: &mut Session, ctx: &mut RequestCtx, plan: Plan) {
     ctx.admission.reservation = plan.reservation;
     ctx.admission.prefix_key = plan.prefix_key;
     // Bodies beyond Pingora's replay buffer are served to the proxy loop by our wrapper;
-    // smaller ones keep the plain session (and client keep-alive).
+    // `logging` hands the real session back (client keep-alive).
     if plan.needs_replay {
-        replay::install(&mut session.downstream_session, plan.upstream_body.clone());
+        ctx.admission.replay_home = Some(replay::install(
+            &mut session.downstream_session,
+            plan.upstream_body.clone(),
+        ));
     }
     ctx.admission.upstream_body = Some(plan.upstream_body);
 }

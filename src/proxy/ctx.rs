@@ -49,6 +49,9 @@ pub struct Admission {
     pub prompt_bytes: usize,
     /// The rewritten body sent on every attempt (cloned, never taken: retries resend it).
     pub upstream_body: Option<Bytes>,
+    /// Set when a body beyond Pingora's replay buffer made `replay` wrap the downstream
+    /// session: `logging` puts the real session back from here (client keep-alive).
+    pub replay_home: Option<super::replay::ReplayHome>,
     /// `prefix-affinity` key (prompt prefix or affinity header), when the cluster uses it.
     pub prefix_key: Option<u64>,
     /// Streaming with usage the proxy switched on: remove the usage chunk from the client's

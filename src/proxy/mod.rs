@@ -157,7 +157,12 @@ impl ProxyHttp for TokenGate {
         failure::client_gone(e)
     }
 
+    /// Runs before Pingora's `finish()`: the replay wrapper (bodies > 64 KiB) hands the real
+    /// client session back first, so the connection can be kept alive.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(home) = ctx.admission.replay_home.take() {
+            replay::restore(&mut session.downstream_session, &home);
+        }
         settle::settle(&self.state, session, e, ctx);
     }
 }

@@ -8,10 +8,14 @@
 //! attempt, so retries, body filters, response filters and metering are the same as for small
 //! bodies. Everything else is delegated to the real session.
 //!
-//! Costs, by design: the client connection is closed after such a request (`finish()` of a
-//! custom session yields no reusable stream), and the body sits in memory — bounded by
-//! `server.max_request_body_bytes`.
+//! A custom session cannot hand its stream back for keep-alive (`finish()` of one yields
+//! nothing reusable), so the wrapper gives the real session back instead: dropping it moves the
+//! inner session into a [`ReplayHome`] the request context holds, and [`restore`] (called from
+//! `logging`, which Pingora runs before `finish()`) puts it back in the proxy session. The
+//! client connection then stays alive as after a small body. The body sits in memory, bounded
+//! by `server.max_request_body_bytes`.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,15 +33,63 @@ use pingora_http::{RequestHeader, ResponseHeader};
 pub struct ReplayedBodySession {
     inner: ServerSession,
     body: Bytes,
+    home: ReplayHome,
+}
+
+/// Where the real downstream session goes when the wrapper is dropped, for [`restore`].
+#[derive(Clone, Default)]
+pub struct ReplayHome(Arc<Mutex<Option<ServerSession>>>);
+
+impl ReplayHome {
+    fn put(&self, session: ServerSession) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(session);
+    }
+
+    fn take(&self) -> Option<ServerSession> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// A placeholder session for the instants between swaps; never used for I/O (its methods are
+/// unreachable in pingora-core, so it must never stay installed).
+fn placeholder() -> ServerSession {
+    ServerSession::new_custom(Box::new(()))
 }
 
 /// Swap the proxy session's downstream for a wrapper that replays `body` as the request body.
-pub fn install(downstream: &mut Box<ServerSession>, body: Bytes) {
-    // The session must not be kept alive: a custom session cannot hand its stream back.
-    downstream.set_keepalive(None);
-    // `()` is a placeholder for the instant between the two swaps; nothing runs in between.
-    let inner = std::mem::replace(downstream.as_mut(), ServerSession::new_custom(Box::new(())));
-    **downstream = ServerSession::new_custom(Box::new(ReplayedBodySession { inner, body }));
+/// Keep the returned home in the request context and [`restore`] it in `logging`.
+pub fn install(downstream: &mut Box<ServerSession>, body: Bytes) -> ReplayHome {
+    let home = ReplayHome::default();
+    // Nothing runs between the two swaps.
+    let inner = std::mem::replace(downstream.as_mut(), placeholder());
+    **downstream = ServerSession::new_custom(Box::new(ReplayedBodySession {
+        inner,
+        body,
+        home: home.clone(),
+    }));
+    home
+}
+
+/// Put the real downstream session back in place of the wrapper, so `finish()` can keep the
+/// client connection alive. The wrapper's `Drop` moves the session into `home`.
+pub fn restore(downstream: &mut Box<ServerSession>, home: &ReplayHome) {
+    if !downstream.is_custom() {
+        return;
+    }
+    let wrapper = std::mem::replace(downstream.as_mut(), placeholder());
+    drop(wrapper);
+    match home.take() {
+        Some(real) => **downstream = real,
+        // Not reachable: dropping the wrapper always fills the home. Logged should it change.
+        None => log::error!("replay: the downstream session was not handed back"),
+    }
+}
+
+impl Drop for ReplayedBodySession {
+    fn drop(&mut self) {
+        self.home
+            .put(std::mem::replace(&mut self.inner, placeholder()));
+    }
 }
 
 #[async_trait]
