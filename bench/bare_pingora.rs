@@ -33,6 +33,10 @@ struct Args {
     upstream: Vec<String>,
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Per-connection read buffer; unset keeps Pingora's default (64 KiB). The benchmarks pass
+    /// tokengate's default (0: `client_read_buffer_bytes`) so the two are equally tuned.
+    #[arg(long)]
+    read_buffer_bytes: Option<usize>,
 }
 
 struct Bare(Arc<LoadBalancer<RoundRobin>>);
@@ -74,7 +78,13 @@ fn main() {
         .expect("upstream addresses");
     let mut proxy =
         pingora_proxy::http_proxy_service(&server.configuration, Bare(Arc::new(upstreams)));
-    proxy.add_tcp(&args.listen);
+    match args.read_buffer_bytes {
+        Some(bytes) => proxy.add_listener(
+            pingora_core::listeners::ListenerConfig::tcp(&args.listen)
+                .l4_buffer(pingora_core::listeners::L4BufferSettings::default().read(bytes)),
+        ),
+        None => proxy.add_tcp(&args.listen),
+    }
     server.add_service(proxy);
     println!("LISTENING {}", args.listen);
     server.run_forever();
