@@ -50,7 +50,8 @@ impl Connection {
         }
     }
 
-    async fn post(&mut self, path: &str, body: &[u8], extra: &str) -> Reply {
+    /// Write one request (head, then body); `extra` is more header lines, each ending CRLF.
+    async fn send(&mut self, path: &str, body: &[u8], extra: &str) {
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: tokengate\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n{extra}\r\n",
@@ -59,6 +60,10 @@ impl Connection {
         let socket = self.stream.get_mut();
         socket.write_all(head.as_bytes()).await.expect("write head");
         socket.write_all(body).await.expect("write body");
+    }
+
+    async fn post(&mut self, path: &str, body: &[u8], extra: &str) -> Reply {
+        self.send(path, body, extra).await;
         self.read_reply().await
     }
 
@@ -157,8 +162,8 @@ async fn three_large_requests_share_one_connection() {
     let seen = sim.requests().await;
     assert_eq!(seen.len(), 3);
     assert!(seen.iter().all(|r| r["model"] == SERVED));
-    let accepted = metric_sum(&proxy, "tokengate_client_connections", &[]).await;
-    assert_eq!(accepted, 1.0, "still the one connection, open");
+    let open = metric_sum(&proxy, "tokengate_client_connections", &[]).await;
+    assert_eq!(open, 1.0, "still the one connection, open");
 }
 
 /// Every response path through the wrapper hands the connection back: a stream, a replica
@@ -263,15 +268,8 @@ async fn a_client_leaving_mid_stream_after_a_large_body() {
     let proxy = Proxy::start(&one_replica(&sim, SERVED));
     {
         let mut conn = Connection::open(&proxy).await;
-        let body = stream_body_model_last(MIB);
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: tokengate\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let socket = conn.stream.get_mut();
-        socket.write_all(head.as_bytes()).await.expect("head");
-        socket.write_all(&body).await.expect("body");
+        conn.send("/v1/chat/completions", &stream_body_model_last(MIB), "")
+            .await;
         assert!(conn.read_line().await.starts_with("HTTP/1.1 200"));
     } // dropped: the client is gone mid-stream
     assert_eventually(
