@@ -100,8 +100,7 @@ impl PathScanner {
 
     /// Nothing is being kept byte by byte (no capture, or a measured-only one).
     fn measuring_only(&self) -> bool {
-        self.capturing
-            .is_none_or(|(t, _)| self.targets[t].max == 0)
+        self.capturing.is_none_or(|(t, _)| self.targets[t].max == 0)
     }
 
     fn step(&mut self, b: u8) {

@@ -102,7 +102,10 @@ fn meter_pieces(pieces: &[&[u8]]) -> (UsageRecord, Vec<u8>, Option<String>) {
 
 #[test]
 fn completed_stream_is_metered_from_response_completed() {
-    let body = stream("the usage: \"usage\":{\"input_tokens\":999} is text", "completed");
+    let body = stream(
+        "the usage: \"usage\":{\"input_tokens\":999} is text",
+        "completed",
+    );
     let (r, out, id) = meter_pieces(&[body.as_bytes()]);
     assert_eq!(out, body.as_bytes(), "passes unchanged");
     assert_eq!(id.as_deref(), Some("resp_abc"));
@@ -155,11 +158,17 @@ fn failed_and_error_streams_are_recorded_as_failed() {
     assert!(!r.truncated);
     assert_eq!(out, stream("a b", "failed").as_bytes(), "no event appended");
     let e = r.upstream_error.unwrap();
-    assert_eq!((e.message.as_str(), e.code.as_deref()), ("engine died", Some("server_error")));
+    assert_eq!(
+        (e.message.as_str(), e.code.as_deref()),
+        ("engine died", Some("server_error"))
+    );
     assert_eq!(r.finish_reasons[0].reason, "failed");
     let (r, _, _) = meter_pieces(&[stream("a b", "error").as_bytes()]);
     let e = r.upstream_error.unwrap();
-    assert_eq!((e.message.as_str(), e.code.as_deref()), ("boom", Some("500")));
+    assert_eq!(
+        (e.message.as_str(), e.code.as_deref()),
+        ("boom", Some("500"))
+    );
 }
 
 #[test]
@@ -190,7 +199,10 @@ fn non_streaming_body_and_its_error() {
         m.on_body(&body[i..], Instant::now());
         assert_eq!(m.response_id(), Some("resp_1"));
         let r = m.finish(Instant::now());
-        assert_eq!((r.prompt_tokens, r.completion_tokens, r.total_tokens), (3, 2, 5));
+        assert_eq!(
+            (r.prompt_tokens, r.completion_tokens, r.total_tokens),
+            (3, 2, 5)
+        );
         assert!(!r.truncated);
     }
     let mut m = ResponseMeter::new(MeterConfig::responses_json(404), Instant::now());
