@@ -2,6 +2,7 @@
 the Responses API through; stored responses live on the replica that created them)."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 import time
 import urllib.error
 import urllib.request
@@ -87,19 +88,20 @@ def test_stream_usage_is_what_was_metered(demo):
 
 def test_previous_response_id_follows_the_conversation_to_its_replica(demo):
     client = sdk(demo, fresh_key(demo, "resp-follow"))
-    holders, rounds = set(), 0
-    # The demo balances on load (two random choices): go on until both replicas created some.
-    while len(holders) < 2 and rounds < 20:
-        rounds += 1
-        first = client.responses.create(model=MODEL, input=INPUT, max_output_tokens=4)
-        holder = creator_of(demo, first.id)
-        holders.add(holder)
+    # Idle replicas are chosen by latency; concurrent creates spread over both.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        firsts = list(pool.map(
+            lambda _: client.responses.create(model=MODEL, input=INPUT, max_output_tokens=4),
+            range(4),
+        ))
+    holders = {first.id: creator_of(demo, first.id) for first in firsts}
+    assert set(holders.values()) == {8101, 8102}, "both replicas created responses"
+    for first in firsts:
         follow = client.responses.create(
             model=MODEL, input="And then?", previous_response_id=first.id, max_output_tokens=4,
         )
         assert follow.previous_response_id == first.id
-        assert creator_of(demo, follow.id) == holder, "the follow-up ran where its history is"
-    assert holders == {8101, 8102}, "both replicas created responses"
+        assert creator_of(demo, follow.id) == holders[first.id], "ran where its history is"
 
 
 def test_unknown_previous_response_and_another_keys_id_are_not_found(demo):
