@@ -41,6 +41,7 @@ pub mod json;
 pub mod path_scan;
 pub mod response;
 pub mod responses;
+pub mod responses_body;
 #[cfg(test)]
 mod responses_tests;
 pub mod sse;

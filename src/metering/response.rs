@@ -2,7 +2,7 @@
 
 use super::anthropic::{self, MessagesMeter};
 use super::json::JsonUsageScanner;
-use super::responses::{ResponsesJson, ResponsesStream};
+use super::responses_body::{ResponsesJson, ResponsesStream};
 use super::sse::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
 use super::stream::{EventVerdict, StreamMeter, StreamProtocol};
 use super::strip::{BodyAction, EventRewriter};
