@@ -388,6 +388,27 @@ mod tests {
     }
 
     #[test]
+    fn stored_response_errors_say_what_to_do() {
+        let e = ApiError::from(StoredResponseError::PreviousNotFound {
+            id: "resp_1".into(),
+            capacity: 10,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(e.status(), 404);
+        assert_eq!(v["error"]["code"], "previous_response_not_found");
+        assert_eq!(v["error"]["param"], "previous_response_id");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`input`"));
+        let e = ApiError::from(StoredResponseError::ReplicaUnavailable {
+            id: "resp_1".into(),
+            replica: "r".into(),
+        });
+        assert_eq!((e.status(), e.error_type()), (503, "server_error"));
+        assert!(e.extra_headers().iter().any(|(k, _)| *k == "retry-after"));
+        let e = ApiError::from(StoredResponseError::NotFound { id: "x".into() });
+        assert_eq!(e.to_string(), "Response with id 'x' not found.");
+    }
+
+    #[test]
     fn message_escapes_are_json_safe() {
         let err = ApiError::ModelNotFound {
             model: "a\"b\\c\n".into(),

@@ -245,11 +245,16 @@ async fn stored_responses_are_routed_to_the_replica_that_created_them() {
     assert_eq!(e["code"], "previous_response_not_found");
     assert_eq!(e["param"], "previous_response_id");
 
-    // Cancel and delete reach the same replica; a deleted id is forgotten.
+    // Cancel and delete reach the same replica (another would answer 404); a deleted id is
+    // forgotten. A finished synchronous response cannot be cancelled: vLLM's 400.
     let id = &created[0];
     let cancel = s.proxy.url(&format!("/v1/responses/{id}/cancel"));
     let (status, _, reply) = send(post.clone(), &cancel, &s.alice, None).await;
-    assert_eq!(status, 200, "{reply}");
+    assert_eq!(status, 400, "{reply}");
+    assert!(assert_openai_error(&reply)["message"]
+        .as_str()
+        .unwrap()
+        .contains("Cannot cancel a synchronous response."));
     let one = s.proxy.url(&format!("/v1/responses/{id}"));
     let (status, _, reply) = send(reqwest::Method::DELETE, &one, &s.alice, None).await;
     assert_eq!(status, 200, "{reply}");

@@ -64,9 +64,7 @@ fn stream(text: &str, end: &str) -> String {
         "failed" => {
             s += &event(
                 "response.failed",
-                &format!(
-                    r#"{{"response":{{"id":"resp_abc","status":"failed","error":{{"code":"server_error","message":"engine died"}},"usage":null}},"sequence_number":99,"type":"response.failed"}}"#
-                ),
+                r#"{"response":{"id":"resp_abc","status":"failed","error":{"code":"server_error","message":"engine died"},"usage":null},"sequence_number":99,"type":"response.failed"}"#,
             );
         }
         "error" => {

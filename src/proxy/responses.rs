@@ -61,7 +61,9 @@ pub fn pin_previous(
     };
     let key = ctx.admission.key.as_ref().map(|k| k.name.as_str());
     let at = state.stored_responses.get(&id, key).ok_or_else(not_found)?;
-    let stored = stored_route(ctx, &at).ok_or_else(not_found)?;
+    let stored = stored_route(ctx, &at)
+        .filter(|r| Endpoint::Responses.served_by(r.cluster.serves))
+        .ok_or_else(not_found)?;
     check_replica(ctx, &stored, &at, &id)?;
     ctx.admission.pinned_replica = Some(at.replica.to_string());
     // The body's model decides the served name; the stored response decides the cluster.

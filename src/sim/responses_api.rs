@@ -101,6 +101,16 @@ pub fn not_found(id: &str) -> (StatusCode, String) {
     )
 }
 
+/// `cancel` of a stored synchronous (not `background`) response.
+pub fn cannot_cancel() -> String {
+    let inner = JsonObject::new()
+        .field("message", "Cannot cancel a synchronous response.")
+        .field("type", "invalid_request_error")
+        .field("param", "response_id")
+        .field("code", &400);
+    JsonObject::new().object("error", inner).finish()
+}
+
 /// `DELETE` answers OpenAI's deletion object.
 pub fn deleted(id: &str) -> String {
     JsonObject::new()

@@ -169,8 +169,8 @@ fn is_get_route(flavour: Flavour, path: &str) -> bool {
 }
 
 /// vLLM's stored-response routes: `GET`/`DELETE /v1/responses/{id}`,
-/// `POST /v1/responses/{id}/cancel` (a finished response cannot be cancelled: vLLM answers it
-/// as it is).
+/// `POST /v1/responses/{id}/cancel` (only background responses can be cancelled: vLLM answers
+/// a stored synchronous one 400 "Cannot cancel a synchronous response.").
 fn stored_response(app: &App, method: &Method, path: &str) -> Response<SimBody> {
     let rest = path.trim_start_matches("/v1/responses/");
     let (id, cancel) = match rest.strip_suffix("/cancel") {
@@ -185,8 +185,16 @@ fn stored_response(app: &App, method: &Method, path: &str) -> Response<SimBody> 
         full_response(status, Some(JSON), body)
     };
     match (method.as_str(), cancel) {
-        ("GET", false) | ("POST", true) => match app.stored.get(id) {
+        ("GET", false) => match app.stored.get(id) {
             Some(body) => full_response(StatusCode::OK, Some(JSON), body),
+            None => missing(),
+        },
+        ("POST", true) => match app.stored.get(id) {
+            Some(_) => full_response(
+                StatusCode::BAD_REQUEST,
+                Some(JSON),
+                super::responses_api::cannot_cancel(),
+            ),
             None => missing(),
         },
         ("DELETE", false) if app.stored.remove(id) => full_response(
