@@ -336,3 +336,44 @@ async fn clusters_without_the_surface_answer_endpoint_not_served() {
     let (status, _, _) = post(&url, br#"{"model":"m","input":"hi"}"#.to_vec()).await;
     assert_eq!(status, 401);
 }
+
+/// The simulator's own Responses stream (as vLLM emits it), metered split at every byte:
+/// identical records, equal to its `response.completed` usage, and passed unchanged.
+#[tokio::test]
+async fn the_simulators_stream_meters_identically_at_every_split() {
+    use std::time::Instant;
+    use tokengate::metering::{BodyAction, MeterConfig, ResponseMeter};
+    let sim = Sim::start(&["--served-model-name", SERVED, "--seed", "3"]);
+    let body = format!(
+        r#"{{"model":"{SERVED}","input":"a prompt of some words","max_output_tokens":7,"stream":true}}"#
+    );
+    let (status, text) = stream_text(&sim.url("/v1/responses"), &body, &[]).await;
+    assert_eq!(status, 200);
+    let usage = typed_events(&text).last().unwrap().1["response"]["usage"].clone();
+    let bytes = text.as_bytes();
+    let meter_at = |cut: usize| {
+        let now = Instant::now();
+        let mut meter = ResponseMeter::new(MeterConfig::responses_sse(), now);
+        for piece in [&bytes[..cut], &bytes[cut..]] {
+            assert_eq!(meter.on_body(piece, now), BodyAction::Passthrough);
+        }
+        assert!(
+            meter.on_end(now).is_none(),
+            "a whole stream gets nothing appended"
+        );
+        let id = meter.response_id().map(str::to_string);
+        let mut record = meter.finish(now);
+        record.ttft = None;
+        record.inter_token = Default::default();
+        (record, id)
+    };
+    let (whole, id) = meter_at(bytes.len());
+    assert!(id.unwrap().starts_with("resp_"));
+    assert_eq!(whole.prompt_tokens, usage["input_tokens"].as_u64().unwrap());
+    assert_eq!(whole.completion_tokens, 7);
+    assert_eq!(whole.content_deltas, 7);
+    assert!(!whole.truncated && whole.upstream_error.is_none());
+    for cut in 0..=bytes.len() {
+        assert_eq!(meter_at(cut).0, whole, "split at {cut}");
+    }
+}
