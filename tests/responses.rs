@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 use tokengate::auth::{now_unix, KeyRegistry, NewKey};
+use tokengate::ratelimit::KeyLimits;
 
 const SERVED: &str = "org/served-model";
 
@@ -28,6 +29,8 @@ struct Setup {
     proxy: Proxy,
     alice: String,
     bob: String,
+    /// Two requests a minute.
+    carol: String,
     _keys: tempfile::TempDir,
 }
 
@@ -40,6 +43,14 @@ fn setup() -> Setup {
     let registry = KeyRegistry::load_or_empty(&path).unwrap();
     let (alice, _) = registry.create(NewKey::named("alice"), now_unix()).unwrap();
     let (bob, _) = registry.create(NewKey::named("bob"), now_unix()).unwrap();
+    let limited = NewKey {
+        limits: KeyLimits {
+            requests_per_minute: Some(2),
+            ..KeyLimits::default()
+        },
+        ..NewKey::named("carol")
+    };
+    let (carol, _) = registry.create(limited, now_unix()).unwrap();
     let proxy = Proxy::start(
         &ProxyConfig::default()
             .cluster("pool", "vllm", &[a.addr, b.addr])
@@ -59,6 +70,7 @@ fn setup() -> Setup {
         proxy,
         alice,
         bob,
+        carol,
         _keys: keys,
     }
 }
@@ -268,6 +280,20 @@ async fn stored_responses_are_routed_to_the_replica_that_created_them() {
     assert_eq!(assert_openai_error(&reply)["param"], "response_id");
     let line = log_line(&s.proxy, 1).await;
     assert!(line["endpoint"].is_string());
+
+    // The stored-response routes count against the key's requests per minute.
+    let body = r#"{"model":"m","input":"hi","max_output_tokens":2}"#;
+    let (status, _, reply) = send(post.clone(), &url, &s.carol, Some(body)).await;
+    assert_eq!(status, 200, "{reply}");
+    let get = s
+        .proxy
+        .url(&format!("/v1/responses/{}", reply["id"].as_str().unwrap()));
+    let (status, _, _) = send(reqwest::Method::GET, &get, &s.carol, None).await;
+    assert_eq!(status, 200);
+    let (status, headers, reply) = send(reqwest::Method::GET, &get, &s.carol, None).await;
+    assert_eq!(status, 429, "{reply}");
+    assert_eq!(assert_openai_error(&reply)["code"], "rate_limit_exceeded");
+    assert!(headers.contains_key("retry-after"));
 }
 
 #[tokio::test]

@@ -91,12 +91,31 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
         | Endpoint::CountTokens
         | Endpoint::Responses => prepare_upstream(state, session, ctx, endpoint).await,
         Endpoint::RetrieveResponse | Endpoint::DeleteResponse | Endpoint::CancelResponse => {
-            match super::responses::admit_stored(state, ctx, endpoint, &path) {
-                // The request (and any body) passes as the client sent it.
-                Ok(()) => Ok(false),
-                Err(e) => reject(session, ctx, e, true).await,
-            }
+            admit_stored(state, session, ctx, endpoint, &path).await
         }
+    }
+}
+
+/// A stored-response route: the key's requests-per-minute and concurrency apply (no tokens:
+/// nothing is generated); then the replica holding the id. The request (and any body) passes
+/// as the client sent it.
+async fn admit_stored(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    endpoint: Endpoint,
+    path: &str,
+) -> Result<bool> {
+    let ticket = match admit_key_early(state, ctx) {
+        Ok(ticket) => ticket,
+        Err(e) => return reject(session, ctx, rate_limited(e), true).await,
+    };
+    match super::responses::admit_stored(state, ctx, endpoint, path) {
+        Ok(()) => {
+            ctx.admission.key_ticket = ticket;
+            Ok(false)
+        }
+        Err(e) => reject(session, ctx, e, true).await,
     }
 }
 

@@ -67,6 +67,8 @@ pub struct Admission {
     pub pinned_replica: Option<String>,
     /// The response id of a stored-response route (`/v1/responses/{id}`).
     pub stored_id: Option<String>,
+    /// A stored-response route's hold on the key's concurrency (released when dropped).
+    pub key_ticket: Option<crate::ratelimit::KeyTicket>,
 }
 
 /// What the rules in force added to the request.
