@@ -78,6 +78,52 @@ pub enum ApiError {
     },
     #[error("Internal gateway error: {0}.")]
     Internal(String),
+    /// A Responses API id this gateway cannot route (unknown, forgotten, another key's, or
+    /// its replica out of service).
+    #[error("{0}")]
+    StoredResponse(#[from] StoredResponseError),
+}
+
+/// Why a stored Responses API response cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoredResponseError {
+    /// `GET`/`DELETE`/`cancel` of an id not known for this key (vLLM's own message).
+    #[error("Response with id '{id}' not found.")]
+    NotFound { id: String },
+    /// `previous_response_id` names a response not known for this key: start a new
+    /// conversation (send the history as `input`) instead.
+    #[error("Previous response with id '{id}' not found. It may have expired from this gateway's routing table ({capacity} ids) or was created with another key; send the conversation as `input` instead.")]
+    PreviousNotFound { id: String, capacity: usize },
+    /// The replica holding it is out of service; it may come back.
+    #[error("The replica holding response '{id}' ({replica}) is unavailable; retry after {RETRY_AFTER_SECONDS} s, or send the conversation as `input` instead.")]
+    ReplicaUnavailable { id: String, replica: String },
+}
+
+impl StoredResponseError {
+    pub fn status(&self) -> u16 {
+        match self {
+            StoredResponseError::NotFound { .. } | StoredResponseError::PreviousNotFound { .. } => {
+                404
+            }
+            StoredResponseError::ReplicaUnavailable { .. } => 503,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            StoredResponseError::NotFound { .. } => "response_not_found",
+            StoredResponseError::PreviousNotFound { .. } => "previous_response_not_found",
+            StoredResponseError::ReplicaUnavailable { .. } => "stored_response_unavailable",
+        }
+    }
+
+    fn param(&self) -> &'static str {
+        match self {
+            StoredResponseError::NotFound { .. }
+            | StoredResponseError::ReplicaUnavailable { .. } => "response_id",
+            StoredResponseError::PreviousNotFound { .. } => "previous_response_id",
+        }
+    }
 }
 
 /// Seconds a client should wait before retrying a 503 from us (within every SDK major's range).
@@ -103,6 +149,7 @@ impl ApiError {
             ApiError::UpstreamTimeout { .. } => 504,
             ApiError::UpstreamEmptyError { status, .. } => *status,
             ApiError::Internal(_) => 500,
+            ApiError::StoredResponse(e) => e.status(),
         }
     }
 
@@ -123,6 +170,8 @@ impl ApiError {
             | ApiError::UnknownPath { .. }
             | ApiError::ClientBodyTimeout => "invalid_request_error",
             ApiError::UpstreamEmptyError { status, .. } if *status < 500 => "invalid_request_error",
+            ApiError::StoredResponse(e) if e.status() < 500 => "invalid_request_error",
+            ApiError::StoredResponse(_) => "server_error",
             ApiError::NoReplicaAvailable { .. }
             | ApiError::Overloaded { .. }
             | ApiError::BodyBudgetBusy
@@ -159,6 +208,7 @@ impl ApiError {
                 Some("upstream_error")
             }
             ApiError::Internal(_) => Some("internal_error"),
+            ApiError::StoredResponse(e) => Some(e.code()),
         }
     }
 
@@ -193,6 +243,7 @@ impl ApiError {
                 "upstream_error"
             }
             ApiError::Internal(_) => "internal_error",
+            ApiError::StoredResponse(e) => e.code(),
         }
     }
 
@@ -200,6 +251,7 @@ impl ApiError {
         match self {
             ApiError::InvalidBody(e) => e.param(),
             ApiError::ModelNotFound { .. } | ApiError::EndpointNotServed { .. } => Some("model"),
+            ApiError::StoredResponse(e) => Some(e.param()),
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyTooLargeStreaming { .. }
             | ApiError::Unauthorized(_)
@@ -223,7 +275,9 @@ impl ApiError {
     /// Extra response headers this error needs (e.g. `Retry-After` on a 503, `Allow` on a 405).
     pub fn extra_headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            ApiError::NoReplicaAvailable { .. } | ApiError::BodyBudgetBusy => {
+            ApiError::NoReplicaAvailable { .. }
+            | ApiError::BodyBudgetBusy
+            | ApiError::StoredResponse(StoredResponseError::ReplicaUnavailable { .. }) => {
                 vec![
                     ("retry-after", RETRY_AFTER_SECONDS.to_string()),
                     ("retry-after-ms", (RETRY_AFTER_SECONDS * 1000).to_string()),
@@ -331,6 +385,27 @@ mod tests {
         };
         assert_eq!(err.status(), 503);
         assert!(err.extra_headers().iter().any(|(k, _)| *k == "retry-after"));
+    }
+
+    #[test]
+    fn stored_response_errors_say_what_to_do() {
+        let e = ApiError::from(StoredResponseError::PreviousNotFound {
+            id: "resp_1".into(),
+            capacity: 10,
+        });
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(e.status(), 404);
+        assert_eq!(v["error"]["code"], "previous_response_not_found");
+        assert_eq!(v["error"]["param"], "previous_response_id");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`input`"));
+        let e = ApiError::from(StoredResponseError::ReplicaUnavailable {
+            id: "resp_1".into(),
+            replica: "r".into(),
+        });
+        assert_eq!((e.status(), e.error_type()), (503, "server_error"));
+        assert!(e.extra_headers().iter().any(|(k, _)| *k == "retry-after"));
+        let e = ApiError::from(StoredResponseError::NotFound { id: "x".into() });
+        assert_eq!(e.to_string(), "Response with id 'x' not found.");
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct AppState {
     pub limiter: Limiter,
     /// Request-body bytes held in memory by all requests (limits in the snapshot's config).
     pub body_budget: Arc<crate::ratelimit::body_budget::BodyBudget>,
+    /// Responses API id → the replica that stored it (sized by `server.stored_responses`).
+    pub stored_responses: crate::fleet::stored::ResponseAffinity,
     /// Tokens and requests per key and model since start (`GET /admin/usage`).
     pub usage: Usage,
     /// The last finished requests (`GET /admin/requests`); sized by `server.recent_requests`.
@@ -169,6 +171,7 @@ impl AppState {
             keys: ArcSwap::from_pointee(keys),
             limiter,
             body_budget: Arc::default(),
+            stored_responses: Default::default(),
             usage: Usage::new(),
             recent,
             events: crate::events::EventHub::default(),

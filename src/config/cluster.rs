@@ -7,7 +7,9 @@ use toml::Spanned;
 use super::file::{ClusterSection, HealthSection, PassiveSection, ScrapeSection, TimeoutSection};
 use super::model::{ClusterTimeouts, Flavour, ServerSettings};
 use super::validate::Validator;
-use crate::fleet::{BalanceSettings, HealthSettings, PassiveSettings, Policy, ScrapeSettings};
+use crate::fleet::{
+    BalanceSettings, HealthSettings, PassiveSettings, Policy, ScrapeSettings, Surface, Surfaces,
+};
 
 /// Everything of a cluster besides its name, flavour and replicas.
 pub(super) struct ClusterSettings {
@@ -17,6 +19,7 @@ pub(super) struct ClusterSettings {
     pub balance: BalanceSettings,
     pub affinity_header: Option<http::HeaderName>,
     pub timeouts: ClusterTimeouts,
+    pub serves: Surfaces,
 }
 
 impl Validator<'_> {
@@ -61,7 +64,9 @@ impl Validator<'_> {
         let balance = self.balance_settings(c, &mut scrape, &at);
         let affinity_header = self.affinity_header(c, &at);
         let timeouts = self.cluster_timeouts(c.timeouts.as_ref(), server, &at);
+        let serves = self.serves(c, flavour, &at);
         ClusterSettings {
+            serves,
             health,
             passive,
             scrape,
@@ -69,6 +74,44 @@ impl Validator<'_> {
             affinity_header,
             timeouts,
         }
+    }
+
+    /// `serves`: the surfaces named, each known; default from the flavour.
+    fn serves(
+        &mut self,
+        c: &ClusterSection,
+        flavour: Flavour,
+        at: &dyn Fn(&str) -> String,
+    ) -> Surfaces {
+        let Some(list) = &c.serves else {
+            return Surfaces::for_flavour(flavour);
+        };
+        let mut set = Surfaces::default();
+        for (j, name) in list.get_ref().iter().enumerate() {
+            match Surface::parse(name.get_ref()) {
+                Some(s) => set.insert(s),
+                None => self.fail(
+                    name,
+                    at(&format!("serves[{j}]")),
+                    format!(
+                        "unknown surface `{}`; expected one of: {}",
+                        name.get_ref(),
+                        Surface::NAMES
+                    ),
+                ),
+            }
+        }
+        set
+    }
+
+    /// `server.stored_responses`: 1-10000000.
+    pub(super) fn stored_responses(&mut self, s: &super::file::ServerSection) -> usize {
+        let n = *s.stored_responses.get_ref();
+        if !(1..=10_000_000).contains(&n) {
+            let message = "must be between 1 and 10000000";
+            self.fail(&s.stored_responses, "server.stored_responses", message);
+        }
+        n.clamp(1, 10_000_000)
     }
 
     fn health_settings(

@@ -123,6 +123,10 @@ pub struct ServerSection {
     /// Finished requests kept for `GET /admin/requests` (1-100000).
     #[serde(default = "default_recent_requests")]
     pub recent_requests: Spanned<usize>,
+    /// Responses API ids remembered for routing follow-ups to the replica that stored them
+    /// (1-10000000; oldest forgotten first).
+    #[serde(default = "default_stored_responses")]
+    pub stored_responses: Spanned<usize>,
     #[serde(default)]
     pub pid_file: Option<String>,
     #[serde(default)]
@@ -150,6 +154,9 @@ pub struct ClusterSection {
     /// Header whose value is the affinity key (e.g. a session id); default: the prompt prefix.
     #[serde(default)]
     pub affinity_header: Option<Spanned<String>>,
+    /// API surfaces the replicas serve; default from the flavour.
+    #[serde(default)]
+    pub serves: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub health: Option<HealthSection>,
     #[serde(default)]
@@ -283,6 +290,9 @@ fn default_access_log() -> Spanned<String> {
 }
 fn default_recent_requests() -> Spanned<usize> {
     spanned(1000)
+}
+fn default_stored_responses() -> Spanned<usize> {
+    spanned(100_000)
 }
 fn default_tls_http2() -> bool {
     true

@@ -44,6 +44,8 @@ pub struct ServerSettings {
     pub access_log: AccessLogTarget,
     /// Size of the recent-requests ring (`GET /admin/requests`).
     pub recent_requests: usize,
+    /// Responses API ids kept for follow-up routing (`server.stored_responses`).
+    pub stored_responses: usize,
 }
 
 /// Certificate and key of the TLS listeners.
@@ -82,6 +84,8 @@ pub struct Cluster {
     /// Header carrying the `prefix-affinity` key; `None`: hash the prompt's leading part.
     pub affinity_header: Option<http::HeaderName>,
     pub timeouts: ClusterTimeouts,
+    /// The API surfaces its replicas serve (`serves`, default from the flavour).
+    pub serves: crate::fleet::Surfaces,
 }
 
 /// Upstream timeouts of one cluster (server defaults unless overridden).

@@ -124,3 +124,28 @@ fn syntax_error_has_a_line() {
     let e = p("[server\nlisten=1").unwrap_err();
     assert!(e.issues[0].line.is_some());
 }
+
+#[test]
+fn serves_defaults_from_the_flavour_and_is_validated() {
+    use crate::fleet::{Surface, Surfaces};
+    let c = p(GOOD).unwrap();
+    let cluster = &c.route("m").unwrap().cluster;
+    assert_eq!(cluster.serves, Surfaces::for_flavour(Flavour::Vllm));
+    assert_eq!(c.server.stored_responses, 100_000);
+    let text = GOOD.replace(
+        "replicas = [\"127.0.0.1:8101\", \"127.0.0.1:8102\"]",
+        "replicas = [\"127.0.0.1:8101\"]\nserves = [\"chat\", \"responses\"]",
+    );
+    let c = p(&text).unwrap();
+    let serves = c.route("m").unwrap().cluster.serves;
+    assert!(serves.contains(Surface::Responses) && !serves.contains(Surface::Messages));
+    let bad = text.replace("\"responses\"]", "\"ollama\"]");
+    let e = p(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("clusters[0].serves[1]: unknown surface `ollama`"),
+        "{e}"
+    );
+    let zero = GOOD.replace("[server]\n", "[server]\nstored_responses = 0\n");
+    let e = p(&zero).unwrap_err().to_string();
+    assert!(e.contains("server.stored_responses"), "{e}");
+}

@@ -231,6 +231,7 @@ impl Validator<'_> {
             admin_token_file: self.admin_token_file(s),
             access_log: self.access_log(s),
             recent_requests: self.recent_requests(s),
+            stored_responses: self.stored_responses(s),
         }
     }
 
@@ -466,6 +467,7 @@ impl Validator<'_> {
                 balance: settings.balance,
                 affinity_header: settings.affinity_header,
                 timeouts: settings.timeouts,
+                serves: settings.serves,
             }));
         }
         out

@@ -31,6 +31,7 @@ impl ApiError {
             ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamFailed { .. }
             | ApiError::Internal(_) => "api_error",
+            ApiError::StoredResponse(e) => type_for_status(e.status()),
             ApiError::RuleDenied { status, .. } | ApiError::UpstreamEmptyError { status, .. } => {
                 type_for_status(*status)
             }

@@ -22,9 +22,10 @@ pub mod replica;
 pub mod scrape;
 pub mod select;
 pub mod settings;
+pub mod stored;
 pub mod view;
 
-pub use flavour::Flavour;
+pub use flavour::{Flavour, Surface, Surfaces};
 pub use hash::prefix_key;
 pub use health::{ActiveState, ErrorKind, HealthRules, Outcome, Transition};
 pub use registry::Fleet;

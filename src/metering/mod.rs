@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Modules: [`sse`] incremental SSE parser; [`stream`] per-event metering (OpenAI, Triton);
-//! [`anthropic`] per-event metering of Anthropic Messages streams and their JSON `usage`; [`strip`] removing or
+//! [`anthropic`] per-event metering of Anthropic Messages streams and their JSON `usage`;
+//! [`responses`] OpenAI Responses API bodies (scanned with [`path_scan`], never held); [`strip`] removing or
 //! replacing events in the byte stream; [`json`] top-level `usage` of non-streaming bodies;
 //! [`usage`] the record; [`response`] the entry point; [`synthetic`] generated streams.
 //!
@@ -37,7 +38,12 @@ pub mod anthropic;
 mod anthropic_tests;
 pub mod chunk;
 pub mod json;
+pub mod path_scan;
 pub mod response;
+pub mod responses;
+pub mod responses_body;
+#[cfg(test)]
+mod responses_tests;
 pub mod sse;
 pub mod stream;
 pub mod strip;

@@ -2,6 +2,7 @@
 
 use super::anthropic::{self, MessagesMeter};
 use super::json::JsonUsageScanner;
+use super::responses_body::{ResponsesJson, ResponsesStream};
 use super::sse::{SseEvent, SseParser, DEFAULT_MAX_EVENT_BYTES};
 use super::stream::{EventVerdict, StreamMeter, StreamProtocol};
 use super::strip::{BodyAction, EventRewriter};
@@ -20,6 +21,11 @@ pub enum BodyKind {
     Sse(StreamProtocol),
     /// Non-streaming JSON response (chat, completions, embeddings, error bodies).
     Json,
+    /// An OpenAI Responses API stream (`event:` + `data:` events, usage in
+    /// `response.completed`), metered without holding any event.
+    ResponsesSse,
+    /// A non-streaming Responses API body.
+    ResponsesJson,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +89,23 @@ impl MeterConfig {
         }
     }
 
+    /// A Responses API stream: events pass unchanged; a cut stream gets an `error` event.
+    pub fn responses_sse() -> Self {
+        Self {
+            kind: BodyKind::ResponsesSse,
+            normalize_error_events: false,
+            ..Self::sse(StreamProtocol::OpenAi, false)
+        }
+    }
+
+    /// A non-streaming Responses API body (or its error).
+    pub fn responses_json(status: u16) -> Self {
+        Self {
+            kind: BodyKind::ResponsesJson,
+            ..Self::json(status)
+        }
+    }
+
     pub fn json(status: u16) -> Self {
         Self {
             kind: BodyKind::Json,
@@ -97,6 +120,8 @@ impl MeterConfig {
 enum Body {
     Sse(Box<SseBody>),
     Json(JsonUsageScanner),
+    ResponsesSse(Box<ResponsesStream>),
+    ResponsesJson(Box<ResponsesJson>),
 }
 
 /// The per-protocol event meter of a stream.
@@ -188,6 +213,8 @@ impl ResponseMeter {
                 error_event: None,
             })),
             BodyKind::Json => Body::Json(JsonUsageScanner::new(config.max_event_bytes)),
+            BodyKind::ResponsesSse => Body::ResponsesSse(Box::new(ResponsesStream::new(start))),
+            BodyKind::ResponsesJson => Body::ResponsesJson(Box::default()),
         };
         Self {
             config,
@@ -207,6 +234,14 @@ impl ResponseMeter {
             }
             Body::Sse(sse) if sse.ended => BodyAction::Passthrough,
             Body::Sse(sse) => sse.on_piece(&self.config, piece, now),
+            Body::ResponsesSse(r) => {
+                r.on_piece(piece, now);
+                BodyAction::Passthrough
+            }
+            Body::ResponsesJson(r) => {
+                r.feed(piece);
+                BodyAction::Passthrough
+            }
         }
     }
 
@@ -215,6 +250,7 @@ impl ResponseMeter {
     pub fn on_end(&mut self, now: Instant) -> Option<Bytes> {
         match &mut self.body {
             Body::Sse(sse) if !sse.ended => sse.end(&self.config, now),
+            Body::ResponsesSse(r) => r.end(self.config.append_truncation_error),
             _ => None,
         }
     }
@@ -223,7 +259,8 @@ impl ResponseMeter {
     pub fn end_of_stream_error_event(&self) -> Option<Bytes> {
         match &self.body {
             Body::Sse(sse) => sse.error_event.clone(),
-            Body::Json(_) => None,
+            Body::ResponsesSse(r) => r.error_event(),
+            Body::Json(_) | Body::ResponsesJson(_) => None,
         }
     }
 
@@ -232,6 +269,18 @@ impl ResponseMeter {
         match &self.body {
             Body::Sse(sse) => sse.parser.carried_bytes().max(sse.rewriter.held_bytes()),
             Body::Json(scanner) => scanner.carried_bytes(),
+            Body::ResponsesSse(r) => r.meter().carried_bytes(),
+            Body::ResponsesJson(r) => r.carried_bytes(),
+        }
+    }
+
+    /// A Responses API body's response id, once it passed (`response.created`'s, or the
+    /// non-streaming body's top-level `id`).
+    pub fn response_id(&self) -> Option<&str> {
+        match &self.body {
+            Body::ResponsesSse(r) => r.meter().response_id(),
+            Body::ResponsesJson(r) => r.response_id(),
+            Body::Sse(_) | Body::Json(_) => None,
         }
     }
 
@@ -252,6 +301,8 @@ impl ResponseMeter {
                 r
             }
             Body::Json(scanner) => self.json_record(scanner),
+            Body::ResponsesSse(r) => r.record(self.config.prompt_tokens_hint),
+            Body::ResponsesJson(r) => r.record(self.config.prompt_tokens_hint),
         };
         record.body_bytes = self.body_bytes;
         record

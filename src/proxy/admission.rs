@@ -88,7 +88,34 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
         | Endpoint::Completions
         | Endpoint::Embeddings
         | Endpoint::Messages
-        | Endpoint::CountTokens => prepare_upstream(state, session, ctx, endpoint).await,
+        | Endpoint::CountTokens
+        | Endpoint::Responses => prepare_upstream(state, session, ctx, endpoint).await,
+        Endpoint::RetrieveResponse | Endpoint::DeleteResponse | Endpoint::CancelResponse => {
+            admit_stored(state, session, ctx, endpoint, &path).await
+        }
+    }
+}
+
+/// A stored-response route: the key's requests-per-minute and concurrency apply (no tokens:
+/// nothing is generated); then the replica holding the id. The request (and any body) passes
+/// as the client sent it.
+async fn admit_stored(
+    state: &AppState,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    endpoint: Endpoint,
+    path: &str,
+) -> Result<bool> {
+    let ticket = match admit_key_early(state, ctx) {
+        Ok(ticket) => ticket,
+        Err(e) => return reject(session, ctx, rate_limited(e), true).await,
+    };
+    match super::responses::admit_stored(state, ctx, endpoint, path) {
+        Ok(()) => {
+            ctx.admission.key_ticket = ticket;
+            Ok(false)
+        }
+        Err(e) => reject(session, ctx, e, true).await,
     }
 }
 
@@ -198,11 +225,15 @@ async fn plan(
     })?;
     let client_body = read_body(state, session, ctx).await?;
     let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
-    let facts = scan.facts();
+    let facts = routing::endpoint_facts(endpoint, &scan);
+    let facts = &*facts;
     routing::check_body(endpoint, facts).map_err(ApiError::from)?;
     let decision = apply_rules(session, ctx, facts)?;
-    let route = resolve(ctx, facts, decision.route_cluster.as_deref())?;
+    let mut route = resolve(ctx, facts, decision.route_cluster.as_deref())?;
     served(endpoint, &route)?;
+    if endpoint == Endpoint::Responses {
+        route = super::responses::pin_previous(state, ctx, &scan, route)?;
+    }
     let reservation = reserve(state, ctx, facts, &route, ticket)?;
     let prefix_key = (route.cluster.balance.policy == Policy::PrefixAffinity)
         .then(|| affinity_key(session, &scan, &route));
@@ -294,7 +325,7 @@ fn resolve(
 /// Step 4b: the chosen cluster's servers must serve the endpoint (not a replica's 404).
 fn served(endpoint: Endpoint, route: &Route) -> Result<(), ApiError> {
     let flavour = route.cluster.flavour;
-    if endpoint.served_by(flavour) {
+    if endpoint.served_by(route.cluster.serves) {
         return Ok(());
     }
     Err(ApiError::EndpointNotServed {

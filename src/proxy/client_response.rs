@@ -10,7 +10,7 @@ use pingora_http::ResponseHeader;
 
 use super::ctx::RequestCtx;
 use crate::metering::{BodyAction, MeterConfig, ResponseMeter, StreamProtocol};
-use crate::routing::Protocol;
+use crate::routing::{Endpoint, Protocol};
 
 /// Upstream error bodies are small; anything beyond this is cut before normalising.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -42,32 +42,7 @@ pub fn on_response_header(
         response.insert_header(name.clone(), value.clone())?;
     }
     let sent_at = ctx.attempt.upstream_sent_at.unwrap_or(ctx.started);
-    let anthropic = ctx.protocol() == Protocol::Anthropic;
-    let body_changes = if status >= 400 {
-        // The replica's error shape differs by server; the client gets its protocol's.
-        ctx.reply.error_body = Some(BytesMut::new());
-        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        true
-    } else if is_event_stream(response) {
-        let mut config = if anthropic {
-            MeterConfig::messages_sse()
-        } else {
-            MeterConfig::sse(StreamProtocol::OpenAi, ctx.admission.strip_usage)
-        };
-        config.prompt_tokens_hint = estimate_prompt_tokens(ctx.admission.prompt_bytes);
-        ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
-        // Events may be removed (usage chunk), rewritten (error events) or appended
-        // (truncation), so the length is not known up front.
-        true
-    } else {
-        let config = if anthropic {
-            MeterConfig::messages_json(status)
-        } else {
-            MeterConfig::json(status)
-        };
-        ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
-        false
-    };
+    let body_changes = choose_meter(response, ctx, status, sent_at)?;
     if body_changes {
         response.remove_header(&http::header::CONTENT_LENGTH);
         if http11 {
@@ -80,6 +55,51 @@ pub fn on_response_header(
         response.insert_header(http::header::CONNECTION, "close")?;
     }
     Ok(())
+}
+
+/// The meter for the body (by protocol, endpoint and content type); `true` when the body's
+/// length may change on the way (error bodies are normalised, streams may get events).
+fn choose_meter(
+    response: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+    status: u16,
+    sent_at: Instant,
+) -> Result<bool> {
+    let anthropic = ctx.protocol() == Protocol::Anthropic;
+    let responses = ctx.endpoint == Some(Endpoint::Responses);
+    // A stored response read back (or deleted) is not new usage: passed through unmetered.
+    let stored = ctx.endpoint.is_some_and(Endpoint::is_stored_response);
+    Ok(if status >= 400 {
+        // The replica's error shape differs by server; the client gets its protocol's.
+        ctx.reply.error_body = Some(BytesMut::new());
+        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        true
+    } else if is_event_stream(response) && !stored {
+        let mut config = if anthropic {
+            MeterConfig::messages_sse()
+        } else if responses || stored {
+            MeterConfig::responses_sse()
+        } else {
+            MeterConfig::sse(StreamProtocol::OpenAi, ctx.admission.strip_usage)
+        };
+        config.prompt_tokens_hint = estimate_prompt_tokens(ctx.admission.prompt_bytes);
+        ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
+        // Events may be removed (usage chunk), rewritten (error events) or appended
+        // (truncation), so the length is not known up front.
+        true
+    } else {
+        let config = if anthropic {
+            MeterConfig::messages_json(status)
+        } else if responses {
+            MeterConfig::responses_json(status)
+        } else {
+            MeterConfig::json(status)
+        };
+        if !stored {
+            ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
+        }
+        false
+    })
 }
 
 fn is_event_stream(response: &ResponseHeader) -> bool {

@@ -62,6 +62,13 @@ pub struct Admission {
     /// The cluster's in-flight gauge, held from admission until the context is dropped.
     pub in_flight_gauge: Option<InFlightGauge>,
     pub rules: RuleEffects,
+    /// The one replica (`host:port`) this request may go to: a stored Responses API
+    /// response's (`GET`/`DELETE`/`cancel`, `previous_response_id`). No retry elsewhere.
+    pub pinned_replica: Option<String>,
+    /// The response id of a stored-response route (`/v1/responses/{id}`).
+    pub stored_id: Option<String>,
+    /// A stored-response route's hold on the key's concurrency (released when dropped).
+    pub key_ticket: Option<crate::ratelimit::KeyTicket>,
 }
 
 /// What the rules in force added to the request.
@@ -107,6 +114,8 @@ pub struct Reply {
     /// Meters the response body as it passes.
     pub meter: Option<ResponseMeter>,
     pub response_bytes: usize,
+    /// A Responses API response's id was recorded for follow-up routing.
+    pub response_id_recorded: bool,
 }
 
 /// Where the request's time went.

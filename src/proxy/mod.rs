@@ -9,6 +9,7 @@ pub mod failure;
 pub mod peer;
 pub mod replay;
 pub mod respond;
+pub mod responses;
 pub mod settle;
 pub mod upstream_request;
 
@@ -138,6 +139,7 @@ impl ProxyHttp for TokenGate {
         ctx.timed(|ctx| {
             client_response::check_total_deadline(ctx, end_of_stream)?;
             client_response::on_response_body(body, end_of_stream, ctx);
+            responses::learn_id(&self.state, ctx);
             Ok(None)
         })
     }

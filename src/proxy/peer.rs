@@ -8,7 +8,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
 use super::ctx::RequestCtx;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, StoredResponseError};
 use crate::fleet::{Outcome, SelectCtx, SelectError};
 
 pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -36,8 +36,26 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         now,
         rand: fastrand::u64(..),
     };
-    let index = match runtime.balancer.select(&runtime.replicas, &select) {
+    let chosen = match ctx.admission.pinned_replica.as_deref() {
+        Some(pinned) => pinned_pick(ctx, route, pinned, &runtime.replicas, now),
+        None => runtime.balancer.select(&runtime.replicas, &select),
+    };
+    let index = match chosen {
         Ok(index) => index,
+        Err(SelectError::NoEligible { .. }) if ctx.admission.pinned_replica.is_some() => {
+            let replica = ctx.admission.pinned_replica.clone().unwrap_or_default();
+            let id = ctx
+                .admission
+                .stored_id
+                .clone()
+                .unwrap_or_else(|| "-".into());
+            ctx.outcome.failure =
+                Some(StoredResponseError::ReplicaUnavailable { id, replica }.into());
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "the pinned replica is unavailable",
+            ));
+        }
         Err(e) => {
             let (error, status) =
                 no_replica(e, &route.alias, &cluster.name, ctx.attempt.tried.len());
@@ -64,6 +82,22 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     peer.options.write_timeout = Some(server.write_timeout);
     peer.options.idle_timeout = Some(server.upstream_idle_timeout);
     Ok(Box::new(peer))
+}
+
+/// A stored response's replica, the only one this request may use (tried once; a stale pooled
+/// connection's retry is allowed again by `on_proxy_error`).
+fn pinned_pick(
+    ctx: &RequestCtx,
+    route: &crate::config::Route,
+    pinned: &str,
+    replicas: &[std::sync::Arc<crate::fleet::ReplicaState>],
+    now: Instant,
+) -> Result<usize, SelectError> {
+    match super::responses::pinned_index(route, pinned) {
+        Some(i) if ctx.attempt.tried.contains(&i) => Err(SelectError::Exhausted),
+        Some(i) if replicas.get(i).is_some_and(|r| r.is_eligible(now)) => Ok(i),
+        _ => Err(SelectError::NoEligible { total: 1 }),
+    }
 }
 
 /// The client's error (and status) when no replica can take the attempt.
@@ -110,7 +144,10 @@ fn report(ctx: &RequestCtx, outcome: Outcome) {
 
 /// Attempts left, and a replica that could take one.
 fn can_retry(ctx: &RequestCtx) -> bool {
-    if ctx.attempt.count > ctx.config.server.connect_retries {
+    // A stored response lives on one replica: another would only answer 404.
+    if ctx.admission.pinned_replica.is_some()
+        || ctx.attempt.count > ctx.config.server.connect_retries
+    {
         return false;
     }
     let Some(route) = ctx.admission.route.as_ref() else {

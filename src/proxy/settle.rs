@@ -32,9 +32,11 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         .as_ref()
         .map_or_else(|| "-".to_string(), |r| r.cluster.name.clone());
     settle_usage(state, ctx, &model);
+    super::responses::forget_deleted(state, ctx, status);
     // Releases the replica slot and the cluster's in-flight gauge.
     ctx.attempt.in_flight = None;
     ctx.admission.in_flight_gauge = None;
+    ctx.admission.key_ticket = None;
     let duration = ctx.started.elapsed();
     record_metrics(ctx, e, &model, &cluster, status, duration);
     let entry = access_log_entry(session, e, ctx, model, cluster, status, duration);

@@ -6,7 +6,7 @@ pub mod body;
 use std::sync::Arc;
 
 use crate::config::{Config, Route};
-use crate::fleet::Flavour;
+use crate::fleet::{Surface, Surfaces};
 
 /// Why a request has no route; `errors` maps it to the client-facing error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +45,14 @@ pub enum Endpoint {
     Messages,
     /// Anthropic's `POST /v1/messages/count_tokens`.
     CountTokens,
+    /// OpenAI's `POST /v1/responses`.
+    Responses,
+    /// `GET /v1/responses/{id}`: routed to the replica that stored it.
+    RetrieveResponse,
+    /// `DELETE /v1/responses/{id}`
+    DeleteResponse,
+    /// `POST /v1/responses/{id}/cancel`
+    CancelResponse,
     /// The proxy's own liveness.
     Health,
 }
@@ -59,6 +67,15 @@ impl Endpoint {
                 | Endpoint::Embeddings
                 | Endpoint::Messages
                 | Endpoint::CountTokens
+                | Endpoint::Responses
+        )
+    }
+
+    /// The stored-response routes: no body to route by, the id names the replica.
+    pub fn is_stored_response(self) -> bool {
+        matches!(
+            self,
+            Endpoint::RetrieveResponse | Endpoint::DeleteResponse | Endpoint::CancelResponse
         )
     }
 
@@ -71,22 +88,33 @@ impl Endpoint {
             | Endpoint::Embeddings
             | Endpoint::ListModels
             | Endpoint::RetrieveModel
+            | Endpoint::Responses
+            | Endpoint::RetrieveResponse
+            | Endpoint::DeleteResponse
+            | Endpoint::CancelResponse
             | Endpoint::Health => Protocol::OpenAi,
         }
     }
 
-    /// Whether replicas of `flavour` serve this endpoint natively (UPSTREAMS.md §11: only
-    /// vLLM has the Anthropic routes; trtllm-serve and Triton's frontend answer them 404).
-    pub fn served_by(self, flavour: Flavour) -> bool {
+    /// The API surface a cluster must serve for this endpoint (`None`: answered locally).
+    pub fn surface(self) -> Option<Surface> {
         match self {
-            Endpoint::Messages | Endpoint::CountTokens => flavour == Flavour::Vllm,
-            Endpoint::ChatCompletions
-            | Endpoint::Completions
-            | Endpoint::Embeddings
-            | Endpoint::ListModels
-            | Endpoint::RetrieveModel
-            | Endpoint::Health => true,
+            Endpoint::ChatCompletions => Some(Surface::Chat),
+            Endpoint::Completions => Some(Surface::Completions),
+            Endpoint::Embeddings => Some(Surface::Embeddings),
+            Endpoint::Messages | Endpoint::CountTokens => Some(Surface::Messages),
+            Endpoint::Responses
+            | Endpoint::RetrieveResponse
+            | Endpoint::DeleteResponse
+            | Endpoint::CancelResponse => Some(Surface::Responses),
+            Endpoint::ListModels | Endpoint::RetrieveModel | Endpoint::Health => None,
         }
+    }
+
+    /// Whether a cluster serving `serves` answers this endpoint (UPSTREAMS.md §11: only vLLM
+    /// has the Anthropic and Responses routes; trtllm-serve and Triton's frontend answer 404).
+    pub fn served_by(self, serves: Surfaces) -> bool {
+        self.surface().is_none_or(|s| serves.contains(s))
     }
 
     /// The request path, for messages that name the endpoint.
@@ -99,6 +127,9 @@ impl Endpoint {
             Endpoint::RetrieveModel => "/v1/models/{id}",
             Endpoint::Messages => "/v1/messages",
             Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::RetrieveResponse | Endpoint::DeleteResponse => "/v1/responses/{id}",
+            Endpoint::CancelResponse => "/v1/responses/{id}/cancel",
             Endpoint::Health => "/health",
         }
     }
@@ -113,6 +144,10 @@ impl Endpoint {
             Endpoint::RetrieveModel => "retrieve_model",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::Responses => "responses",
+            Endpoint::RetrieveResponse => "retrieve_response",
+            Endpoint::DeleteResponse => "delete_response",
+            Endpoint::CancelResponse => "cancel_response",
             Endpoint::Health => "health",
         }
     }
@@ -130,6 +165,21 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
         "/v1/embeddings" => (Endpoint::Embeddings, "POST"),
         "/v1/messages" => (Endpoint::Messages, "POST"),
         "/v1/messages/count_tokens" => (Endpoint::CountTokens, "POST"),
+        "/v1/responses" => (Endpoint::Responses, "POST"),
+        p if stored_response_id(p).is_some() && !p.ends_with("/cancel") => {
+            return match method {
+                "GET" | "HEAD" => Ok(Endpoint::RetrieveResponse),
+                "DELETE" => Ok(Endpoint::DeleteResponse),
+                _ => Err(RouteError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: path.to_string(),
+                    allowed: "GET, DELETE",
+                }),
+            };
+        }
+        p if p.ends_with("/cancel") && stored_response_id(p).is_some() => {
+            (Endpoint::CancelResponse, "POST")
+        }
         "/v1/models" => (Endpoint::ListModels, "GET"),
         "/health" => (Endpoint::Health, "GET"),
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
@@ -152,6 +202,33 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
             allowed,
         })
     }
+}
+
+/// The `{id}` of `/v1/responses/{id}` or `/v1/responses/{id}/cancel` (one non-empty path
+/// segment; `classify` has already stripped a trailing `/`).
+pub fn stored_response_id(path: &str) -> Option<&str> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let id = path.strip_prefix("/v1/responses/")?;
+    let id = id.strip_suffix("/cancel").unwrap_or(id);
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// The body's facts as the endpoint means them: the Responses API's output budget is
+/// `max_output_tokens` (what the buckets reserve).
+/// (Copied only for that endpoint.)
+pub fn endpoint_facts<'s>(
+    endpoint: Endpoint,
+    scan: &'s body::BodyScan<'_>,
+) -> std::borrow::Cow<'s, body::RequestFacts> {
+    if endpoint != Endpoint::Responses {
+        return std::borrow::Cow::Borrowed(scan.facts());
+    }
+    let mut facts = scan.facts().clone();
+    facts.max_tokens = scan
+        .raw_value("max_output_tokens")
+        .and_then(|raw| serde_json::from_str::<u64>(raw).ok());
+    facts.max_completion_tokens = None;
+    std::borrow::Cow::Owned(facts)
 }
 
 /// What an endpoint requires of a body beyond the scan's checks: Anthropic's Messages always
@@ -224,6 +301,25 @@ mod tests {
             Endpoint::RetrieveModel
         );
         assert_eq!(classify("GET", "/health").unwrap(), Endpoint::Health);
+        assert_eq!(
+            classify("POST", "/v1/responses").unwrap(),
+            Endpoint::Responses
+        );
+        assert_eq!(
+            classify("GET", "/v1/responses/resp_1").unwrap(),
+            Endpoint::RetrieveResponse
+        );
+        assert_eq!(
+            classify("DELETE", "/v1/responses/resp_1").unwrap(),
+            Endpoint::DeleteResponse
+        );
+        assert_eq!(
+            classify("POST", "/v1/responses/resp_1/cancel").unwrap(),
+            Endpoint::CancelResponse
+        );
+        assert_eq!(stored_response_id("/v1/responses/r/cancel"), Some("r"));
+        assert_eq!(stored_response_id("/v1/responses/"), None);
+        assert_eq!(stored_response_id("/v1/responses/a/b"), None);
     }
 
     #[test]

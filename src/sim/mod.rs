@@ -14,6 +14,7 @@ pub mod lax;
 mod metrics;
 pub mod request;
 mod responses;
+mod responses_api;
 mod server;
 #[cfg(test)]
 mod server_tests;
@@ -109,6 +110,8 @@ pub(crate) struct App {
     pub config: SimConfig,
     pub replica: String,
     pub state: Arc<SimState>,
+    /// Stored Responses API responses of this replica.
+    pub stored: Arc<responses_api::Store>,
 }
 
 /// A running simulator (for in-process use; the binary uses [`run`]).
@@ -159,6 +162,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         config,
         replica,
         state: Arc::clone(&state),
+        stored: Arc::default(),
     });
     let (shutdown, shutdown_requested) = watch::channel(false);
     let task = tokio::spawn(server::serve(listener, app, shutdown_requested));

@@ -21,6 +21,8 @@ pub enum Endpoint {
     Messages,
     /// Anthropic's `/v1/messages/count_tokens` (vLLM only).
     CountTokens,
+    /// OpenAI's `/v1/responses` (vLLM only).
+    Responses,
 }
 
 impl Endpoint {
@@ -31,6 +33,7 @@ impl Endpoint {
             "/v1/embeddings" => Some(Self::Embeddings),
             "/v1/messages" => Some(Self::Messages),
             "/v1/messages/count_tokens" => Some(Self::CountTokens),
+            "/v1/responses" => Some(Self::Responses),
             _ => None,
         }
     }
@@ -48,6 +51,7 @@ impl Endpoint {
             Self::Embeddings => "EmbeddingRequest",
             Self::Messages => "AnthropicMessagesRequest",
             Self::CountTokens => "AnthropicCountTokensRequest",
+            Self::Responses => "ResponsesRequest",
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct InferenceRequest {
     pub embedding_inputs: Vec<u64>,
     /// Messages only: the tool the request forces (answered with a `tool_use` block).
     pub tool_call: Option<String>,
+    /// Responses only: its own fields (`previous_response_id`, `store`, ...).
+    pub responses: Option<super::responses_api::ResponsesFields>,
 }
 
 /// Settings from the command line and per-request headers that shape generation.
@@ -244,6 +250,12 @@ pub fn parse_request(
             };
             (tokens, 1, Vec::new())
         }
+        Endpoint::Responses => {
+            let Some(tokens) = super::responses_api::prompt_tokens(fields) else {
+                return invalid("input: Field required (a string or a list of items)");
+            };
+            (tokens, 1, Vec::new())
+        }
     };
 
     let n = optional_u64(fields, "n")?.unwrap_or(1);
@@ -252,6 +264,7 @@ pub fn parse_request(
     }
     let max_tokens = match optional_u64(fields, "max_completion_tokens")? {
         Some(limit) => Some(limit),
+        None if endpoint == Endpoint::Responses => optional_u64(fields, "max_output_tokens")?,
         None => optional_u64(fields, "max_tokens")?,
     };
     if let Some(limit) = max_tokens {
@@ -290,6 +303,8 @@ pub fn parse_request(
         tool_call: (endpoint == Endpoint::Messages)
             .then(|| super::anthropic::forced_tool(fields))
             .flatten(),
+        responses: (endpoint == Endpoint::Responses)
+            .then(|| super::responses_api::ResponsesFields::from_body(fields)),
     })
 }
 
@@ -416,7 +431,7 @@ fn reject_unknown_fields(endpoint: Endpoint, fields: &Map<String, Value>) -> Res
         }
         Endpoint::Embeddings => TRTLLM_EMBEDDING_FIELDS.contains(&name),
         // trtllm-serve has no Anthropic routes (the server answers them 404 first).
-        Endpoint::Messages | Endpoint::CountTokens => false,
+        Endpoint::Messages | Endpoint::CountTokens | Endpoint::Responses => false,
     };
     let unknown: Vec<(&String, &Value)> =
         fields.iter().filter(|(name, _)| !allowed(name)).collect();

@@ -613,6 +613,7 @@ mod tests {
             seed: 0,
             embedding_inputs: Vec::new(),
             tool_call: None,
+            responses: None,
         };
         let texts = vec![" a b c".to_owned(), " d e f".to_owned()];
         let done = Completed {

@@ -103,7 +103,8 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<SimBody> 
         return control::handle(app, request).await;
     }
     if let Some(endpoint) = Endpoint::from_path(&path) {
-        if endpoint.is_anthropic() && flavour != Flavour::Vllm {
+        let vllm_only = endpoint.is_anthropic() || endpoint == Endpoint::Responses;
+        if vllm_only && flavour != Flavour::Vllm {
             return not_found();
         }
         return if method == Method::POST {
@@ -111,6 +112,9 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<SimBody> 
         } else {
             method_not_allowed()
         };
+    }
+    if flavour == Flavour::Vllm && path.starts_with("/v1/responses/") {
+        return stored_response(app, &method, &path);
     }
     if method != Method::GET {
         return if is_get_route(flavour, &path) {
@@ -162,6 +166,45 @@ fn is_get_route(flavour: Flavour, path: &str) -> bool {
                 "/health/ready" | "/v2/health/ready" | "/v2/health/live"
             )
     )
+}
+
+/// vLLM's stored-response routes: `GET`/`DELETE /v1/responses/{id}`,
+/// `POST /v1/responses/{id}/cancel` (only background responses can be cancelled: vLLM answers
+/// a stored synchronous one 400 "Cannot cancel a synchronous response.").
+fn stored_response(app: &App, method: &Method, path: &str) -> Response<SimBody> {
+    let rest = path.trim_start_matches("/v1/responses/");
+    let (id, cancel) = match rest.strip_suffix("/cancel") {
+        Some(id) => (id, true),
+        None => (rest, false),
+    };
+    if id.is_empty() || id.contains('/') {
+        return not_found();
+    }
+    let missing = || {
+        let (status, body) = super::responses_api::not_found(id);
+        full_response(status, Some(JSON), body)
+    };
+    match (method.as_str(), cancel) {
+        ("GET", false) => match app.stored.get(id) {
+            Some(body) => full_response(StatusCode::OK, Some(JSON), body),
+            None => missing(),
+        },
+        ("POST", true) => match app.stored.get(id) {
+            Some(_) => full_response(
+                StatusCode::BAD_REQUEST,
+                Some(JSON),
+                super::responses_api::cannot_cancel(),
+            ),
+            None => missing(),
+        },
+        ("DELETE", false) if app.stored.remove(id) => full_response(
+            StatusCode::OK,
+            Some(JSON),
+            super::responses_api::deleted(id),
+        ),
+        ("DELETE", false) => missing(),
+        _ => method_not_allowed(),
+    }
 }
 
 fn not_found() -> Response<SimBody> {
@@ -322,6 +365,18 @@ async fn inference(
         }
     };
     tracker.set_prompt_tokens(parsed.prompt_tokens);
+    // vLLM looks the previous response up in this replica's store: another's id is 404.
+    if let Some(previous) = parsed
+        .responses
+        .as_ref()
+        .and_then(|r| r.previous_response_id.as_deref())
+        .filter(|id| app.stored.get(id).is_none())
+    {
+        let (status, body) = super::responses_api::not_found(previous);
+        tracker.set_status(status.as_u16());
+        tracker.finish(Outcome::Ok);
+        return reply.with_headers(status, Some(JSON), full_body(body));
+    }
 
     if app.state.take_fail_next() || faults.error_status.is_some() {
         let status = faults
@@ -353,6 +408,7 @@ async fn inference(
             itl,
             cut_after_tokens: faults.cut_after_tokens,
             midstream_error_after: faults.midstream_error_after,
+            store: (endpoint == Endpoint::Responses).then(|| Arc::clone(&app.stored)),
         };
         tracker.set_status(StatusCode::OK.as_u16());
         let body = start_stream(plan, tracker)
@@ -421,6 +477,16 @@ fn non_streaming_body(
         Endpoint::Chat => responses::chat_response(flavour, &done),
         Endpoint::Messages => super::anthropic::message_response(parsed, id, &texts[0]),
         Endpoint::CountTokens => super::anthropic::count_tokens_response(parsed.prompt_tokens),
+        Endpoint::Responses => {
+            let fields = parsed.responses.clone().unwrap_or_default();
+            let shape = super::responses_api::Shape {
+                id,
+                created,
+                model: &parsed.response_model,
+                fields: &fields,
+            };
+            super::responses_api::complete(&shape, parsed, &texts[0], &app.stored)
+        }
         _ => responses::completion_response(flavour, &done),
     }
 }
@@ -491,6 +557,8 @@ fn response_id(endpoint: Endpoint, request_id: &str) -> String {
         Endpoint::CountTokens => "count",
         Endpoint::Completions => "cmpl",
         Endpoint::Embeddings => "embd",
+        // vLLM's `resp_` + a fresh uuid (not the request id).
+        Endpoint::Responses => return format!("resp_{}", random_hex_id()),
     };
     format!("{prefix}-{request_id}")
 }

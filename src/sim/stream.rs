@@ -81,6 +81,8 @@ pub struct StreamPlan {
     pub cut_after_tokens: Option<u64>,
     /// Send the mid-stream error event after this many token steps.
     pub midstream_error_after: Option<u64>,
+    /// Responses API streams: where the completed response is stored.
+    pub store: Option<std::sync::Arc<super::responses_api::Store>>,
 }
 
 /// Starts generating in a background task and returns the body that carries it.
@@ -96,6 +98,14 @@ pub fn start_stream(plan: StreamPlan, tracker: RequestTracker) -> ChannelBody {
         };
         let generated = if plan.request.endpoint == Endpoint::Messages {
             super::anthropic::generate(&plan, &mut tracker, &mut writer).await
+        } else if let (Some(fields), Some(store)) = (&plan.request.responses, &plan.store) {
+            let shape = super::responses_api::Shape {
+                id: &plan.shape.id,
+                created: plan.shape.created,
+                model: &plan.shape.model,
+                fields,
+            };
+            super::responses_api::generate(&plan, &shape, store, &mut tracker, &mut writer).await
         } else {
             generate(&plan, &mut tracker, &mut writer).await
         };
