@@ -84,11 +84,30 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
                 Err(e) => reject(session, ctx, e, false).await,
             }
         }
+        Endpoint::OllamaVersion => answer(session, ctx, crate::ollama::local::version_json()).await,
+        Endpoint::OllamaTags => {
+            let body = super::ollama::tags(&ctx.config, visible);
+            answer(session, ctx, body).await
+        }
+        Endpoint::OllamaShow => {
+            let shown = read_body(state, session, ctx).await.and_then(|body| {
+                let config = ctx.config.clone();
+                let key = ctx.admission.key.clone();
+                let visible = |alias: &str| key.as_ref().is_none_or(|k| k.allows_model(alias));
+                super::ollama::show(&config, visible, &body).map_err(Refusal::from)
+            });
+            match shown {
+                Ok(body) => answer(session, ctx, body).await,
+                Err(refusal) => refuse(session, ctx, refusal).await,
+            }
+        }
         Endpoint::ChatCompletions
         | Endpoint::Completions
         | Endpoint::Embeddings
         | Endpoint::Messages
-        | Endpoint::CountTokens => prepare_upstream(state, session, ctx, endpoint).await,
+        | Endpoint::CountTokens
+        | Endpoint::OllamaChat
+        | Endpoint::OllamaGenerate => prepare_upstream(state, session, ctx, endpoint).await,
     }
 }
 
@@ -177,10 +196,15 @@ async fn prepare_upstream(
             start_upstream(session, ctx, plan);
             Ok(false)
         }
-        Err(Refusal::Answer { error, body_unread }) => {
-            reject(session, ctx, error, body_unread).await
-        }
-        Err(Refusal::ClientGone(e)) => Err(e),
+        Err(refusal) => refuse(session, ctx, refusal).await,
+    }
+}
+
+/// Answer a refusal (or give up on a client that is gone).
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<bool> {
+    match refusal {
+        Refusal::Answer { error, body_unread } => reject(session, ctx, error, body_unread).await,
+        Refusal::ClientGone(e) => Err(e),
     }
 }
 
@@ -197,6 +221,7 @@ async fn plan(
         body_unread: true,
     })?;
     let client_body = read_body(state, session, ctx).await?;
+    let client_body = super::ollama::translate_request(ctx, endpoint, client_body)?;
     let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
     let facts = scan.facts();
     routing::check_body(endpoint, facts).map_err(ApiError::from)?;

@@ -62,6 +62,8 @@ pub struct Admission {
     /// The cluster's in-flight gauge, held from admission until the context is dropped.
     pub in_flight_gauge: Option<InFlightGauge>,
     pub rules: RuleEffects,
+    /// An Ollama call (translated to OpenAI's before routing).
+    pub ollama: Option<super::ollama::OllamaCall>,
 }
 
 /// What the rules in force added to the request.
@@ -106,6 +108,8 @@ pub struct Reply {
     pub error_body: Option<BytesMut>,
     /// Meters the response body as it passes.
     pub meter: Option<ResponseMeter>,
+    /// The reply of an Ollama call, translated from the metered OpenAI body.
+    pub ollama: Option<super::ollama::Translation>,
     pub response_bytes: usize,
 }
 

@@ -30,6 +30,8 @@ pub enum Protocol {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Ollama's API (`/api/*`), translated to and from OpenAI's.
+    Ollama,
 }
 
 /// The client-facing API surface.
@@ -45,6 +47,14 @@ pub enum Endpoint {
     Messages,
     /// Anthropic's `POST /v1/messages/count_tokens`.
     CountTokens,
+    /// Ollama's `GET /api/tags`, `GET /api/version`, `POST /api/show` (answered locally).
+    OllamaTags,
+    OllamaVersion,
+    OllamaShow,
+    /// Ollama's `POST /api/chat`, sent to a replica's `/v1/chat/completions`.
+    OllamaChat,
+    /// Ollama's `POST /api/generate`, sent to a replica's `/v1/completions`.
+    OllamaGenerate,
     /// The proxy's own liveness.
     Health,
 }
@@ -59,13 +69,29 @@ impl Endpoint {
                 | Endpoint::Embeddings
                 | Endpoint::Messages
                 | Endpoint::CountTokens
+                | Endpoint::OllamaChat
+                | Endpoint::OllamaGenerate
         )
+    }
+
+    /// The replica path of a translated endpoint (others go to the client's path).
+    pub fn upstream_path(self) -> Option<&'static str> {
+        match self {
+            Endpoint::OllamaChat => Some("/v1/chat/completions"),
+            Endpoint::OllamaGenerate => Some("/v1/completions"),
+            _ => None,
+        }
     }
 
     /// The API family whose shapes (errors, stream events) the client expects.
     pub fn protocol(self) -> Protocol {
         match self {
             Endpoint::Messages | Endpoint::CountTokens => Protocol::Anthropic,
+            Endpoint::OllamaTags
+            | Endpoint::OllamaVersion
+            | Endpoint::OllamaShow
+            | Endpoint::OllamaChat
+            | Endpoint::OllamaGenerate => Protocol::Ollama,
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Embeddings
@@ -80,7 +106,13 @@ impl Endpoint {
     pub fn served_by(self, flavour: Flavour) -> bool {
         match self {
             Endpoint::Messages | Endpoint::CountTokens => flavour == Flavour::Vllm,
-            Endpoint::ChatCompletions
+            // Translated to chat/completions, which every flavour serves.
+            Endpoint::OllamaTags
+            | Endpoint::OllamaVersion
+            | Endpoint::OllamaShow
+            | Endpoint::OllamaChat
+            | Endpoint::OllamaGenerate
+            | Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Embeddings
             | Endpoint::ListModels
@@ -99,6 +131,11 @@ impl Endpoint {
             Endpoint::RetrieveModel => "/v1/models/{id}",
             Endpoint::Messages => "/v1/messages",
             Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::OllamaTags => "/api/tags",
+            Endpoint::OllamaVersion => "/api/version",
+            Endpoint::OllamaShow => "/api/show",
+            Endpoint::OllamaChat => "/api/chat",
+            Endpoint::OllamaGenerate => "/api/generate",
             Endpoint::Health => "/health",
         }
     }
@@ -113,6 +150,11 @@ impl Endpoint {
             Endpoint::RetrieveModel => "retrieve_model",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::OllamaTags => "ollama_tags",
+            Endpoint::OllamaVersion => "ollama_version",
+            Endpoint::OllamaShow => "ollama_show",
+            Endpoint::OllamaChat => "ollama_chat",
+            Endpoint::OllamaGenerate => "ollama_generate",
             Endpoint::Health => "health",
         }
     }
@@ -132,6 +174,11 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
         "/v1/messages/count_tokens" => (Endpoint::CountTokens, "POST"),
         "/v1/models" => (Endpoint::ListModels, "GET"),
         "/health" => (Endpoint::Health, "GET"),
+        "/api/tags" => (Endpoint::OllamaTags, "GET"),
+        "/api/version" => (Endpoint::OllamaVersion, "GET"),
+        "/api/show" => (Endpoint::OllamaShow, "POST"),
+        "/api/chat" => (Endpoint::OllamaChat, "POST"),
+        "/api/generate" => (Endpoint::OllamaGenerate, "POST"),
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
             (Endpoint::RetrieveModel, "GET")
         }
@@ -224,6 +271,13 @@ mod tests {
             Endpoint::RetrieveModel
         );
         assert_eq!(classify("GET", "/health").unwrap(), Endpoint::Health);
+        assert_eq!(classify("POST", "/api/chat").unwrap(), Endpoint::OllamaChat);
+        assert_eq!(classify("GET", "/api/tags").unwrap(), Endpoint::OllamaTags);
+        assert_eq!(
+            Endpoint::OllamaGenerate.upstream_path(),
+            Some("/v1/completions")
+        );
+        assert_eq!(Endpoint::OllamaChat.protocol(), Protocol::Ollama);
     }
 
     #[test]
