@@ -59,7 +59,6 @@ struct GenerateRequest {
     system: Option<String>,
     template: Option<String>,
     context: Option<Vec<Value>>,
-    raw: Option<bool>,
     images: Option<Vec<Value>>,
     #[serde(flatten)]
     common: Common,
@@ -165,12 +164,8 @@ pub fn translate_generate(body: &[u8]) -> Result<Translated, RequestError> {
         "images",
         request.images.as_ref().is_some_and(|i| !i.is_empty()),
     )?;
-    if request.raw == Some(false) {
-        return Err(RequestError::Unsupported {
-            field: "raw".into(),
-            reason: "the prompt goes to /v1/completions as is (raw: true); use /api/chat for the model's chat template",
-        });
-    }
+    // `raw` (in GENERATE_FIELDS) is accepted either way, as Ollama's clients always send
+    // `raw: false`; the prompt always goes as is, with no chat template (README).
     let prompt = request.prompt.unwrap_or_default();
     if prompt.is_empty() {
         return Err(invalid("prompt", "a non-empty prompt is required"));
@@ -534,8 +529,9 @@ mod tests {
         }
         let e = generate(r#"{"model":"m","prompt":"p","context":[1,2]}"#);
         assert!(e.to_string().starts_with("context"), "{e}");
-        let e = generate(r#"{"model":"m","prompt":"p","raw":false}"#);
-        assert!(e.to_string().starts_with("raw"), "{e}");
+        // What the official Python client sends for `generate(model, prompt)`.
+        let sdk = br#"{"model":"m","prompt":"p","suffix":"","system":"","template":"","raw":false,"stream":false}"#;
+        assert!(!translate_generate(sdk).unwrap().stream);
         let e = generate(r#"{"model":"m"}"#);
         assert!(e.to_string().contains("prompt"), "{e}");
         assert!(
