@@ -282,6 +282,15 @@ async fn tags_show_version_and_errors_in_ollama_shape() {
         2
     );
 
+    // The key also works as `x-api-key`.
+    let r = client()
+        .get(proxy.url("/api/tags"))
+        .header("x-api-key", &only_m)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     let (status, _, text) = get("/api/version", Some(&only_m)).await;
     assert_eq!(status, 200);
     assert!(serde_json::from_str::<Value>(&text).unwrap()["version"].is_string());
@@ -335,8 +344,8 @@ async fn tags_show_version_and_errors_in_ollama_shape() {
     .await;
     assert_eq!(status, 400);
     assert!(ollama_error(&serde_json::from_str(&text).unwrap()).contains("context"));
-    // The twelfth request so far.
-    let line = last_log_line(&proxy, 12).await;
+    // The thirteenth request so far.
+    let line = last_log_line(&proxy, 13).await;
     assert_eq!(line["path"], "/api/generate", "{line}");
     assert_eq!(line["error"], "unsupported_parameter", "{line}");
     assert!(

@@ -188,3 +188,18 @@ proptest! {
         prop_assert_eq!(translate(Api::Chat, &pieces), translate(Api::Chat, &[CHAT]));
     }
 }
+
+#[test]
+fn reasoning_deltas_become_thinking_and_empty_deltas_send_nothing() {
+    let stream = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"reasoning_content\":\"\"}}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n\
+data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}]}\n\n\
+data: [DONE]\n\n";
+    let out = lines(&translate(Api::Chat, &[stream]));
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(out[0]["message"]["thinking"], "hmm");
+    assert_eq!(out[0]["message"]["content"], "");
+    assert!(out[1]["message"].get("thinking").is_none());
+    assert_eq!(out[2]["done_reason"], "stop");
+    assert_eq!(out[2]["eval_count"], 0, "no usage chunk: nothing invented");
+}
