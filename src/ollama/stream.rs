@@ -22,10 +22,16 @@ pub const CUT_MESSAGE: &str = "upstream stream ended before completion (truncate
 
 #[derive(Debug)]
 pub struct NdjsonStream {
+    parser: SseParser,
+    state: State,
+}
+
+/// Everything but the parser (so events are handled as the parser hands them out).
+#[derive(Debug)]
+struct State {
     api: Api,
     model: String,
     started: Started,
-    parser: SseParser,
     first_token: Option<Instant>,
     finish_reason: Option<String>,
     usage: TokenCounts,
@@ -88,45 +94,50 @@ struct FunctionDelta {
 impl NdjsonStream {
     pub fn new(api: Api, model: &str, started: Started) -> NdjsonStream {
         NdjsonStream {
-            api,
-            model: model.to_string(),
-            started,
             parser: SseParser::new(DEFAULT_MAX_EVENT_BYTES),
-            first_token: None,
-            finish_reason: None,
-            usage: TokenCounts::default(),
-            tools: Vec::new(),
-            tool_bytes: 0,
-            ended: false,
+            state: State {
+                api,
+                model: model.to_string(),
+                started,
+                first_token: None,
+                finish_reason: None,
+                usage: TokenCounts::default(),
+                tools: Vec::new(),
+                tool_bytes: 0,
+                ended: false,
+            },
         }
     }
 
     /// One piece of the (metered) upstream stream → the NDJSON lines it completes.
     pub fn feed(&mut self, piece: &[u8], clock: Clock) -> Bytes {
         let mut out = Vec::new();
-        let mut events = Vec::new();
+        let state = &mut self.state;
         self.parser
-            .feed(piece, |event| events.push(event.data.to_vec()));
-        for data in events {
-            self.on_event(&data, clock, &mut out);
-        }
+            .feed(piece, |event| state.on_event(event.data, clock, &mut out));
         Bytes::from(out)
     }
 
     /// End of the upstream stream: a stream that never completed ends with an error line.
     pub fn finish(&mut self, clock: Clock) -> Bytes {
         let mut out = Vec::new();
-        let mut events = Vec::new();
-        let _ = self.parser.finish(|event| events.push(event.data.to_vec()));
-        for data in events {
-            self.on_event(&data, clock, &mut out);
-        }
-        if !self.ended {
-            self.error_line(CUT_MESSAGE, &mut out);
+        let state = &mut self.state;
+        let _ = self
+            .parser
+            .finish(|event| state.on_event(event.data, clock, &mut out));
+        if !self.state.ended {
+            self.state.error_line(CUT_MESSAGE, &mut out);
         }
         Bytes::from(out)
     }
 
+    /// Bytes held for an incomplete event and the tool calls being assembled.
+    pub fn carried_bytes(&self) -> usize {
+        self.parser.carried_bytes() + self.state.tool_bytes
+    }
+}
+
+impl State {
     fn on_event(&mut self, data: &[u8], clock: Clock, out: &mut Vec<u8>) {
         if self.ended {
             return;
@@ -278,11 +289,6 @@ impl NdjsonStream {
         out.extend_from_slice(&super::error_body(message));
         out.push(b'\n');
         self.ended = true;
-    }
-
-    /// Bytes held for an incomplete event and the tool calls being assembled.
-    pub fn carried_bytes(&self) -> usize {
-        self.parser.carried_bytes() + self.tool_bytes
     }
 }
 

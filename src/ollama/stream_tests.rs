@@ -203,3 +203,23 @@ data: [DONE]\n\n";
     assert_eq!(out[2]["done_reason"], "stop");
     assert_eq!(out[2]["eval_count"], 0, "no usage chunk: nothing invented");
 }
+
+#[test]
+fn tool_calls_beyond_the_cap_end_the_stream_with_an_error() {
+    let (started, clock) = fixed();
+    let mut s = NdjsonStream::new(Api::Chat, "m", started);
+    let piece = "x".repeat(64 * 1024);
+    let mut out = Vec::new();
+    for _ in 0..(MAX_TOOL_CALL_BYTES / piece.len() + 2) {
+        let event = format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{{\"index\":0,\"function\":{{\"arguments\":\"{piece}\"}}}}]}}}}]}}\n\n"
+        );
+        out.extend_from_slice(&s.feed(event.as_bytes(), clock));
+        assert!(s.carried_bytes() <= MAX_TOOL_CALL_BYTES + 2 * piece.len());
+    }
+    out.extend_from_slice(&s.feed(b"data: [DONE]\n\n", clock));
+    out.extend_from_slice(&s.finish(clock));
+    let out = lines(&out);
+    assert_eq!(out.len(), 1, "one error line, nothing after it");
+    assert!(out[0]["error"].as_str().unwrap().contains("too large"));
+}
