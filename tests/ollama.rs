@@ -344,9 +344,14 @@ async fn tags_show_version_and_errors_in_ollama_shape() {
     .await;
     assert_eq!(status, 400);
     assert!(ollama_error(&serde_json::from_str(&text).unwrap()).contains("context"));
-    // The thirteenth request so far.
-    let line = last_log_line(&proxy, 13).await;
-    assert_eq!(line["path"], "/api/generate", "{line}");
+    let (line, _) = eventually(Duration::from_secs(5), "the generate line", || async {
+        proxy
+            .access_log()
+            .into_iter()
+            .find(|l| l["path"] == "/api/generate")
+    })
+    .await;
+    assert_eq!(line["status"], 400, "{line}");
     assert_eq!(line["error"], "unsupported_parameter", "{line}");
     assert!(
         sim.requests().await.is_empty(),
@@ -378,4 +383,51 @@ async fn tags_show_version_and_errors_in_ollama_shape() {
     .await;
     assert_eq!(status, 400, "{text}");
     assert!(ollama_error(&serde_json::from_str(&text).unwrap()).len() > 5);
+}
+
+/// Wall-clock assertions (run serially by CI).
+mod timing {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn lines_arrive_as_generated_and_a_client_that_leaves_cancels_the_replica() {
+        let sim = Sim::start(&["--served-model-name", SERVED, "--itl-ms", "100"]);
+        let proxy = Proxy::start(&one_replica(&sim, SERVED));
+        let body = r#"{"model":"m","options":{"num_predict":30},"messages":[{"role":"user","content":"hi"}]}"#;
+        let response = client()
+            .post(proxy.url("/api/chat"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream = response.bytes_stream();
+        let mut seen = Vec::new();
+        while !seen.contains(&b'\n') {
+            let piece = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("the first line in time")
+                .expect("stream open")
+                .unwrap();
+            seen.extend_from_slice(&piece);
+        }
+        let first: Value = serde_json::from_slice(seen.split(|b| *b == b'\n').next().unwrap())
+            .expect("a whole JSON line");
+        assert_eq!(first["done"], false);
+        let stats = sim.stats().await;
+        assert_eq!(stats["completed_total"], 0, "still generating at line 1");
+        assert_eq!(stats["in_flight"], 1);
+        drop(stream);
+        assert_eventually(
+            Duration::from_secs(2),
+            "the replica sees the abort",
+            || async { sim.stats().await["in_flight"] == 0 },
+        )
+        .await;
+        assert_eq!(sim.stats().await["completed_total"], 0);
+        let line = last_log_line(&proxy, 1).await;
+        assert_eq!(line["status"], 499, "{line}");
+        assert_eq!(line["endpoint"], "ollama_chat");
+    }
 }
