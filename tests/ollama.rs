@@ -305,6 +305,11 @@ async fn tags_show_version_and_errors_in_ollama_shape() {
         "model 'other' not found"
     );
 
+    // Ollama calls the gateway does not serve: 404 in Ollama's shape.
+    let (status, _, text) = post("/api/pull", Some(&only_m), json!({"model":"m"})).await;
+    assert_eq!(status, 404);
+    assert!(ollama_error(&serde_json::from_str(&text).unwrap()).contains("/api/pull"));
+
     // A bad key: 401 before anything else.
     let (status, _, text) = get("/api/tags", Some("tg-not-a-key")).await;
     assert_eq!(status, 401, "{text}");

@@ -137,7 +137,8 @@ async fn reject(
 ) -> Result<bool> {
     ctx.outcome.local_status = Some(error.status());
     let unread = body_unread && may_have_body(session);
-    write_error(session, &error, ctx.protocol(), ctx.ids(), unread).await?;
+    let protocol = routing::protocol_for(ctx.endpoint, session.req_header().uri.path());
+    write_error(session, &error, protocol, ctx.ids(), unread).await?;
     if unread && !body::expects_continue(session) {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await;
     }

@@ -160,6 +160,16 @@ impl Endpoint {
     }
 }
 
+/// The protocol of a request's answers: its endpoint's, else (an unknown path) Ollama's for
+/// `/api/…` and OpenAI's for the rest.
+pub fn protocol_for(endpoint: Option<Endpoint>, path: &str) -> Protocol {
+    match endpoint {
+        Some(endpoint) => endpoint.protocol(),
+        None if path.starts_with("/api/") => Protocol::Ollama,
+        None => Protocol::OpenAi,
+    }
+}
+
 /// Classify a request by method and path (without query string).
 pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
     let path = path
@@ -278,6 +288,8 @@ mod tests {
             Some("/v1/completions")
         );
         assert_eq!(Endpoint::OllamaChat.protocol(), Protocol::Ollama);
+        assert_eq!(protocol_for(None, "/api/pull"), Protocol::Ollama);
+        assert_eq!(protocol_for(None, "/v2/x"), Protocol::OpenAi);
     }
 
     #[test]
