@@ -147,6 +147,34 @@ async fn chat_streams_ndjson_and_is_metered_from_the_replica_usage() {
     let line = last_log_line(&proxy, 2).await;
     assert_eq!(line["completion_tokens"], 4);
     assert_eq!(line["prompt_tokens"], reply["prompt_eval_count"]);
+
+    // A body beyond Pingora's 64 KiB replay buffer: the translated body is what is sent.
+    let long = "word ".repeat(40_000);
+    let (status, _, text) = send(
+        reqwest::Method::POST,
+        &proxy.url("/api/chat"),
+        None,
+        Some(
+            json!({"model":"m","stream":false,"options":{"num_predict":2},
+                    "messages":[{"role":"user","content": long}]}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["eval_count"],
+        2
+    );
+    let recorded = sim.requests().await;
+    let expected = serde_json::to_vec(&json!({"model": SERVED, "stream": false, "max_tokens": 2,
+        "messages": [{"role": "user", "content": long}]}))
+    .unwrap();
+    assert_eq!(recorded[2]["path"], "/v1/chat/completions");
+    assert_eq!(
+        recorded[2]["body_len"],
+        expected.len(),
+        "the whole translated body"
+    );
 }
 
 #[tokio::test]
