@@ -61,11 +61,8 @@ pub fn tags_json<'a>(models: impl Iterator<Item = ModelInfo<'a>>) -> Bytes {
 #[derive(Deserialize)]
 struct ShowRequest {
     model: Option<String>,
-    /// The older name of `model`.
+    /// The older name of `model`. (`verbose` and any other field change nothing here.)
     name: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    verbose: Option<bool>,
 }
 
 /// The model `/api/show` asks about.

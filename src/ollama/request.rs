@@ -5,8 +5,6 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::Api;
-
 /// Why an Ollama request cannot be translated (always a 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -135,7 +133,7 @@ pub fn translate_chat(body: &[u8]) -> Result<Translated, RequestError> {
     if let Some(tools) = request.tools.filter(|t| !t.is_empty()) {
         out.insert("tools".into(), Value::Array(tools));
     }
-    let stream = common_fields(&request.common, Api::Chat, &mut out)?;
+    let stream = common_fields(&request.common, &mut out)?;
     finish(out, model, stream)
 }
 
@@ -173,7 +171,7 @@ pub fn translate_generate(body: &[u8]) -> Result<Translated, RequestError> {
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.clone()));
     out.insert("prompt".into(), Value::String(prompt));
-    let stream = common_fields(&request.common, Api::Generate, &mut out)?;
+    let stream = common_fields(&request.common, &mut out)?;
     finish(out, model, stream)
 }
 
@@ -302,11 +300,7 @@ fn chat_messages(messages: Vec<ChatMessage>) -> Result<Vec<Value>, RequestError>
 
 /// `format`, `options`, `stream`, `think`, `logprobs` → the OpenAI body; returns `stream`
 /// (Ollama's default is `true`).
-fn common_fields(
-    common: &Common,
-    api: Api,
-    out: &mut Map<String, Value>,
-) -> Result<bool, RequestError> {
+fn common_fields(common: &Common, out: &mut Map<String, Value>) -> Result<bool, RequestError> {
     if common
         .think
         .as_ref()
@@ -328,7 +322,7 @@ fn common_fields(
         out.insert("response_format".into(), format);
     }
     if let Some(options) = common.options.as_ref() {
-        map_options(options, api, out)?;
+        map_options(options, out)?;
     }
     let stream = common.stream.unwrap_or(true);
     out.insert("stream".into(), Value::Bool(stream));
@@ -377,7 +371,6 @@ const IGNORED_OPTIONS: &[&str] = &[
 /// Sampling options → the OpenAI fields of the same meaning; any other option is refused.
 fn map_options(
     options: &Map<String, Value>,
-    api: Api,
     out: &mut Map<String, Value>,
 ) -> Result<(), RequestError> {
     for (name, value) in options {
@@ -421,9 +414,7 @@ fn map_options(
             _ => {
                 return Err(RequestError::Unsupported {
                     field: field(),
-                    reason: match api {
-                        Api::Chat | Api::Generate => "only temperature, top_p, top_k, min_p, seed, num_predict, stop, presence_penalty and frequency_penalty are translated",
-                    },
+                    reason: "only temperature, top_p, top_k, min_p, seed, num_predict, stop, presence_penalty and frequency_penalty are translated",
                 })
             }
         }
