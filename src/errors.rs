@@ -5,6 +5,7 @@
 //! so a new variant cannot ship without deciding how a client sees it.
 
 pub mod anthropic;
+pub mod ollama;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -23,6 +24,9 @@ pub enum ApiError {
     BodyTooLargeStreaming { limit: u64 },
     #[error("{0}")]
     InvalidBody(#[from] BodyError),
+    /// An Ollama request the gateway cannot translate.
+    #[error("{0}")]
+    OllamaRequest(#[from] crate::ollama::RequestError),
     #[error("{0}")]
     Unauthorized(#[from] AuthError),
     #[error("{}", .0.message)]
@@ -133,7 +137,9 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => 413,
-            ApiError::InvalidBody(_) | ApiError::InvalidRequestFraming(_) => 400,
+            ApiError::InvalidBody(_)
+            | ApiError::OllamaRequest(_)
+            | ApiError::InvalidRequestFraming(_) => 400,
             ApiError::Unauthorized(e) => e.status(),
             ApiError::RateLimited(_) => 429,
             ApiError::RuleDenied { status, .. } => *status,
@@ -163,6 +169,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyTooLargeStreaming { .. }
             | ApiError::InvalidBody(_)
+            | ApiError::OllamaRequest(_)
             | ApiError::InvalidRequestFraming(_)
             | ApiError::ModelNotFound { .. }
             | ApiError::EndpointNotServed { .. }
@@ -190,6 +197,7 @@ impl ApiError {
                 Some("request_too_large")
             }
             ApiError::InvalidBody(e) => Some(e.code()),
+            ApiError::OllamaRequest(e) => Some(e.code()),
             ApiError::Unauthorized(e) => Some(e.code()),
             ApiError::RuleDenied { code, .. } => Some(code.as_str()),
             ApiError::RateLimited(_) => Some(RateLimited::CODE),
@@ -223,6 +231,7 @@ impl ApiError {
         match self {
             ApiError::RuleDenied { .. } => "rule_denied",
             ApiError::InvalidBody(e) => e.code(),
+            ApiError::OllamaRequest(e) => e.code(),
             ApiError::Unauthorized(e) => e.code(),
             ApiError::BodyTooLarge { .. } | ApiError::BodyTooLargeStreaming { .. } => {
                 "request_too_large"
@@ -254,6 +263,7 @@ impl ApiError {
             ApiError::StoredResponse(e) => Some(e.param()),
             ApiError::BodyTooLarge { .. }
             | ApiError::BodyTooLargeStreaming { .. }
+            | ApiError::OllamaRequest(_)
             | ApiError::Unauthorized(_)
             | ApiError::RateLimited(_)
             | ApiError::RuleDenied { .. }

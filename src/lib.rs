@@ -5,7 +5,8 @@
 //!   [`estimate`] (the bytes-per-token estimate), [`client_request_id`] (a client's own id,
 //!   bounded), [`usage_totals`] (admin usage totals),
 //!   [`upstream_error`], [`metering`], [`ratelimit`], [`rules`], [`fleet`] (replica health and
-//!   selection), [`auth`] (keys; uses `ratelimit`, `diagnostics`)
+//!   selection), [`auth`] (keys; uses `ratelimit`, `diagnostics`), [`ollama`] (Ollama's API
+//!   to and from OpenAI's; uses `metering`'s SSE parser)
 //! - the validated model: [`config`] (file format → model; its TLS check is the one Pingora
 //!   use), [`routing`] (endpoints, aliases, body scan and rewrite), [`errors`] (the one
 //!   client-facing error)
@@ -31,6 +32,7 @@ pub mod events;
 pub mod fleet;
 pub mod metering;
 pub mod metrics;
+pub mod ollama;
 pub mod proxy;
 pub mod ratelimit;
 pub mod recent;

@@ -40,6 +40,7 @@ rules=(
     "rules:$leaf|auth|fleet|metering"
     "fleet:$leaf|auth|rules|metering"
     "auth:$leaf|fleet|rules|metering"
+    "ollama:$leaf|auth|fleet|rules|ratelimit|upstream_error"
     "routing:errors|state|proxy|admin|server|services|accesslog|metrics"
     "config:errors|state|proxy|admin|server|services|accesslog|metrics"
     "errors:state|proxy|admin|server|services|accesslog|metrics|config"

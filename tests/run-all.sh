@@ -43,7 +43,7 @@ say "cargo test (the timing group, serially)"
 cargo test --locked --tests -- 'timing::' --test-threads=1 2>&1 | tee target/cargo-test-timing.log
 grep -q '^test timing::' target/cargo-test-timing.log || die "the timing group ran no test"
 
-say "OpenAI and Anthropic Python SDK tests (tests/sdk)"
+say "OpenAI, Anthropic and Ollama Python SDK tests (tests/sdk)"
 cargo build --locked --bins
 .venv/bin/python -m pytest -q tests/sdk --ignore=tests/sdk/test_status_page.py
 

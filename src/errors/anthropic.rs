@@ -16,6 +16,7 @@ impl ApiError {
                 "request_too_large"
             }
             ApiError::InvalidBody(_)
+            | ApiError::OllamaRequest(_)
             | ApiError::InvalidRequestFraming(_)
             | ApiError::MethodNotAllowed { .. }
             | ApiError::ClientBodyTimeout => "invalid_request_error",

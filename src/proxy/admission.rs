@@ -72,8 +72,9 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
             answer(session, ctx, body).await
         }
         Endpoint::RetrieveModel => {
-            let alias =
-                percent_decode(path.trim_end_matches('/').trim_start_matches("/v1/models/"));
+            let alias = routing::percent_decode(
+                path.trim_end_matches('/').trim_start_matches("/v1/models/"),
+            );
             let found = if visible(&alias) {
                 routing::model_json(&ctx.config, &alias).map_err(ApiError::from)
             } else {
@@ -84,12 +85,31 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
                 Err(e) => reject(session, ctx, e, false).await,
             }
         }
+        Endpoint::OllamaVersion => answer(session, ctx, crate::ollama::local::version_json()).await,
+        Endpoint::OllamaTags => {
+            let body = super::ollama::tags(&ctx.config, visible);
+            answer(session, ctx, body).await
+        }
+        Endpoint::OllamaShow => {
+            let shown = read_body(state, session, ctx).await.and_then(|body| {
+                let config = ctx.config.clone();
+                let key = ctx.admission.key.clone();
+                let visible = |alias: &str| key.as_ref().is_none_or(|k| k.allows_model(alias));
+                super::ollama::show(&config, visible, &body).map_err(Refusal::from)
+            });
+            match shown {
+                Ok(body) => answer(session, ctx, body).await,
+                Err(refusal) => refuse(session, ctx, refusal).await,
+            }
+        }
         Endpoint::ChatCompletions
         | Endpoint::Completions
         | Endpoint::Embeddings
         | Endpoint::Messages
         | Endpoint::CountTokens
-        | Endpoint::Responses => prepare_upstream(state, session, ctx, endpoint).await,
+        | Endpoint::Responses
+        | Endpoint::OllamaChat
+        | Endpoint::OllamaGenerate => prepare_upstream(state, session, ctx, endpoint).await,
         Endpoint::RetrieveResponse | Endpoint::DeleteResponse | Endpoint::CancelResponse => {
             admit_stored(state, session, ctx, endpoint, &path).await
         }
@@ -145,7 +165,8 @@ async fn reject(
 ) -> Result<bool> {
     ctx.outcome.local_status = Some(error.status());
     let unread = body_unread && may_have_body(session);
-    write_error(session, &error, ctx.protocol(), ctx.ids(), unread).await?;
+    let protocol = routing::protocol_for(ctx.endpoint, session.req_header().uri.path());
+    write_error(session, &error, protocol, ctx.ids(), unread).await?;
     if unread && !body::expects_continue(session) {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, session.drain_request_body()).await;
     }
@@ -204,10 +225,15 @@ async fn prepare_upstream(
             start_upstream(session, ctx, plan);
             Ok(false)
         }
-        Err(Refusal::Answer { error, body_unread }) => {
-            reject(session, ctx, error, body_unread).await
-        }
-        Err(Refusal::ClientGone(e)) => Err(e),
+        Err(refusal) => refuse(session, ctx, refusal).await,
+    }
+}
+
+/// Answer a refusal (or give up on a client that is gone).
+async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<bool> {
+    match refusal {
+        Refusal::Answer { error, body_unread } => reject(session, ctx, error, body_unread).await,
+        Refusal::ClientGone(e) => Err(e),
     }
 }
 
@@ -224,6 +250,7 @@ async fn plan(
         body_unread: true,
     })?;
     let client_body = read_body(state, session, ctx).await?;
+    let client_body = super::ollama::translate_request(ctx, endpoint, client_body)?;
     let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
     let facts = routing::endpoint_facts(endpoint, &scan);
     let facts = &*facts;
@@ -548,40 +575,4 @@ fn affinity_key(session: &Session, scan: &BodyScan<'_>, route: &Route) -> u64 {
         .unwrap_or("");
     let bytes = prompt.as_bytes();
     prefix_key(&bytes[..bytes.len().min(AFFINITY_PREFIX_BYTES)])
-}
-
-/// Minimal percent-decoding for model ids in paths (`org%2Fmodel`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn decodes_escapes_and_keeps_bad_ones() {
-        assert_eq!(percent_decode("org%2Fm"), "org/m");
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("plain"), "plain");
-        assert_eq!(percent_decode("é%"), "é%");
-    }
 }

@@ -43,6 +43,9 @@ pub fn on_response_header(
     }
     let sent_at = ctx.attempt.upstream_sent_at.unwrap_or(ctx.started);
     let body_changes = choose_meter(response, ctx, status, sent_at)?;
+    // An Ollama call's reply is translated (NDJSON or one JSON object): never its length.
+    let translated = status < 400 && super::ollama::start_reply(response, ctx)?;
+    let body_changes = body_changes || translated;
     if body_changes {
         response.remove_header(&http::header::CONTENT_LENGTH);
         if http11 {
@@ -149,6 +152,10 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
                 Protocol::Anthropic => {
                     crate::upstream_error::anthropic::normalize_anthropic_error_body(status, buf)
                 }
+                Protocol::Ollama => crate::ollama::error_body_from_openai(
+                    status,
+                    &crate::upstream_error::normalize_error_body(status, buf),
+                ),
             })
         } else {
             Some(Bytes::new())
@@ -174,6 +181,7 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
             }
         }
     }
+    super::ollama::translate_body(ctx, body, end_of_stream);
     if let Some(piece) = body.as_ref() {
         ctx.reply.response_bytes += piece.len();
     }
@@ -182,7 +190,11 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
 /// The upstream failed after the response started (connection cut): what the client still
 /// needs to see the stream end as a failure — the truncation error event.
 pub fn tail_after_upstream_failure(ctx: &mut RequestCtx) -> Option<Bytes> {
-    let tail = ctx.reply.meter.as_mut()?.on_end(Instant::now())?;
+    let tail = ctx.reply.meter.as_mut()?.on_end(Instant::now());
+    let tail = match ctx.reply.ollama.as_mut() {
+        Some(translation) => super::ollama::translate_end(translation, tail),
+        None => tail?,
+    };
     ctx.reply.response_bytes += tail.len();
     Some(tail)
 }

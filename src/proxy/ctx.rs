@@ -69,6 +69,8 @@ pub struct Admission {
     pub stored_id: Option<String>,
     /// A stored-response route's hold on the key's concurrency (released when dropped).
     pub key_ticket: Option<crate::ratelimit::KeyTicket>,
+    /// An Ollama call (translated to OpenAI's before routing).
+    pub ollama: Option<super::ollama::OllamaCall>,
 }
 
 /// What the rules in force added to the request.
@@ -113,6 +115,8 @@ pub struct Reply {
     pub error_body: Option<BytesMut>,
     /// Meters the response body as it passes.
     pub meter: Option<ResponseMeter>,
+    /// The reply of an Ollama call, translated from the metered OpenAI body.
+    pub ollama: Option<super::ollama::Translation>,
     pub response_bytes: usize,
     /// A Responses API response's id was recorded for follow-up routing.
     pub response_id_recorded: bool,

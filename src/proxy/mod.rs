@@ -6,6 +6,7 @@ pub mod body;
 pub mod client_response;
 pub mod ctx;
 pub mod failure;
+pub mod ollama;
 pub mod peer;
 pub mod replay;
 pub mod respond;

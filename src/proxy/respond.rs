@@ -54,6 +54,7 @@ pub async fn write_error(
     let body = match protocol {
         Protocol::OpenAi => error.to_json(),
         Protocol::Anthropic => error.to_anthropic_json(),
+        Protocol::Ollama => error.to_ollama_json(),
     };
     write_json(
         session,

@@ -32,6 +32,13 @@ pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Res
     if asks_upgrade {
         request.remove_header(&http::header::CONNECTION);
     }
+    // A translated call (Ollama's) goes to the replica's OpenAI route.
+    if let Some(path) = ctx
+        .endpoint
+        .and_then(crate::routing::Endpoint::upstream_path)
+    {
+        request.set_uri(http::Uri::from_static(path));
+    }
     if let Some(body) = ctx.admission.upstream_body.as_ref() {
         request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         request.insert_header(http::header::CONTENT_TYPE, "application/json")?;

@@ -2,6 +2,8 @@
 //! The body scanner and byte-exact rewriter live in `body`.
 
 pub mod body;
+mod percent;
+pub use percent::percent_decode;
 
 use std::sync::Arc;
 
@@ -30,6 +32,8 @@ pub enum Protocol {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Ollama's API (`/api/*`), translated to and from OpenAI's.
+    Ollama,
 }
 
 /// The client-facing API surface.
@@ -53,6 +57,14 @@ pub enum Endpoint {
     DeleteResponse,
     /// `POST /v1/responses/{id}/cancel`
     CancelResponse,
+    /// Ollama's `GET /api/tags`, `GET /api/version`, `POST /api/show` (answered locally).
+    OllamaTags,
+    OllamaVersion,
+    OllamaShow,
+    /// Ollama's `POST /api/chat`, sent to a replica's `/v1/chat/completions`.
+    OllamaChat,
+    /// Ollama's `POST /api/generate`, sent to a replica's `/v1/completions`.
+    OllamaGenerate,
     /// The proxy's own liveness.
     Health,
 }
@@ -68,6 +80,8 @@ impl Endpoint {
                 | Endpoint::Messages
                 | Endpoint::CountTokens
                 | Endpoint::Responses
+                | Endpoint::OllamaChat
+                | Endpoint::OllamaGenerate
         )
     }
 
@@ -79,10 +93,24 @@ impl Endpoint {
         )
     }
 
+    /// The replica path of a translated endpoint (others go to the client's path).
+    pub fn upstream_path(self) -> Option<&'static str> {
+        match self {
+            Endpoint::OllamaChat => Some("/v1/chat/completions"),
+            Endpoint::OllamaGenerate => Some("/v1/completions"),
+            _ => None,
+        }
+    }
+
     /// The API family whose shapes (errors, stream events) the client expects.
     pub fn protocol(self) -> Protocol {
         match self {
             Endpoint::Messages | Endpoint::CountTokens => Protocol::Anthropic,
+            Endpoint::OllamaTags
+            | Endpoint::OllamaVersion
+            | Endpoint::OllamaShow
+            | Endpoint::OllamaChat
+            | Endpoint::OllamaGenerate => Protocol::Ollama,
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Embeddings
@@ -107,7 +135,15 @@ impl Endpoint {
             | Endpoint::RetrieveResponse
             | Endpoint::DeleteResponse
             | Endpoint::CancelResponse => Some(Surface::Responses),
-            Endpoint::ListModels | Endpoint::RetrieveModel | Endpoint::Health => None,
+            // Translated to chat/completions before routing.
+            Endpoint::OllamaChat => Some(Surface::Chat),
+            Endpoint::OllamaGenerate => Some(Surface::Completions),
+            Endpoint::ListModels
+            | Endpoint::RetrieveModel
+            | Endpoint::OllamaTags
+            | Endpoint::OllamaVersion
+            | Endpoint::OllamaShow
+            | Endpoint::Health => None,
         }
     }
 
@@ -130,6 +166,11 @@ impl Endpoint {
             Endpoint::Responses => "/v1/responses",
             Endpoint::RetrieveResponse | Endpoint::DeleteResponse => "/v1/responses/{id}",
             Endpoint::CancelResponse => "/v1/responses/{id}/cancel",
+            Endpoint::OllamaTags => "/api/tags",
+            Endpoint::OllamaVersion => "/api/version",
+            Endpoint::OllamaShow => "/api/show",
+            Endpoint::OllamaChat => "/api/chat",
+            Endpoint::OllamaGenerate => "/api/generate",
             Endpoint::Health => "/health",
         }
     }
@@ -148,8 +189,23 @@ impl Endpoint {
             Endpoint::RetrieveResponse => "retrieve_response",
             Endpoint::DeleteResponse => "delete_response",
             Endpoint::CancelResponse => "cancel_response",
+            Endpoint::OllamaTags => "ollama_tags",
+            Endpoint::OllamaVersion => "ollama_version",
+            Endpoint::OllamaShow => "ollama_show",
+            Endpoint::OllamaChat => "ollama_chat",
+            Endpoint::OllamaGenerate => "ollama_generate",
             Endpoint::Health => "health",
         }
+    }
+}
+
+/// The protocol of a request's answers: its endpoint's, else (an unknown path) Ollama's for
+/// `/api/…` and OpenAI's for the rest.
+pub fn protocol_for(endpoint: Option<Endpoint>, path: &str) -> Protocol {
+    match endpoint {
+        Some(endpoint) => endpoint.protocol(),
+        None if path.starts_with("/api/") => Protocol::Ollama,
+        None => Protocol::OpenAi,
     }
 }
 
@@ -182,6 +238,11 @@ pub fn classify(method: &str, path: &str) -> Result<Endpoint, RouteError> {
         }
         "/v1/models" => (Endpoint::ListModels, "GET"),
         "/health" => (Endpoint::Health, "GET"),
+        "/api/tags" => (Endpoint::OllamaTags, "GET"),
+        "/api/version" => (Endpoint::OllamaVersion, "GET"),
+        "/api/show" => (Endpoint::OllamaShow, "POST"),
+        "/api/chat" => (Endpoint::OllamaChat, "POST"),
+        "/api/generate" => (Endpoint::OllamaGenerate, "POST"),
         p if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
             (Endpoint::RetrieveModel, "GET")
         }
@@ -320,6 +381,15 @@ mod tests {
         assert_eq!(stored_response_id("/v1/responses/r/cancel"), Some("r"));
         assert_eq!(stored_response_id("/v1/responses/"), None);
         assert_eq!(stored_response_id("/v1/responses/a/b"), None);
+        assert_eq!(classify("POST", "/api/chat").unwrap(), Endpoint::OllamaChat);
+        assert_eq!(classify("GET", "/api/tags").unwrap(), Endpoint::OllamaTags);
+        assert_eq!(
+            Endpoint::OllamaGenerate.upstream_path(),
+            Some("/v1/completions")
+        );
+        assert_eq!(Endpoint::OllamaChat.protocol(), Protocol::Ollama);
+        assert_eq!(protocol_for(None, "/api/pull"), Protocol::Ollama);
+        assert_eq!(protocol_for(None, "/v2/x"), Protocol::OpenAi);
     }
 
     #[test]
