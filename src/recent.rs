@@ -67,7 +67,11 @@ impl RecentRequests {
         let shard = &self.shards[(seq % SHARDS as u64) as usize];
         let mut evicted = Vec::new();
         if let Ok(mut ring) = shard.lock() {
-            ring.push_back(slot);
+            // Kept in sequence order even when a thread took its number before another but
+            // pushes after it (preempted in between): eviction then drops the oldest entry,
+            // never one of the newest `capacity`. In order, this is a push at the back.
+            let at = ring.partition_point(|s| s.seq < seq);
+            ring.insert(at, slot);
             while ring.len() > per_shard {
                 evicted.extend(ring.pop_front());
             }

@@ -36,11 +36,7 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
     if !session.is_process_shutting_down() && !http10 {
         session.set_keepalive(Some(ctx.config.server.client_keepalive_seconds));
     }
-    ctx.client_request_id = session
-        .req_header()
-        .headers
-        .get(crate::client_request_id::CLIENT_HEADER)
-        .and_then(|v| crate::client_request_id::sanitize(v.as_bytes()));
+    keep_client_request_id(session, ctx);
     let method = session.req_header().method.as_str().to_string();
     let path = session.req_header().uri.path().to_string();
     let endpoint = match routing::classify(&method, &path) {
@@ -114,6 +110,15 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
             admit_stored(state, session, ctx, endpoint, &path).await
         }
     }
+}
+
+/// The client's own `X-Request-ID`, sanitised, to pass on beside ours.
+fn keep_client_request_id(session: &Session, ctx: &mut RequestCtx) {
+    ctx.client_request_id = session
+        .req_header()
+        .headers
+        .get(crate::client_request_id::CLIENT_HEADER)
+        .and_then(|v| crate::client_request_id::sanitize(v.as_bytes()));
 }
 
 /// A stored-response route: the key's requests-per-minute and concurrency apply (no tokens:
