@@ -98,6 +98,8 @@ pub struct Route {
     pub alias: String,
     pub cluster: Arc<Cluster>,
     pub served_name: String,
+    /// Responses keep the served name in `model` (else it is rewritten back to the alias).
+    pub expose_served_name: bool,
     pub owned_by: String,
     pub limits: ModelLimits,
 }

@@ -542,6 +542,7 @@ impl Validator<'_> {
                     alias: alias.clone(),
                     cluster: cluster.clone(),
                     served_name,
+                    expose_served_name: m.expose_served_name,
                     owned_by: m
                         .owned_by
                         .clone()

@@ -14,6 +14,7 @@ use crate::errors::ApiError;
 use crate::fleet::InFlight;
 use crate::metering::{ResponseMeter, UsageRecord};
 use crate::ratelimit::Reservation;
+use crate::routing::response_model::ModelRewriter;
 use crate::routing::{Endpoint, Protocol};
 use crate::state::Snapshot;
 
@@ -106,6 +107,9 @@ pub struct Reply {
     pub error_body: Option<BytesMut>,
     /// Meters the response body as it passes.
     pub meter: Option<ResponseMeter>,
+    /// The served name back to the alias in `model`, after the meter (it meters the
+    /// replica's bytes); `None`: nothing to rewrite.
+    pub model_rewrite: Option<ModelRewriter>,
     pub response_bytes: usize,
 }
 

@@ -1,7 +1,9 @@
 //! Which endpoint a request is for, and what a public model alias resolves to.
-//! The body scanner and byte-exact rewriter live in `body`.
+//! The body scanner and byte-exact rewriter live in `body`; the response's `model` (served
+//! name back to the alias) in `response_model`.
 
 pub mod body;
+pub mod response_model;
 
 use std::sync::Arc;
 
@@ -163,6 +165,29 @@ pub fn check_body(endpoint: Endpoint, facts: &body::RequestFacts) -> Result<(), 
         });
     }
     Ok(())
+}
+
+/// The rewriter of the response's `model` (served name → alias) for a route and endpoint;
+/// `None` when the route keeps the served name (`expose_served_name`), alias and served name
+/// are equal, or the endpoint's response names no model.
+pub fn response_model_rewriter(
+    route: &Route,
+    endpoint: Endpoint,
+    framing: response_model::Framing,
+) -> Option<response_model::ModelRewriter> {
+    use response_model::{ModelRewriter, Shape};
+    if route.expose_served_name {
+        return None;
+    }
+    let shape = match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => Shape::OpenAi,
+        Endpoint::Messages => Shape::Anthropic,
+        Endpoint::CountTokens
+        | Endpoint::ListModels
+        | Endpoint::RetrieveModel
+        | Endpoint::Health => return None,
+    };
+    ModelRewriter::new(&route.served_name, &route.alias, shape, framing)
 }
 
 /// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.
