@@ -124,3 +124,16 @@ fn syntax_error_has_a_line() {
     let e = p("[server\nlisten=1").unwrap_err();
     assert!(e.issues[0].line.is_some());
 }
+
+#[test]
+fn expose_served_name_defaults_off_and_is_typed() {
+    assert!(!p(GOOD).unwrap().route("m").unwrap().expose_served_name);
+    let on = format!("{GOOD}expose_served_name = true\n");
+    assert!(p(&on).unwrap().route("m").unwrap().expose_served_name);
+    let e = p(&format!("{GOOD}expose_served_name = \"yes\"\n")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("t.toml:14:22") && msg.contains("boolean"),
+        "{msg}"
+    );
+}
