@@ -20,13 +20,17 @@ const SERVED: &str = "org/served-model";
 const ALIAS: &str = "alias-m";
 /// The same served name with `expose_served_name = true`.
 const KEPT: &str = "kept-m";
+/// The replica's second served name: vLLM answers it with its first (`SERVED`).
+const SECOND_SERVED: &str = "org/second";
+const SECOND: &str = "second-m";
 
 fn setup() -> (Sim, Proxy) {
-    let sim = Sim::start(&["--served-model-name", SERVED]);
+    let sim = Sim::start(&["--served-model-name", SERVED, SECOND_SERVED]);
     let proxy = Proxy::start(
         &ProxyConfig::default()
             .cluster("pool", "vllm", &[sim.addr])
             .model(ALIAS, "pool", SERVED)
+            .model(SECOND, "pool", SECOND_SERVED)
             .table(&format!(
                 "[[models]]\nalias = \"{KEPT}\"\ncluster = \"pool\"\nserved_name = \"{SERVED}\"\n\
                  expose_served_name = true"
@@ -145,7 +149,16 @@ async fn non_streaming_bodies_carry_the_alias_and_the_switch_keeps_the_served_na
             .or_else(|| usage.get("input_tokens"))
             .unwrap();
         assert_eq!(&rewritten["prompt_tokens"], prompt, "{path}: {rewritten}");
+
+        // The replica's other served name: answered with its first, shown as the alias asked.
+        let (status, _, text) = post_raw(&proxy.url(path), &with(SECOND)).await;
+        assert_eq!(status, 200, "{text}");
+        let second: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(second["model"], SECOND, "{path}: {text}");
+        logged += 1;
     }
+    let sent: Vec<Value> = sim.requests().await;
+    assert!(sent.iter().any(|r| r["model"] == SECOND_SERVED));
 }
 
 /// Each SSE event's JSON (the `data:` lines that parse; Messages events also have `event:`).

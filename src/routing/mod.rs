@@ -168,8 +168,10 @@ pub fn check_body(endpoint: Endpoint, facts: &body::RequestFacts) -> Result<(), 
 }
 
 /// The rewriter of the response's `model` (served name → alias) for a route and endpoint;
-/// `None` when the route keeps the served name (`expose_served_name`), alias and served name
-/// are equal, or the endpoint's response names no model.
+/// A response may name the route's served name or, from a vLLM serving several, another
+/// served name of its cluster (vLLM answers with its first). `None` when the route keeps the
+/// served name (`expose_served_name`), every such name is the alias, or the endpoint's
+/// response names no model.
 pub fn response_model_rewriter(
     route: &Route,
     endpoint: Endpoint,
@@ -187,7 +189,8 @@ pub fn response_model_rewriter(
         | Endpoint::RetrieveModel
         | Endpoint::Health => return None,
     };
-    ModelRewriter::new(&route.served_name, &route.alias, shape, framing)
+    let names = std::iter::once(&route.served_name).chain(route.cluster_names.iter());
+    ModelRewriter::new(names.map(String::as_str), &route.alias, shape, framing)
 }
 
 /// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.

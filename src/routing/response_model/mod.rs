@@ -4,8 +4,9 @@
 //! Pure logic: no I/O, no clock, no Pingora. [`ModelRewriter`] is fed the body piece by piece
 //! as it passes (never buffered): it scans the JSON structure (string and escape state, the
 //! nesting depth) and replaces only the string value of a **top-level** `model` key (and, for
-//! Anthropic Messages, of `message.model`: a stream's `message_start`) when that value equals
-//! the served name (compared decoded, so `org\/m` matches `org/m`). Every other byte passes
+//! Anthropic Messages, of `message.model`: a stream's `message_start`) when that value is one
+//! of the replica's served names (compared decoded, so `org\/m` matches `org/m`; vLLM serving
+//! several names answers every one with its first). Every other byte passes
 //! through untouched: key order, whitespace, escapes, a `model` key nested in content or tool
 //! arguments, a `"model"` inside a string, a value that names something else.
 //!
@@ -48,10 +49,11 @@ enum Key {
     Other,
 }
 
-/// Rewrites `model` from the served name to the alias in a body fed piece by piece.
+/// Rewrites `model` from a served name to the alias in a body fed piece by piece.
 #[derive(Debug)]
 pub struct ModelRewriter {
-    served: Box<[u8]>,
+    /// The names to replace (never the alias itself).
+    served: Vec<Box<[u8]>>,
     /// The alias JSON-escaped, without quotes.
     alias_json: Box<[u8]>,
     shape: Shape,
@@ -88,22 +90,32 @@ struct Scan {
 }
 
 impl ModelRewriter {
-    /// `None` when there is nothing to rewrite (alias == served name): zero cost.
-    pub fn new(served: &str, alias: &str, shape: Shape, framing: Framing) -> Option<Self> {
-        if served == alias || served.is_empty() {
-            return None;
+    /// `served`: the names a response may carry instead of the alias. `None` when there is
+    /// nothing to rewrite (every name is the alias): zero cost.
+    pub fn new<'a>(
+        served: impl IntoIterator<Item = &'a str>,
+        alias: &str,
+        shape: Shape,
+        framing: Framing,
+    ) -> Option<Self> {
+        let mut names: Vec<Box<[u8]>> = Vec::new();
+        for name in served {
+            if name != alias && !name.is_empty() && !names.iter().any(|n| **n == *name.as_bytes()) {
+                names.push(name.as_bytes().into());
+            }
         }
+        let longest = names.iter().map(|n| n.len()).max()?;
         let quoted = serde_json::to_string(alias).ok()?;
         let alias_json = quoted.as_bytes()[1..quoted.len() - 1].into();
         Some(ModelRewriter {
-            served: served.as_bytes().into(),
+            served: names,
             alias_json,
             shape,
             framing,
             scan: Scan::default(),
             key: Vec::new(),
             held: Vec::new(),
-            held_limit: served.len().saturating_mul(6),
+            held_limit: longest.saturating_mul(6),
         })
     }
 
@@ -201,10 +213,11 @@ impl ModelRewriter {
     }
 
     fn is_served(&self) -> bool {
+        let is_name = |value: &[u8]| self.served.iter().any(|n| **n == *value);
         if !self.held.contains(&b'\\') {
-            return *self.held == *self.served;
+            return is_name(&self.held);
         }
-        decode(&self.held).is_some_and(|s| s.as_bytes() == &*self.served)
+        decode(&self.held).is_some_and(|s| is_name(s.as_bytes()))
     }
 
     /// One byte outside a held value; `true` when it is the opening quote of a candidate.

@@ -8,7 +8,7 @@ const SERVED: &str = "org/served-model";
 const ALIAS: &str = "my-alias";
 
 fn rewriter(shape: Shape, framing: Framing) -> ModelRewriter {
-    ModelRewriter::new(SERVED, ALIAS, shape, framing).unwrap()
+    ModelRewriter::new([SERVED], ALIAS, shape, framing).unwrap()
 }
 
 /// The body fed in the given pieces, plus `finish`.
@@ -132,8 +132,8 @@ fn non_streaming_bodies_keep_every_other_byte() {
 
 #[test]
 fn the_alias_is_json_escaped_and_equal_names_cost_nothing() {
-    assert!(ModelRewriter::new("same", "same", Shape::OpenAi, Framing::Json).is_none());
-    let mut r = ModelRewriter::new("m", "a\"b/\u{1}", Shape::OpenAi, Framing::Json).unwrap();
+    assert!(ModelRewriter::new(["same", ""], "same", Shape::OpenAi, Framing::Json).is_none());
+    let mut r = ModelRewriter::new(["m"], "a\"b/\u{1}", Shape::OpenAi, Framing::Json).unwrap();
     let out = r.rewrite(br#"{"model":"m"}"#).unwrap();
     assert_eq!(&out[..], br#"{"model":"a\"b/\u0001"}"#);
     // A body without a candidate passes as it is (no copy).
@@ -249,7 +249,7 @@ proptest! {
         let unsplit = run(Shape::Anthropic, framing, &[&body]);
         let split = run(Shape::Anthropic, framing, &split_at(&body, &cuts));
         prop_assert_eq!(&split, &unsplit);
-        let mut r = ModelRewriter::new("zz", ALIAS, Shape::Anthropic, framing).unwrap();
+        let mut r = ModelRewriter::new(["zz"], ALIAS, Shape::Anthropic, framing).unwrap();
         let out = r.rewrite(&body);
         let mut got = out.map_or_else(|| body.clone(), |b| b.to_vec());
         if let Some(t) = r.finish() {
@@ -257,4 +257,20 @@ proptest! {
         }
         prop_assert_eq!(got, body);
     }
+}
+
+#[test]
+fn any_served_name_of_the_replica_is_the_alias_again() {
+    // vLLM with `--served-model-name first second` answers `second` requests with `first`.
+    let names = ["second", "first", "second", ALIAS];
+    let mut r = ModelRewriter::new(names, ALIAS, Shape::OpenAi, Framing::Json).unwrap();
+    let out = r.rewrite(br#"{"model":"first","x":"second"}"#).unwrap();
+    assert_eq!(&out[..], br#"{"model":"my-alias","x":"second"}"#);
+    let mut r = ModelRewriter::new(names, ALIAS, Shape::OpenAi, Framing::Json).unwrap();
+    let out = r.rewrite(br#"{"model":"second"}"#).unwrap();
+    assert_eq!(&out[..], br#"{"model":"my-alias"}"#);
+    let mut r = ModelRewriter::new(names, ALIAS, Shape::OpenAi, Framing::Json).unwrap();
+    let body = br#"{"model":"third"}"#;
+    assert_eq!(&r.rewrite(body).unwrap()[..], body);
+    assert!(ModelRewriter::new([ALIAS, ALIAS], ALIAS, Shape::OpenAi, Framing::Json).is_none());
 }
