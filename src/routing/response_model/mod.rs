@@ -24,6 +24,18 @@ use bytes::{Bytes, BytesMut};
 /// Keys longer than this (raw) are neither `model` nor `message`.
 const MAX_KEY: usize = 32;
 
+/// Bytes that change the scan outside strings at depth 0 or beyond level 2.
+const NESTED_STRUCTURE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut k = 0;
+    let bytes = *b"\"{}[]\n\r";
+    while k < bytes.len() {
+        table[bytes[k] as usize] = true;
+        k += 1;
+    }
+    table
+};
+
 /// Where the `model` to rewrite sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -87,6 +99,9 @@ struct Scan {
     level2_object: bool,
     /// The level-2 object is the value of the level-1 key `message`.
     in_message: bool,
+    /// A candidate value was settled: the rest of this JSON text passes unscanned (a
+    /// response names its model once).
+    done: bool,
 }
 
 impl ModelRewriter {
@@ -127,26 +142,16 @@ impl ModelRewriter {
         let mut pending = 0;
         let mut i = 0;
         while i < input.len() {
-            let b = input[i];
             if self.scan.holding {
                 i = self.hold(input, i, &mut out);
                 pending = i;
                 continue;
             }
-            if self.scan.in_string && !self.scan.string_is_key && !self.scan.escape {
-                // Fast path through a plain string: to its next quote, backslash or line end.
-                match memchr::memchr3(b'"', b'\\', b'\n', &input[i..]) {
-                    Some(n) => i += n,
-                    None => break,
-                }
-                if input[i] == b'\n' && self.framing == Framing::Json {
-                    // Not valid in a JSON string; pass it.
-                    i += 1;
-                    continue;
-                }
+            match self.next_to_scan(input, i) {
+                Some(next) => i = next,
+                None => break,
             }
-            let b = if self.scan.in_string { input[i] } else { b };
-            if self.step(b) {
+            if self.step(input[i]) {
                 // A candidate value opens after this quote.
                 let buf = out.get_or_insert_with(|| BytesMut::with_capacity(input.len()));
                 buf.extend_from_slice(&input[pending..=i]);
@@ -159,6 +164,28 @@ impl ModelRewriter {
             buf.extend_from_slice(&input[pending..]);
         }
         Some(buf.freeze())
+    }
+
+    /// The next byte at or after `i` that can change the scan; `None`: the rest passes.
+    fn next_to_scan(&self, input: &[u8], i: usize) -> Option<usize> {
+        let s = &self.scan;
+        let rest = &input[i..];
+        let found = if s.done {
+            // This JSON text's `model` is settled: on to the next line (SSE) or the end.
+            match self.framing {
+                Framing::Sse => memchr::memchr(b'\n', rest),
+                Framing::Json => None,
+            }
+        } else if s.in_string && !s.string_is_key && !s.escape {
+            // Through a plain string: to its next quote, backslash or line end.
+            memchr::memchr3(b'"', b'\\', b'\n', rest)
+        } else if !s.in_string && (s.depth == 0 || s.depth > 2) {
+            // Numbers, literals, `:` and `,` change nothing at these depths.
+            rest.iter().position(|&b| NESTED_STRUCTURE[usize::from(b)])
+        } else {
+            Some(0)
+        };
+        found.map(|n| i + n)
     }
 
     /// The body ended: a value still held (a cut body) goes out as it came.
@@ -191,6 +218,7 @@ impl ModelRewriter {
                 }
                 self.held.clear();
                 self.scan.holding = false;
+                self.scan.done = true;
                 return j;
             } else if b == b'\n' && self.framing == Framing::Sse {
                 return self.let_go(buf, j);
@@ -209,6 +237,7 @@ impl ModelRewriter {
         buf.extend_from_slice(&self.held);
         self.held.clear();
         self.scan.holding = false;
+        self.scan.done = true;
         resume
     }
 
