@@ -3,12 +3,14 @@
 //!
 //! Pure logic: no I/O, no clock, no Pingora. [`ModelRewriter`] is fed the body piece by piece
 //! as it passes (never buffered): it scans the JSON structure (string and escape state, the
-//! nesting depth) and replaces only the string value of a **top-level** `model` key (and, for
-//! Anthropic Messages, of `message.model`: a stream's `message_start`) when that value is one
-//! of the replica's served names (compared decoded, so `org\/m` matches `org/m`; vLLM serving
-//! several names answers every one with its first). Every other byte passes
-//! through untouched: key order, whitespace, escapes, a `model` key nested in content or tool
-//! arguments, a `"model"` inside a string, a value that names something else.
+//! nesting depth) and replaces only the string value of the first **top-level** `model` key
+//! of each JSON text (a body, an SSE event's `data:`) — for Anthropic Messages also
+//! `message.model` (a stream's `message_start`) — when that value is one of the replica's
+//! served names (compared decoded, so `org\/m` matches `org/m`; a vLLM serving several names
+//! answers every one with its first). Every other byte passes through untouched: key order,
+//! whitespace, escapes, a `model` key nested in content or tool arguments, a `"model"` inside
+//! a string, a value that names something else. Once that value is settled the rest of the
+//! JSON text passes unscanned.
 //!
 //! State is bounded whatever the body: the depth is a counter (keys are only tracked on the
 //! two outer levels), a key is kept up to [`MAX_KEY`] bytes, and a candidate value is held
