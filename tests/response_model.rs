@@ -351,3 +351,26 @@ async fn the_changed_length_is_framed_right_over_http1_and_h2c() {
     let reply: Value = serde_json::from_str(body).unwrap();
     assert_eq!(reply["model"], ALIAS, "{body}");
 }
+
+#[tokio::test]
+async fn a_runtime_alias_takes_the_switch_too() {
+    let (_sim, proxy) = setup();
+    let chat = |model: &str| json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]});
+    for (alias, expose, want) in [("rt-kept", true, SERVED), ("rt-alias", false, "rt-alias")] {
+        let r = proxy
+            .admin_request(reqwest::Method::PUT, &format!("/admin/models/{alias}"))
+            .json(&json!({"cluster": "pool", "served_name": SERVED, "expose_served_name": expose}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        let (status, _, text) = post_raw(&proxy.url("/v1/chat/completions"), &chat(alias)).await;
+        assert_eq!(status, 200, "{text}");
+        let reply: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(reply["model"], want, "{alias}: {text}");
+    }
+    let config = get_json(proxy.admin_request(reqwest::Method::GET, "/admin/config")).await;
+    let models = config["config"]["models"].as_array().unwrap();
+    let kept = models.iter().find(|m| m["alias"] == "rt-kept").unwrap();
+    assert_eq!(kept["expose_served_name"], true, "{kept}");
+}
