@@ -274,3 +274,60 @@ fn any_served_name_of_the_replica_is_the_alias_again() {
     assert_eq!(&r.rewrite(body).unwrap()[..], body);
     assert!(ModelRewriter::new([ALIAS, ALIAS], ALIAS, Shape::OpenAi, Framing::Json).is_none());
 }
+
+fn corpus(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/corpus/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(path).unwrap()
+}
+
+/// Real captured bodies (tests/corpus): with the served name they carry, every top-level
+/// `model` value becomes the alias and nothing else changes, whole and split at every byte.
+#[test]
+fn corpus_bodies_get_the_alias_and_nothing_else_changes() {
+    let model = regex::Regex::new(r#"("model"\s*:\s*)"([^"]+)""#).unwrap();
+    for (name, framing) in [
+        ("openai-chat-stream-include-usage.sse", Framing::Sse),
+        ("openai-chat-stream-multibyte.sse", Framing::Sse),
+        ("openai-completion-stream-include-usage.sse", Framing::Sse),
+        (
+            "vllm-0.6-chat-stream-toolcalls-continuous-usage.sse",
+            Framing::Sse,
+        ),
+        ("vllm-0.11-chat-nonstream.pretty.json", Framing::Json),
+        (
+            "vllm-completion-nonstream-multibyte.pretty.json",
+            Framing::Json,
+        ),
+        ("trtllm-serve-completion-nonstream.json", Framing::Json),
+    ] {
+        let body = corpus(name);
+        let text = String::from_utf8(body.clone()).unwrap();
+        let served = model.captures(&text).unwrap()[2].to_string();
+        let expected = model.replace_all(&text, format!("${{1}}\"{ALIAS}\""));
+        assert_ne!(expected, text, "{name}");
+        let mut r = ModelRewriter::new([served.as_str()], ALIAS, Shape::OpenAi, framing).unwrap();
+        let mut out = r
+            .rewrite(&body)
+            .map_or_else(|| body.clone(), |b| b.to_vec());
+        out.extend(r.finish().unwrap_or_default());
+        assert_eq!(String::from_utf8(out).unwrap(), expected, "{name}");
+        let step = if body.len() > 4096 { 7 } else { 1 };
+        for at in (0..=body.len()).step_by(step) {
+            let mut r =
+                ModelRewriter::new([served.as_str()], ALIAS, Shape::OpenAi, framing).unwrap();
+            let mut out = Vec::new();
+            for piece in [&body[..at], &body[at..]] {
+                out.extend_from_slice(
+                    &r.rewrite(piece)
+                        .map_or_else(|| piece.to_vec(), |b| b.to_vec()),
+                );
+            }
+            out.extend(r.finish().unwrap_or_default());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                expected,
+                "{name} split at {at}"
+            );
+        }
+    }
+}
