@@ -137,3 +137,17 @@ fn expose_served_name_defaults_off_and_is_typed() {
         "{msg}"
     );
 }
+
+#[test]
+fn each_route_knows_every_served_name_of_its_cluster() {
+    let text = format!(
+        "{GOOD}\n[[models]]\nalias = \"n\"\ncluster = \"a\"\n\n[[models]]\nalias = \"dup\"\n\
+         cluster = \"a\"\nserved_name = \"org/model\"\n"
+    );
+    let c = p(&text).unwrap();
+    for alias in ["m", "n", "dup"] {
+        let mut names = c.route(alias).unwrap().cluster_names.to_vec();
+        names.sort();
+        assert_eq!(names, ["n", "org/model"], "{alias}");
+    }
+}

@@ -189,8 +189,13 @@ pub fn response_model_rewriter(
         | Endpoint::RetrieveModel
         | Endpoint::Health => return None,
     };
-    let names = std::iter::once(&route.served_name).chain(route.cluster_names.iter());
-    ModelRewriter::new(names.map(String::as_str), &route.alias, shape, framing)
+    let names = if route.cluster_names.contains(&route.served_name) {
+        route.cluster_names.clone()
+    } else {
+        // A route built without its cluster's names (never from config validation).
+        Arc::from([route.served_name.clone()])
+    };
+    ModelRewriter::new(names, &route.alias, shape, framing)
 }
 
 /// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.

@@ -21,6 +21,8 @@
 //! one JSON text), so a cut or malformed event cannot confuse the next one. Text between
 //! JSON objects (`data: `, `event: …`, `[DONE]`) passes through.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 /// Keys longer than this (raw) are neither `model` nor `message`.
@@ -66,8 +68,8 @@ enum Key {
 /// Rewrites `model` from a served name to the alias in a body fed piece by piece.
 #[derive(Debug)]
 pub struct ModelRewriter {
-    /// The names to replace (never the alias itself).
-    served: Vec<Box<[u8]>>,
+    /// The names to replace (the alias among them is replaced by itself).
+    served: Arc<[String]>,
     /// The alias JSON-escaped, without quotes.
     alias_json: Box<[u8]>,
     shape: Shape,
@@ -107,25 +109,20 @@ struct Scan {
 }
 
 impl ModelRewriter {
-    /// `served`: the names a response may carry instead of the alias. `None` when there is
-    /// nothing to rewrite (every name is the alias): zero cost.
-    pub fn new<'a>(
-        served: impl IntoIterator<Item = &'a str>,
-        alias: &str,
-        shape: Shape,
-        framing: Framing,
-    ) -> Option<Self> {
-        let mut names: Vec<Box<[u8]>> = Vec::new();
-        for name in served {
-            if name != alias && !name.is_empty() && !names.iter().any(|n| **n == *name.as_bytes()) {
-                names.push(name.as_bytes().into());
-            }
-        }
-        let longest = names.iter().map(|n| n.len()).max()?;
+    /// `served`: the names a response may carry instead of the alias (shared with the config
+    /// snapshot: nothing is copied per request). `None` when there is nothing to rewrite
+    /// (every name is the alias): zero cost.
+    pub fn new(served: Arc<[String]>, alias: &str, shape: Shape, framing: Framing) -> Option<Self> {
+        let longest = served
+            .iter()
+            .filter(|n| *n != alias)
+            .map(String::len)
+            .max()
+            .filter(|&n| n > 0)?;
         let quoted = serde_json::to_string(alias).ok()?;
         let alias_json = quoted.as_bytes()[1..quoted.len() - 1].into();
         Some(ModelRewriter {
-            served: names,
+            served,
             alias_json,
             shape,
             framing,
@@ -244,7 +241,7 @@ impl ModelRewriter {
     }
 
     fn is_served(&self) -> bool {
-        let is_name = |value: &[u8]| self.served.iter().any(|n| **n == *value);
+        let is_name = |value: &[u8]| self.served.iter().any(|n| n.as_bytes() == value);
         if !self.held.contains(&b'\\') {
             return is_name(&self.held);
         }

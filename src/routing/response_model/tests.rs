@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
+use std::sync::Arc;
+
 use proptest::prelude::*;
 
 use super::*;
@@ -7,8 +9,12 @@ use super::*;
 const SERVED: &str = "org/served-model";
 const ALIAS: &str = "my-alias";
 
+fn n(names: &[&str]) -> Arc<[String]> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
 fn rewriter(shape: Shape, framing: Framing) -> ModelRewriter {
-    ModelRewriter::new([SERVED], ALIAS, shape, framing).unwrap()
+    ModelRewriter::new(n(&[SERVED]), ALIAS, shape, framing).unwrap()
 }
 
 /// The body fed in the given pieces, plus `finish`.
@@ -132,8 +138,8 @@ fn non_streaming_bodies_keep_every_other_byte() {
 
 #[test]
 fn the_alias_is_json_escaped_and_equal_names_cost_nothing() {
-    assert!(ModelRewriter::new(["same", ""], "same", Shape::OpenAi, Framing::Json).is_none());
-    let mut r = ModelRewriter::new(["m"], "a\"b/\u{1}", Shape::OpenAi, Framing::Json).unwrap();
+    assert!(ModelRewriter::new(n(&["same", ""]), "same", Shape::OpenAi, Framing::Json).is_none());
+    let mut r = ModelRewriter::new(n(&["m"]), "a\"b/\u{1}", Shape::OpenAi, Framing::Json).unwrap();
     let out = r.rewrite(br#"{"model":"m"}"#).unwrap();
     assert_eq!(&out[..], br#"{"model":"a\"b/\u0001"}"#);
     // A body without a candidate passes as it is (no copy).
@@ -249,7 +255,7 @@ proptest! {
         let unsplit = run(Shape::Anthropic, framing, &[&body]);
         let split = run(Shape::Anthropic, framing, &split_at(&body, &cuts));
         prop_assert_eq!(&split, &unsplit);
-        let mut r = ModelRewriter::new(["zz"], ALIAS, Shape::Anthropic, framing).unwrap();
+        let mut r = ModelRewriter::new(n(&["zz"]), ALIAS, Shape::Anthropic, framing).unwrap();
         let out = r.rewrite(&body);
         let mut got = out.map_or_else(|| body.clone(), |b| b.to_vec());
         if let Some(t) = r.finish() {
@@ -263,16 +269,16 @@ proptest! {
 fn any_served_name_of_the_replica_is_the_alias_again() {
     // vLLM with `--served-model-name first second` answers `second` requests with `first`.
     let names = ["second", "first", "second", ALIAS];
-    let mut r = ModelRewriter::new(names, ALIAS, Shape::OpenAi, Framing::Json).unwrap();
+    let mut r = ModelRewriter::new(n(&names), ALIAS, Shape::OpenAi, Framing::Json).unwrap();
     let out = r.rewrite(br#"{"model":"first","x":"second"}"#).unwrap();
     assert_eq!(&out[..], br#"{"model":"my-alias","x":"second"}"#);
-    let mut r = ModelRewriter::new(names, ALIAS, Shape::OpenAi, Framing::Json).unwrap();
+    let mut r = ModelRewriter::new(n(&names), ALIAS, Shape::OpenAi, Framing::Json).unwrap();
     let out = r.rewrite(br#"{"model":"second"}"#).unwrap();
     assert_eq!(&out[..], br#"{"model":"my-alias"}"#);
-    let mut r = ModelRewriter::new(names, ALIAS, Shape::OpenAi, Framing::Json).unwrap();
+    let mut r = ModelRewriter::new(n(&names), ALIAS, Shape::OpenAi, Framing::Json).unwrap();
     let body = br#"{"model":"third"}"#;
     assert_eq!(&r.rewrite(body).unwrap()[..], body);
-    assert!(ModelRewriter::new([ALIAS, ALIAS], ALIAS, Shape::OpenAi, Framing::Json).is_none());
+    assert!(ModelRewriter::new(n(&[ALIAS, ALIAS]), ALIAS, Shape::OpenAi, Framing::Json).is_none());
 }
 
 fn corpus(name: &str) -> Vec<u8> {
@@ -305,7 +311,8 @@ fn corpus_bodies_get_the_alias_and_nothing_else_changes() {
         let served = model.captures(&text).unwrap()[2].to_string();
         let expected = model.replace_all(&text, format!("${{1}}\"{ALIAS}\""));
         assert_ne!(expected, text, "{name}");
-        let mut r = ModelRewriter::new([served.as_str()], ALIAS, Shape::OpenAi, framing).unwrap();
+        let mut r =
+            ModelRewriter::new(n(&[served.as_str()]), ALIAS, Shape::OpenAi, framing).unwrap();
         let mut out = r
             .rewrite(&body)
             .map_or_else(|| body.clone(), |b| b.to_vec());
@@ -314,7 +321,7 @@ fn corpus_bodies_get_the_alias_and_nothing_else_changes() {
         let step = if body.len() > 4096 { 7 } else { 1 };
         for at in (0..=body.len()).step_by(step) {
             let mut r =
-                ModelRewriter::new([served.as_str()], ALIAS, Shape::OpenAi, framing).unwrap();
+                ModelRewriter::new(n(&[served.as_str()]), ALIAS, Shape::OpenAi, framing).unwrap();
             let mut out = Vec::new();
             for piece in [&body[..at], &body[at..]] {
                 out.extend_from_slice(
