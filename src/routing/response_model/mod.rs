@@ -20,6 +20,13 @@
 //! In [`Framing::Sse`] every line break ends the JSON being scanned (an SSE `data:` line holds
 //! one JSON text), so a cut or malformed event cannot confuse the next one. Text between
 //! JSON objects (`data: `, `event: …`, `[DONE]`) passes through.
+//!
+//! # Performance
+//!
+//! Measured with `-O` on the 2-core dev container while other builds ran (load ≈ 7, so wide
+//! ranges): a 1 MiB embeddings body with `model` last 0.8–1.8 ms (0.6–1.3 GB/s: beyond level 2
+//! only `"{}[]` and line ends are looked at); with `model` first (vLLM's order) 55–130 µs, the
+//! copy of the rewritten piece; a 268-byte chat chunk 0.55–1.2 µs.
 
 use std::sync::Arc;
 
