@@ -98,6 +98,7 @@ fn view(c: &Config) -> serde_json::Value {
             "alias": r.alias,
             "cluster": r.cluster.name,
             "served_name": r.served_name,
+            "expose_served_name": r.expose_served_name,
             "owned_by": r.owned_by,
             "origin": c.origins.models.get(&r.alias),
         })).collect::<Vec<_>>(),

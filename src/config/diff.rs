@@ -74,6 +74,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             let (a, b) = (&old.routes[**alias], &new.routes[**alias]);
             a.cluster.name != b.cluster.name
                 || a.served_name != b.served_name
+                || a.expose_served_name != b.expose_served_name
                 || a.owned_by != b.owned_by
         })
         .map(|s| s.to_string())

@@ -223,6 +223,9 @@ pub struct ModelSection {
     /// The name the replicas serve (`--served-model-name`); defaults to the alias.
     #[serde(default)]
     pub served_name: Option<Spanned<String>>,
+    /// Keep the served name in responses' `model` (default: rewritten back to the alias).
+    #[serde(default)]
+    pub expose_served_name: bool,
     /// Owner shown in `GET /v1/models`.
     #[serde(default)]
     pub owned_by: Option<String>,

@@ -102,8 +102,35 @@ pub struct Route {
     pub alias: String,
     pub cluster: Arc<Cluster>,
     pub served_name: String,
+    /// Responses keep the served name in `model` (else it is rewritten back to the alias).
+    pub expose_served_name: bool,
+    /// Every served name of the aliases on this cluster: vLLM serving several names answers
+    /// each with its first, so a response may name any of them.
+    pub cluster_names: Arc<[String]>,
     pub owned_by: String,
     pub limits: ModelLimits,
+}
+
+/// Fill each route's `cluster_names` (after every route is built).
+pub(super) fn share_cluster_names(routes: &mut HashMap<String, Arc<Route>>) {
+    let mut by_cluster: HashMap<String, Vec<String>> = HashMap::new();
+    let mut all: Vec<&Arc<Route>> = routes.values().collect();
+    all.sort_by(|a, b| a.alias.cmp(&b.alias));
+    for r in all {
+        let names = by_cluster.entry(r.cluster.name.clone()).or_default();
+        if !names.contains(&r.served_name) {
+            names.push(r.served_name.clone());
+        }
+    }
+    let shared: HashMap<String, Arc<[String]>> = by_cluster
+        .into_iter()
+        .map(|(cluster, names)| (cluster, Arc::from(names)))
+        .collect();
+    for route in routes.values_mut() {
+        if let Some(names) = shared.get(&route.cluster.name) {
+            Arc::make_mut(route).cluster_names = names.clone();
+        }
+    }
 }
 
 /// API keys and admission.

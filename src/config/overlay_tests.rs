@@ -151,3 +151,16 @@ fn overlay_syntax_and_shape_errors_name_the_overlay() {
     assert_eq!(e.issues[0].field, "replicas[0].cluster");
     assert_eq!(e.issues[0].line, Some(2));
 }
+
+#[test]
+fn an_overlay_alias_may_keep_its_served_name() {
+    let c = merged(
+        "[[models]]\nalias = \"n\"\ncluster = \"a\"\nserved_name = \"org/n\"\n\
+         expose_served_name = true\n",
+    )
+    .unwrap();
+    let n = c.route("n").unwrap();
+    assert!(n.expose_served_name);
+    assert_eq!(n.served_name, "org/n");
+    assert!(!c.route("m").unwrap().expose_served_name);
+}

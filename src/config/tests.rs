@@ -149,3 +149,30 @@ fn serves_defaults_from_the_flavour_and_is_validated() {
     let e = p(&zero).unwrap_err().to_string();
     assert!(e.contains("server.stored_responses"), "{e}");
 }
+
+#[test]
+fn expose_served_name_defaults_off_and_is_typed() {
+    assert!(!p(GOOD).unwrap().route("m").unwrap().expose_served_name);
+    let on = format!("{GOOD}expose_served_name = true\n");
+    assert!(p(&on).unwrap().route("m").unwrap().expose_served_name);
+    let e = p(&format!("{GOOD}expose_served_name = \"yes\"\n")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("t.toml:14:22") && msg.contains("boolean"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn each_route_knows_every_served_name_of_its_cluster() {
+    let text = format!(
+        "{GOOD}\n[[models]]\nalias = \"n\"\ncluster = \"a\"\n\n[[models]]\nalias = \"dup\"\n\
+         cluster = \"a\"\nserved_name = \"org/model\"\n"
+    );
+    let c = p(&text).unwrap();
+    for alias in ["m", "n", "dup"] {
+        let mut names = c.route(alias).unwrap().cluster_names.to_vec();
+        names.sort();
+        assert_eq!(names, ["n", "org/model"], "{alias}");
+    }
+}

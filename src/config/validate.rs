@@ -134,7 +134,8 @@ impl Validator<'_> {
     pub fn config(&mut self, raw: file::ConfigFile) -> Config {
         let server = self.server(&raw.server);
         let clusters = self.clusters(&raw.clusters, &server);
-        let (routes, model_order) = self.models(&raw.models, &clusters);
+        let (mut routes, model_order) = self.models(&raw.models, &clusters);
+        super::model::share_cluster_names(&mut routes);
         let auth = raw.auth.as_ref().map(|a| AuthSettings {
             keys_file: self.relative_to_config(a.keys_file.get_ref()),
             default_completion_reservation: a
@@ -544,6 +545,8 @@ impl Validator<'_> {
                     alias: alias.clone(),
                     cluster: cluster.clone(),
                     served_name,
+                    expose_served_name: m.expose_served_name,
+                    cluster_names: Arc::from([]),
                     owned_by: m
                         .owned_by
                         .clone()

@@ -10,6 +10,7 @@ use pingora_http::ResponseHeader;
 
 use super::ctx::RequestCtx;
 use crate::metering::{BodyAction, MeterConfig, ResponseMeter, StreamProtocol};
+use crate::routing::response_model::{Framing, ModelRewriter};
 use crate::routing::{Endpoint, Protocol};
 
 /// Upstream error bodies are small; anything beyond this is cut before normalising.
@@ -72,6 +73,7 @@ fn choose_meter(
     let responses = ctx.endpoint == Some(Endpoint::Responses);
     // A stored response read back (or deleted) is not new usage: passed through unmetered.
     let stored = ctx.endpoint.is_some_and(Endpoint::is_stored_response);
+    ctx.reply.model_rewrite = None;
     Ok(if status >= 400 {
         // The replica's error shape differs by server; the client gets its protocol's.
         ctx.reply.error_body = Some(BytesMut::new());
@@ -87,6 +89,7 @@ fn choose_meter(
         };
         config.prompt_tokens_hint = estimate_prompt_tokens(ctx.admission.prompt_bytes);
         ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
+        ctx.reply.model_rewrite = model_rewriter(ctx, Framing::Sse);
         // Events may be removed (usage chunk), rewritten (error events) or appended
         // (truncation), so the length is not known up front.
         true
@@ -101,8 +104,16 @@ fn choose_meter(
         if !stored {
             ctx.reply.meter = Some(ResponseMeter::new(config, sent_at));
         }
-        false
+        ctx.reply.model_rewrite = model_rewriter(ctx, Framing::Json);
+        // The alias may differ in length from the served name: the length is dropped (a
+        // chunked HTTP/1.1 body, an h2 body ended by its last frame).
+        ctx.reply.model_rewrite.is_some()
     })
+}
+
+fn model_rewriter(ctx: &RequestCtx, framing: Framing) -> Option<ModelRewriter> {
+    let route = ctx.admission.route.as_ref()?;
+    crate::routing::response_model_rewriter(route, ctx.endpoint?, framing)
 }
 
 fn is_event_stream(response: &ResponseHeader) -> bool {
@@ -167,18 +178,21 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
                 *body = Some(replacement);
             }
         }
-        if end_of_stream {
-            if let Some(tail) = meter.on_end(now) {
-                *body = Some(match body.take() {
-                    Some(piece) if !piece.is_empty() => {
-                        let mut joined = BytesMut::with_capacity(piece.len() + tail.len());
-                        joined.extend_from_slice(&piece);
-                        joined.extend_from_slice(&tail);
-                        joined.freeze()
-                    }
-                    _ => tail,
-                });
+        // The meter saw the replica's bytes; the client gets the alias in `model`.
+        if let Some(rewriter) = ctx.reply.model_rewrite.as_mut() {
+            if let Some(rewritten) = body.as_deref().and_then(|piece| rewriter.rewrite(piece)) {
+                *body = Some(rewritten);
             }
+        }
+        if end_of_stream {
+            let held = ctx
+                .reply
+                .model_rewrite
+                .as_mut()
+                .and_then(ModelRewriter::finish);
+            let tail = meter.on_end(now);
+            append(body, held);
+            append(body, tail);
         }
     }
     super::ollama::translate_body(ctx, body, end_of_stream);
@@ -187,14 +201,39 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
     }
 }
 
+/// `extra` after `body`'s piece (if any).
+fn append(body: &mut Option<Bytes>, extra: Option<Bytes>) {
+    let Some(extra) = extra else { return };
+    *body = Some(match body.take() {
+        Some(piece) if !piece.is_empty() => {
+            let mut joined = BytesMut::with_capacity(piece.len() + extra.len());
+            joined.extend_from_slice(&piece);
+            joined.extend_from_slice(&extra);
+            joined.freeze()
+        }
+        _ => extra,
+    });
+}
+
 /// The upstream failed after the response started (connection cut): what the client still
-/// needs to see the stream end as a failure — the truncation error event.
+/// needs to see the stream end as a failure — a `model` value still held, then the
+/// truncation error event.
 pub fn tail_after_upstream_failure(ctx: &mut RequestCtx) -> Option<Bytes> {
-    let tail = ctx.reply.meter.as_mut()?.on_end(Instant::now());
-    let tail = match ctx.reply.ollama.as_mut() {
-        Some(translation) => super::ollama::translate_end(translation, tail),
-        None => tail?,
+    let mut out = ctx
+        .reply
+        .model_rewrite
+        .as_mut()
+        .and_then(ModelRewriter::finish);
+    let tail = ctx
+        .reply
+        .meter
+        .as_mut()
+        .and_then(|m| m.on_end(Instant::now()));
+    append(&mut out, tail);
+    let out = match ctx.reply.ollama.as_mut() {
+        Some(translation) => super::ollama::translate_end(translation, out),
+        None => out?,
     };
-    ctx.reply.response_bytes += tail.len();
-    Some(tail)
+    ctx.reply.response_bytes += out.len();
+    Some(out)
 }

@@ -14,6 +14,7 @@ use crate::errors::ApiError;
 use crate::fleet::InFlight;
 use crate::metering::{ResponseMeter, UsageRecord};
 use crate::ratelimit::Reservation;
+use crate::routing::response_model::ModelRewriter;
 use crate::routing::{Endpoint, Protocol};
 use crate::state::Snapshot;
 
@@ -117,6 +118,9 @@ pub struct Reply {
     pub meter: Option<ResponseMeter>,
     /// The reply of an Ollama call, translated from the metered OpenAI body.
     pub ollama: Option<super::ollama::Translation>,
+    /// The served name back to the alias in `model`, after the meter (it meters the
+    /// replica's bytes); `None`: nothing to rewrite.
+    pub model_rewrite: Option<ModelRewriter>,
     pub response_bytes: usize,
     /// A Responses API response's id was recorded for follow-up routing.
     pub response_id_recorded: bool,

@@ -1,9 +1,11 @@
 //! Which endpoint a request is for, and what a public model alias resolves to.
-//! The body scanner and byte-exact rewriter live in `body`.
+//! The body scanner and byte-exact rewriter live in `body`; the response's `model` (served
+//! name back to the alias) in `response_model`.
 
 pub mod body;
 mod percent;
 pub use percent::percent_decode;
+pub mod response_model;
 
 use std::sync::Arc;
 
@@ -301,6 +303,47 @@ pub fn check_body(endpoint: Endpoint, facts: &body::RequestFacts) -> Result<(), 
         });
     }
     Ok(())
+}
+
+/// The rewriter of the response's `model` (served name → alias) for a route and endpoint;
+/// A response may name the route's served name or, from a vLLM serving several, another
+/// served name of its cluster (vLLM answers with its first). `None` when the route keeps the
+/// served name (`expose_served_name`), every such name is the alias, or the endpoint's
+/// response names no model.
+pub fn response_model_rewriter(
+    route: &Route,
+    endpoint: Endpoint,
+    framing: response_model::Framing,
+) -> Option<response_model::ModelRewriter> {
+    use response_model::{ModelRewriter, Shape};
+    if route.expose_served_name {
+        return None;
+    }
+    let shape = match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => Shape::OpenAi,
+        Endpoint::Messages => Shape::Anthropic,
+        Endpoint::Responses | Endpoint::RetrieveResponse | Endpoint::CancelResponse => {
+            Shape::Responses
+        }
+        // Ollama replies are built by the translation, which names the alias itself.
+        Endpoint::OllamaChat
+        | Endpoint::OllamaGenerate
+        | Endpoint::OllamaTags
+        | Endpoint::OllamaVersion
+        | Endpoint::OllamaShow
+        | Endpoint::DeleteResponse
+        | Endpoint::CountTokens
+        | Endpoint::ListModels
+        | Endpoint::RetrieveModel
+        | Endpoint::Health => return None,
+    };
+    let names = if route.cluster_names.contains(&route.served_name) {
+        route.cluster_names.clone()
+    } else {
+        // A route built without its cluster's names (never from config validation).
+        Arc::from([route.served_name.clone()])
+    };
+    ModelRewriter::new(names, &route.alias, shape, framing)
 }
 
 /// Resolve a public alias to its route, or OpenAI's 404 `model_not_found`.

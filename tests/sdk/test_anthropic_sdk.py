@@ -52,6 +52,7 @@ def test_create_reaches_the_replica_with_its_served_name_and_is_metered(demo):
     assert message.content[0].type == "text" and message.content[0].text.strip()
     assert message.stop_reason == "max_tokens"
     assert message.usage.output_tokens == 12
+    assert message.model == MODEL, "the alias, not the served name"
     [record] = [r for r in demo.all_sim_requests() if r["path"] == "/v1/messages"]
     body = json.loads(record["body"])
     assert body["model"] == SERVED
@@ -88,6 +89,7 @@ def test_stream_is_incremental_and_its_usage_is_what_was_metered(demo):
     assert len(texts) == 40, "one text delta per token"
     assert final.content[0].text == "".join(texts)
     assert final.stop_reason == "max_tokens"
+    assert final.model == MODEL, "message_start names the alias"
     usage = wait_usage(demo, "msg-stream", 1)
     assert final.usage.output_tokens == usage["completion_tokens"] == 40
     assert final.usage.input_tokens == usage["prompt_tokens"] > 0

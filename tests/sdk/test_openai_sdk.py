@@ -19,6 +19,7 @@ def test_non_streaming_chat(client, demo, recorder):
     assert r.choices[0].message.content
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 5
+    assert r.model == CHAT, "the alias, not the served name"
     seen = demo.all_sim_requests()
     assert [s["model"] for s in seen] == [CHAT_SERVED]
     sent = recorder.bodies[-1]
@@ -33,6 +34,7 @@ def test_streaming_chat(client, demo):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
     assert chunks[-1].choices[0].finish_reason == "length"
+    assert {c.model for c in chunks} == {CHAT}, "every chunk names the alias"
     seen = demo.all_sim_requests()
     assert seen[0]["completion_tokens"] == 12
 
@@ -41,6 +43,7 @@ def test_trtllm_cluster_via_completions(client, demo):
     r = client.completions.create(model=TRT, prompt="Once upon a time", max_tokens=4)
     assert r.choices[0].text
     assert r.usage.completion_tokens == 4
+    assert r.model == TRT
     assert demo.sim_requests(8103)[0]["model"] == TRT_SERVED
 
 
@@ -49,6 +52,7 @@ def test_embeddings(client):
     assert len(r.data) == 2
     assert len(r.data[0].embedding) > 0
     assert r.usage.prompt_tokens > 0
+    assert r.model == EMBED
 
 
 def test_unknown_model_is_not_found(client, demo):
