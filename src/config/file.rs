@@ -144,6 +144,9 @@ pub struct ClusterSection {
     /// Shed load (503) when every replica has this many of our requests in flight.
     #[serde(default)]
     pub max_in_flight: Option<Spanned<usize>>,
+    /// Wait (bounded) instead of shedding when every replica is saturated.
+    #[serde(default)]
+    pub queue: Option<QueueSection>,
     /// Bounded-load factor of `prefix-affinity` (default 1.5).
     #[serde(default)]
     pub bounded_load_factor: Option<Spanned<f64>>,
@@ -158,6 +161,14 @@ pub struct ClusterSection {
     pub scrape: Option<ScrapeSection>,
     #[serde(default)]
     pub timeouts: Option<TimeoutSection>,
+}
+
+/// `queue = { max_depth = N, max_wait_ms = M }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    pub max_depth: Spanned<usize>,
+    pub max_wait_ms: Spanned<u64>,
 }
 
 /// Active health checks; defaults per flavour (vLLM / trtllm `/health`, Triton `/health/ready`).

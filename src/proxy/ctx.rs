@@ -88,6 +88,8 @@ pub struct Attempt {
     /// The current attempt's replica (index into the cluster) and its in-flight slot.
     pub replica_index: Option<usize>,
     pub in_flight: Option<InFlight>,
+    /// Hands the slot to the cluster's admission queue when dropped (after `in_flight`).
+    pub queue_slot: Option<crate::state::queues::SlotRelease>,
     /// The replica answered with a status worth retrying elsewhere (502/503, empty 500).
     pub retry_status: bool,
     /// Attempts started so far.
