@@ -9,6 +9,7 @@ use pingora_proxy::Session;
 
 use super::body::{self, BodyReadError, PINGORA_REPLAY_LIMIT};
 use super::ctx::{InFlightGauge, RequestCtx};
+use super::limit_class::{self, Reserved};
 use super::replay;
 use super::respond::{write_error, write_json};
 use crate::auth::{extract_presented_key, now_unix};
@@ -157,7 +158,7 @@ impl From<ApiError> for Refusal {
 /// Everything the upstream attempts of an admitted request need.
 struct Plan {
     route: Arc<Route>,
-    reservation: Option<Reservation>,
+    reservation: Reserved,
     prefix_key: Option<u64>,
     upstream_body: Bytes,
     /// The client's body is beyond Pingora's replay buffer: our wrapper replays it.
@@ -306,15 +307,23 @@ fn served(endpoint: Endpoint, route: &Route) -> Result<(), ApiError> {
 }
 
 /// Step 5: reserve the estimate against the key, model and global buckets (`ticket`: the
-/// key's part, taken from the headers before the body was read).
+/// key's part, taken from the headers before the body was read), or a rule's class's.
 fn reserve(
     state: &AppState,
     ctx: &RequestCtx,
     facts: &RequestFacts,
     route: &Route,
     ticket: Option<KeyTicket>,
-) -> Result<Option<Reservation>, ApiError> {
-    admit_limits(state, ctx, facts, route, ticket).map_err(rate_limited)
+) -> Result<Reserved, ApiError> {
+    if let Some(class) = limit_class::of(ctx) {
+        if let Some(ticket) = ticket {
+            ticket.cancel(std::time::Instant::now());
+        }
+        let estimated = estimated_tokens(ctx, facts);
+        return limit_class::admit(state, ctx, class, route, estimated).map_err(rate_limited);
+    }
+    let main = admit_limits(state, ctx, facts, route, ticket).map_err(rate_limited)?;
+    Ok(Reserved { main, class: None })
 }
 
 fn rate_limited(e: Box<RateLimited>) -> ApiError {
@@ -372,7 +381,8 @@ fn rewrite(
 fn start_upstream(session: &mut Session, ctx: &mut RequestCtx, plan: Plan) {
     ctx.admission.in_flight_gauge = Some(InFlightGauge::hold(&plan.route.cluster.name));
     ctx.admission.route = Some(plan.route);
-    ctx.admission.reservation = plan.reservation;
+    ctx.admission.reservation = plan.reservation.main;
+    ctx.admission.class_reservation = plan.reservation.class;
     ctx.admission.prefix_key = plan.prefix_key;
     // Bodies beyond Pingora's replay buffer are served to the proxy loop by our wrapper;
     // `logging` hands the real session back (client keep-alive).
@@ -470,6 +480,24 @@ fn admit_limits(
     if unlimited {
         return Ok(None);
     }
+    let request = AdmissionRequest {
+        key_name: ctx.key_label(),
+        key_limits,
+        model: &route.alias,
+        model_limits: &route.limits,
+        global_limits: &ctx.config.global_limits,
+        estimated_tokens: estimated_tokens(ctx, facts),
+    };
+    let now = std::time::Instant::now();
+    match ticket {
+        Some(ticket) => state.limiter.admit_after(ticket, &request, now),
+        None => state.limiter.admit(&request, now),
+    }
+    .map(Some)
+}
+
+/// The tokens a request reserves: its prompt estimate plus its completion budget.
+fn estimated_tokens(ctx: &RequestCtx, facts: &RequestFacts) -> u64 {
     let reservation_default = ctx
         .config
         .auth
@@ -479,22 +507,7 @@ fn admit_limits(
         .max_completion_tokens
         .or(facts.max_tokens)
         .map(|m| m.saturating_mul(facts.n.unwrap_or(1).max(1)));
-    let estimated =
-        estimate_request_tokens(facts.prompt_bytes, completion_budget, reservation_default);
-    let request = AdmissionRequest {
-        key_name: ctx.key_label(),
-        key_limits,
-        model: &route.alias,
-        model_limits: &route.limits,
-        global_limits: &ctx.config.global_limits,
-        estimated_tokens: estimated,
-    };
-    let now = std::time::Instant::now();
-    match ticket {
-        Some(ticket) => state.limiter.admit_after(ticket, &request, now),
-        None => state.limiter.admit(&request, now),
-    }
-    .map(Some)
+    estimate_request_tokens(facts.prompt_bytes, completion_budget, reservation_default)
 }
 
 /// How many leading bytes of the prompt identify a shared prefix (system prompt and the first

@@ -59,6 +59,8 @@ pub struct Admission {
     pub strip_usage: bool,
     /// Tokens and concurrency slots held against the rate limits; settled in `logging`.
     pub reservation: Option<Reservation>,
+    /// A rate-limit class's own share of the request (its per-key share is `reservation`).
+    pub class_reservation: Option<Reservation>,
     /// The cluster's in-flight gauge, held from admission until the context is dropped.
     pub in_flight_gauge: Option<InFlightGauge>,
     pub rules: RuleEffects,

@@ -6,6 +6,7 @@ pub mod body;
 pub mod client_response;
 pub mod ctx;
 pub mod failure;
+pub mod limit_class;
 pub mod peer;
 pub mod queue_wait;
 pub mod replay;
