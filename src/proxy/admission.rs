@@ -193,10 +193,18 @@ async fn plan(
     ctx: &mut RequestCtx,
     endpoint: Endpoint,
 ) -> Result<Plan, Refusal> {
-    let ticket = admit_key_early(state, ctx).map_err(|e| Refusal::Answer {
-        error: rate_limited(e),
-        body_unread: true,
-    })?;
+    let ticket = match admit_key_early(state, ctx) {
+        Ok(ticket) => ticket,
+        // A rule may yet put the request in a class, which the key's limits do not bind:
+        // decided after the rules (the key's limits then apply in step 5).
+        Err(_) if !ctx.config.rules.rate_limit_classes().is_empty() => None,
+        Err(e) => {
+            return Err(Refusal::Answer {
+                error: rate_limited(e),
+                body_unread: true,
+            })
+        }
+    };
     let client_body = read_body(state, session, ctx).await?;
     let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
     let facts = scan.facts();
