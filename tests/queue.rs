@@ -24,7 +24,8 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// `keys`: key names to create; `queue`: the `queue = {..}` value.
+/// `keys`: key names to create (`vip` gets priority 3 in the keys file); `queue`: the
+/// `queue = {..}` value.
 fn setup(keys: &[&str], queue: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys_path: PathBuf = dir.path().join("keys.toml");
@@ -32,10 +33,11 @@ fn setup(keys: &[&str], queue: &str) -> Setup {
     let secrets = keys
         .iter()
         .map(|name| {
-            registry
-                .create(NewKey::named(*name), now_unix())
-                .expect("key")
-                .0
+            let key = NewKey {
+                priority: if *name == "vip" { 3 } else { 0 },
+                ..NewKey::named(*name)
+            };
+            registry.create(key, now_unix()).expect("key").0
         })
         .collect();
     let rules_path = dir.path().join("urgent.toml");
@@ -244,7 +246,7 @@ mod timing {
     async fn a_higher_priority_request_overtakes_queued_lower_ones() {
         let _serial = serial().await;
         let s = Arc::new(setup(
-            &["a", "b"],
+            &["a", "b", "vip"],
             "{ max_depth = 100, max_wait_ms = 30000 }",
         ));
         let order = Arc::new(Mutex::new(Vec::<&'static str>::new()));
@@ -262,9 +264,13 @@ mod timing {
             .map(|_| spawn("low", s.secrets[1].clone(), false))
             .collect();
         wait_depth(&s, 5.0).await;
-        let high = spawn("high", s.secrets[1].clone(), true);
+        // The key's own priority (3, keys file) beats the default 0; a rule's 5 beats both.
+        let vip = spawn("vip", s.secrets[2].clone(), false);
         wait_depth(&s, 6.0).await;
+        let high = spawn("high", s.secrets[1].clone(), true);
+        wait_depth(&s, 7.0).await;
         high.await.expect("high");
+        vip.await.expect("vip");
         for t in low {
             t.await.expect("low");
         }

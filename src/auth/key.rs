@@ -26,6 +26,9 @@ pub struct ApiKey {
     pub limits: KeyLimits,
     /// Unix seconds.
     pub created_at: Option<u64>,
+    /// Admission-queue priority of the key's requests (default 0; higher goes first); a
+    /// rule's `priority` overrides it.
+    pub priority: i32,
 }
 
 impl ApiKey {
@@ -170,6 +173,7 @@ mod tests {
 
     fn key() -> ApiKey {
         ApiKey {
+            priority: 0,
             name: "ci-bot".into(),
             hash: KeyHash::of("tg-x"),
             prefix: Some("abcdefgh".into()),

@@ -66,7 +66,8 @@ async fn wait_for_slot(
         .as_ref()
         .map_or(Duration::from_secs(1), |r| r.cluster.balance.retry_after);
     let saturated = SelectError::Saturated { retry_after };
-    let priority = ctx.admission.rules.priority.unwrap_or(0);
+    let key_priority = ctx.admission.key.as_ref().map_or(0, |k| k.priority);
+    let priority = ctx.admission.rules.priority.unwrap_or(key_priority);
     let Ok(mut waiter) = queue.enqueue(ctx.key_label(), priority) else {
         rejected(&cluster, "full");
         return Err(peer::refuse(ctx, saturated));
