@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
@@ -164,4 +166,79 @@ async fn an_unknown_class_in_a_rule_is_refused_at_load_and_reload() {
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("nope"), "{text}");
+}
+
+/// Refill during the run is part of the bound: timing group.
+mod timing {
+    use super::*;
+
+    /// Fleet mode: two instances share the class's buckets through Redis (names `…k:alice@batch…`
+    /// and `…k:@batch…`), as they share key buckets. Two independent instances would admit
+    /// 2 × 6; shared, at most C + N·(L + B) = 6 + 2·(1 + 1) (README overshoot bound).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fleet_mode_shares_class_buckets_through_redis() {
+        let _serial = serial().await;
+        use common::fleet::{create_key, fleet_config, keys_file, Redis};
+        let redis = Redis::start();
+        let sim = Sim::start(&["--served-model-name", "s"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = keys_file(dir.path());
+        let rules_path = dir.path().join("batch.toml");
+        std::fs::write(
+            &rules_path,
+            "[[rules]]\nname = \"batch\"\nwhen = { field = \"header.x-batch\", exists = true }\n\
+             actions = [ { rate_limit_class = \"batch\" } ]\n",
+        )
+        .expect("rules file");
+        let nodes: Vec<Proxy> = (0..2)
+            .map(|i| {
+                Proxy::start(
+                    &fleet_config(&[sim.addr], &redis, &keys, &format!("node-{i}"), &[])
+                        .top(&format!("rules = [\"{}\"]", rules_path.display()))
+                        .table(
+                            "[rate_limit_classes.batch]\nrequests_per_minute = 6\n\
+                             global = { requests_per_minute = 1000 }",
+                        ),
+                )
+            })
+            .collect();
+        let secret = create_key(
+            &nodes[0],
+            json!({"name": "alice", "limits": {"requests_per_minute": 100}}),
+        )
+        .await;
+        let send = |node: &Proxy, batch: bool| {
+            let mut req = client()
+                .post(node.url("/v1/chat/completions"))
+                .bearer_auth(&secret)
+                .json(&json!({"model": "m", "max_tokens": 2,
+                              "messages": [{"role": "user", "content": "hi"}]}));
+            if batch {
+                req = req.header("x-batch", "1");
+            }
+            async move { req.send().await.map_or(0, |r| r.status().as_u16()) }
+        };
+        // The key reaches both instances (fleet key sync) before the count starts.
+        for node in &nodes {
+            assert_eventually(Duration::from_secs(5), "key known", || async {
+                send(node, false).await == 200
+            })
+            .await;
+        }
+        let mut admitted = 0;
+        for i in 0..24 {
+            let status = send(&nodes[i % 2], true).await;
+            assert!(status == 200 || status == 429, "{status}");
+            admitted += usize::from(status == 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("class rpm 6 on 2 instances: {admitted} of 24 admitted");
+        assert!((5..=10).contains(&admitted), "admitted {admitted}");
+        // The key's own bucket was not used by the batch requests.
+        assert_eq!(send(&nodes[1], false).await, 200);
+        let names = redis.try_cmd(&["KEYS", "*@batch*"]);
+        let text = format!("{names:?}");
+        assert!(text.contains("alice@batch"), "{text}");
+        assert!(text.contains(":k:@batch"), "{text}");
+    }
 }
