@@ -125,61 +125,62 @@ async fn occupy(s: &Arc<Setup>, ms: u64) -> tokio::task::JoinHandle<u16> {
     held
 }
 
-#[tokio::test]
-async fn a_full_queue_and_the_anthropic_shape_are_503_overloaded_with_retry_after() {
-    let s = Arc::new(setup(&["a"], "{ max_depth = 1, max_wait_ms = 5000 }"));
-    let held = occupy(&s, 1500).await;
-    let queued = {
-        let s = s.clone();
-        tokio::spawn(async move { send(&s, &s.secrets[0], 0, &[]).await })
-    };
-    wait_depth(&s, 1.0).await;
-    // The queue holds one: the next is refused at once.
-    let (status, headers, body, took) = send(&s, &s.secrets[0], 0, &[]).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(assert_openai_error(&body)["code"], "overloaded");
-    assert_eq!(headers["retry-after"], "1");
-    assert!(
-        took < Duration::from_millis(1000),
-        "refused at once: {took:?}"
-    );
-    let full = metric_sum(
-        &s.proxy,
-        "tokengate_queue_rejected_total",
-        &[("cluster", "pool"), ("reason", "full")],
-    )
-    .await;
-    assert_eq!(full, 1.0);
-    // Anthropic clients get their own shape.
-    let r = client()
-        .post(s.proxy.url("/v1/messages"))
-        .header("x-api-key", &s.secrets[0])
-        .header("anthropic-version", "2023-06-01")
-        .header("content-type", "application/json")
-        .body(
-            json!({"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(r.status().as_u16(), 503);
-    assert!(r.headers().contains_key("retry-after"));
-    let body: Value = r.json().await.expect("json");
-    assert_eq!(body["type"], "error", "{body}");
-    assert_eq!(body["error"]["type"], "overloaded_error", "{body}");
-
-    assert_eq!(held.await.expect("held"), 200);
-    let (status, _, body, _) = queued.await.expect("queued");
-    assert_eq!(
-        status, 200,
-        "the queued request is served once the slot frees: {body}"
-    );
-    wait_depth(&s, 0.0).await;
-}
-
 mod timing {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_and_the_anthropic_shape_are_503_overloaded_with_retry_after() {
+        let _serial = serial().await;
+        let s = Arc::new(setup(&["a"], "{ max_depth = 1, max_wait_ms = 5000 }"));
+        let held = occupy(&s, 1500).await;
+        let queued = {
+            let s = s.clone();
+            tokio::spawn(async move { send(&s, &s.secrets[0], 0, &[]).await })
+        };
+        wait_depth(&s, 1.0).await;
+        // The queue holds one: the next is refused at once.
+        let (status, headers, body, took) = send(&s, &s.secrets[0], 0, &[]).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(assert_openai_error(&body)["code"], "overloaded");
+        assert_eq!(headers["retry-after"], "1");
+        assert!(
+            took < Duration::from_millis(1000),
+            "refused at once: {took:?}"
+        );
+        let full = metric_sum(
+            &s.proxy,
+            "tokengate_queue_rejected_total",
+            &[("cluster", "pool"), ("reason", "full")],
+        )
+        .await;
+        assert_eq!(full, 1.0);
+        // Anthropic clients get their own shape.
+        let r = client()
+            .post(s.proxy.url("/v1/messages"))
+            .header("x-api-key", &s.secrets[0])
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(
+                json!({"model": "m", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(r.status().as_u16(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(body["type"], "error", "{body}");
+        assert_eq!(body["error"]["type"], "overloaded_error", "{body}");
+
+        assert_eq!(held.await.expect("held"), 200);
+        let (status, _, body, _) = queued.await.expect("queued");
+        assert_eq!(
+            status, 200,
+            "the queued request is served once the slot frees: {body}"
+        );
+        wait_depth(&s, 0.0).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_light_key_is_not_starved_by_a_key_sending_ten_times_more() {
