@@ -62,6 +62,7 @@ impl ApiKey {
             status: self.status(now_unix),
             expires_at: self.expires_at.map(format_rfc3339),
             created_at: self.created_at.map(format_rfc3339),
+            priority: self.priority,
             limits: self.limits,
         }
     }
@@ -88,6 +89,8 @@ pub struct KeyView {
     pub status: KeyStatus,
     pub expires_at: Option<String>,
     pub created_at: Option<String>,
+    /// Admission-queue priority (default 0).
+    pub priority: i32,
     pub limits: KeyLimits,
 }
 
