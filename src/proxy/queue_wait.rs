@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, Result};
+use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
@@ -109,7 +109,13 @@ async fn wait_for_slot(
                 drop(waiter);
                 rejected(&cluster, "client_closed");
                 ctx.outcome.client_closed = true;
-                return Err(e.into_down());
+                // One kind whatever the protocol said (HTTP/2 reports a reset as `H2Error`), so
+                // it is logged 499 `client_closed` and nothing is written back.
+                log::debug!("client left the queue of `{cluster}`: {e}");
+                return Err(
+                    Error::explain(ErrorType::ConnectionClosed, "client left the queue")
+                        .into_down(),
+                );
             }
         }
     }
