@@ -348,4 +348,40 @@ mod timing {
         // The one request the replica saw is the slow one.
         assert_eq!(s.sim.requests().await.len(), 1);
     }
+
+    /// The same over HTTP/2 (h2c, curl): a reset stream leaves the queue at once and is
+    /// logged 499 `client_closed`, not answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_queued_http2_client_that_resets_leaves_the_queue_at_once() {
+        let _serial = serial().await;
+        let s = Arc::new(setup(&["a"], "{ max_depth = 10, max_wait_ms = 30000 }"));
+        let held = occupy(&s, 3000).await;
+        let auth = format!("authorization: Bearer {}", s.secrets[0]);
+        let body = String::from_utf8(chat()).expect("utf-8");
+        let mut curl = std::process::Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-H", &auth])
+            .args(["-H", "content-type: application/json", "-d", &body])
+            .arg(s.proxy.url("/v1/chat/completions"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("curl is needed (apt-get install curl)");
+        wait_depth(&s, 1.0).await;
+        let killed_at = Instant::now();
+        curl.kill().expect("kill curl");
+        let _ = curl.wait();
+        wait_depth(&s, 0.0).await;
+        let left_after = killed_at.elapsed();
+        println!("h2c: queue depth back to 0 {left_after:?} after the client went away");
+        assert!(left_after < Duration::from_millis(1000), "{left_after:?}");
+        assert_eq!(held.await.expect("held"), 200);
+        assert_eventually(Duration::from_secs(5), "499 client_closed logged", || {
+            let log = s.proxy.access_log();
+            async move {
+                log.iter()
+                    .any(|l| l["status"] == 499 && l["error"] == "client_closed")
+            }
+        })
+        .await;
+    }
 }
