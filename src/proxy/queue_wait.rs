@@ -12,7 +12,7 @@ use pingora_proxy::Session;
 use super::ctx::RequestCtx;
 use super::peer;
 use crate::fleet::{QueueSettings, SelectError};
-use crate::state::queues::{ClusterQueue, Waiter, Wake};
+use crate::state::queues::{ClusterQueue, Rejected, Waiter, Wake};
 
 /// How often the head of a queue checks the replicas itself (a missed wake-up, or a
 /// saturation by the replicas' scraped queues, which no request of ours frees).
@@ -55,11 +55,6 @@ async fn wait_for_slot(
     queue: &Arc<ClusterQueue>,
     settings: QueueSettings,
 ) -> Result<Box<HttpPeer>> {
-    let cluster = ctx
-        .admission
-        .route
-        .as_ref()
-        .map_or_else(String::new, |r| r.cluster.name.clone());
     let retry_after = ctx
         .admission
         .route
@@ -69,7 +64,7 @@ async fn wait_for_slot(
     let key_priority = ctx.admission.key.as_ref().map_or(0, |k| k.priority);
     let priority = ctx.admission.rules.priority.unwrap_or(key_priority);
     let Ok(mut waiter) = queue.enqueue(ctx.key_label(), priority) else {
-        rejected(&cluster, "full");
+        queue.count_rejected(Rejected::Full);
         return Err(peer::refuse(ctx, saturated));
     };
     let started = Instant::now();
@@ -93,25 +88,23 @@ async fn wait_for_slot(
             Event::Wake(Wake::Slot) => match ctx.timed(peer::try_choose_peer)? {
                 Ok(peer) => {
                     waiter.claim();
-                    crate::metrics::QUEUE_WAIT
-                        .with_label_values(&[&cluster])
-                        .observe(started.elapsed().as_secs_f64());
+                    queue.observe_wait(started.elapsed());
                     return Ok(peer);
                 }
                 Err(SelectError::Saturated { .. }) => waiter.requeue(),
                 Err(e) => return Err(leave(ctx, waiter, e)),
             },
             Event::Deadline => {
-                rejected(&cluster, "timeout");
+                queue.count_rejected(Rejected::Timeout);
                 return Err(leave(ctx, waiter, saturated));
             }
             Event::ClientGone(e) => {
                 drop(waiter);
-                rejected(&cluster, "client_closed");
+                queue.count_rejected(Rejected::ClientClosed);
                 ctx.outcome.client_closed = true;
                 // One kind whatever the protocol said (HTTP/2 reports a reset as `H2Error`), so
                 // it is logged 499 `client_closed` and nothing is written back.
-                log::debug!("client left the queue of `{cluster}`: {e}");
+                log::debug!("client left the admission queue: {e}");
                 return Err(
                     Error::explain(ErrorType::ConnectionClosed, "client left the queue")
                         .into_down(),
@@ -125,12 +118,6 @@ async fn wait_for_slot(
 fn leave(ctx: &mut RequestCtx, waiter: Waiter, e: SelectError) -> Box<Error> {
     drop(waiter);
     peer::refuse(ctx, e)
-}
-
-fn rejected(cluster: &str, reason: &str) {
-    crate::metrics::QUEUE_REJECTED
-        .with_label_values(&[cluster, reason])
-        .inc();
 }
 
 /// Resolves when the client closes or breaks its connection (its body was read in full, so

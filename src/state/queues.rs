@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::oneshot;
 
 use crate::fleet::fair_queue::{FairQueue, Full, Order, Popped};
@@ -40,6 +40,29 @@ pub struct ClusterQueue {
     /// Queued entries plus unclaimed hand-offs: read without the lock on every slot release.
     busy: AtomicUsize,
     depth: IntGauge,
+    wait: Histogram,
+    /// `tokengate_queue_rejected_total` by reason: full, timeout, client_closed.
+    rejected: [IntCounter; 3],
+}
+
+/// Why a request left the queue without a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    Full,
+    Timeout,
+    ClientClosed,
+}
+
+impl Rejected {
+    const ALL: [Rejected; 3] = [Rejected::Full, Rejected::Timeout, Rejected::ClientClosed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejected::Full => "full",
+            Rejected::Timeout => "timeout",
+            Rejected::ClientClosed => "client_closed",
+        }
+    }
 }
 
 struct Inner {
@@ -57,7 +80,19 @@ impl ClusterQueue {
             }),
             busy: AtomicUsize::new(0),
             depth: metrics::QUEUE_DEPTH.with_label_values(&[cluster]),
+            wait: metrics::QUEUE_WAIT.with_label_values(&[cluster]),
+            rejected: Rejected::ALL
+                .map(|r| metrics::QUEUE_REJECTED.with_label_values(&[cluster, r.as_str()])),
         }
+    }
+
+    /// A queued request got its slot after `waited`.
+    pub fn observe_wait(&self, waited: std::time::Duration) {
+        self.wait.observe(waited.as_secs_f64());
+    }
+
+    pub fn count_rejected(&self, why: Rejected) {
+        self.rejected[why as usize].inc();
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
