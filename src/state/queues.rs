@@ -119,6 +119,12 @@ impl ClusterQueue {
     pub fn enqueue(self: &Arc<Self>, key: &str, priority: i32) -> Result<Waiter, Full> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
+        // A woken waiter that finds its slot gone goes back in line: count it against the
+        // depth until it has claimed, so requeues never push the queue past `max_depth`.
+        let max_depth = inner.queue.max_depth();
+        if inner.queue.len() + inner.handoffs >= max_depth {
+            return Err(Full { max_depth });
+        }
         let id = inner.queue.push(key, priority, tx)?;
         self.publish(&inner);
         Ok(Waiter {
@@ -331,5 +337,52 @@ mod tests {
         assert_eq!(a.wait(Duration::from_millis(10)).await, Wake::Slot);
         a.claim();
         assert_eq!(q.depth(), 1);
+    }
+
+    proptest::proptest! {
+        /// Any interleaving of arrivals, releases, wake-ups, claims, requeues and departures:
+        /// the lock-free `busy` count always equals what is queued plus the outstanding
+        /// hand-offs, and once everyone has left nothing is counted (no leaked hand-off can
+        /// leave the cluster "busy" forever).
+        #[test]
+        fn hand_offs_never_leak(ops in proptest::collection::vec((0u8..6, 0usize..6), 1..120)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            rt.block_on(async {
+                let q = queue(4);
+                let mut waiters: Vec<Option<Waiter>> = Vec::new();
+                for (op, i) in ops {
+                    match op {
+                        0 => if let Ok(w) = q.enqueue(&format!("k{i}"), (i % 2) as i32) {
+                            waiters.push(Some(w));
+                        },
+                        1 => q.release(),
+                        2 => if let Some(Some(w)) = waiters.get_mut(i) {
+                            let _ = w.wait(Duration::ZERO).await;
+                        },
+                        3 => if let Some(slot) = waiters.get_mut(i) {
+                            if let Some(w) = slot.take_if(|w| matches!(w.state, WaiterState::HandedOff(_))) {
+                                w.claim();
+                            }
+                        },
+                        4 => if let Some(Some(w)) = waiters.get_mut(i) {
+                            w.requeue();
+                        },
+                        _ => if let Some(slot) = waiters.get_mut(i) {
+                            slot.take();
+                        },
+                    }
+                    let inner = q.lock();
+                    proptest::prop_assert_eq!(
+                        q.busy.load(Ordering::Acquire),
+                        inner.queue.len() + inner.handoffs
+                    );
+                    proptest::prop_assert!(inner.queue.len() + inner.handoffs <= 4);
+                }
+                waiters.clear();
+                proptest::prop_assert!(!q.is_busy());
+                proptest::prop_assert_eq!(q.depth(), 0);
+                Ok(())
+            })?;
+        }
     }
 }
