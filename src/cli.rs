@@ -68,6 +68,7 @@ pub fn key_new(args: KeyNewArgs) -> ExitCode {
         }
     };
     let new = NewKey {
+        priority: 0,
         name: args.name,
         team: args.team,
         tags: args.tags,

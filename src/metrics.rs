@@ -214,6 +214,30 @@ pub static IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "tokengate_queue_depth",
+        "Requests waiting in a saturated cluster's admission queue.",
+        &["cluster"]
+    )
+    .expect("metric registers once")
+});
+
+histogram_vec!(
+    QUEUE_WAIT,
+    "tokengate_queue_wait_seconds",
+    "Time requests that got a slot spent in the cluster's admission queue.",
+    &["cluster"],
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
+);
+
+counter_vec!(
+    QUEUE_REJECTED,
+    "tokengate_queue_rejected_total",
+    "Requests that left an admission queue without a slot (reason: full|timeout|client_closed).",
+    &["cluster", "reason"]
+);
+
 pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "tokengate_config_generation",
@@ -367,6 +391,9 @@ pub fn render() -> String {
     LazyLock::force(&RETRIES);
     LazyLock::force(&RELOADS);
     LazyLock::force(&IN_FLIGHT);
+    LazyLock::force(&QUEUE_DEPTH);
+    LazyLock::force(&QUEUE_WAIT);
+    LazyLock::force(&QUEUE_REJECTED);
     LazyLock::force(&CONFIG_GENERATION);
     LazyLock::force(&ACCESS_LOG_DROPPED);
     TextEncoder::new()

@@ -22,10 +22,14 @@ use crate::metrics;
 use crate::ratelimit::Limiter;
 use crate::usage_totals::Usage;
 
+pub mod queues;
+
 /// One cluster's replicas (in config order) with their shared states, and its selector.
 pub struct ClusterRuntime {
     pub replicas: Vec<Arc<ReplicaState>>,
     pub balancer: Balancer,
+    /// The admission queue, when the cluster has `queue = { .. }`.
+    pub queue: Option<Arc<queues::ClusterQueue>>,
 }
 
 /// Everything a request reads, immutable.
@@ -54,6 +58,8 @@ pub struct AppState {
     generation: AtomicU64,
     admin_token: ArcSwap<Option<String>>,
     pub fleet: Fleet,
+    /// Admission queues by cluster name: survive reloads.
+    pub queues: queues::AdmissionQueues,
     /// API keys (`None`: auth off). Outside the snapshot: admin changes apply at once.
     keys: ArcSwap<Option<Arc<KeyRegistry>>>,
     /// Bucket consumption and concurrency, keyed by key name / alias: survives reloads.
@@ -92,7 +98,12 @@ pub struct Reloaded {
     pub warning: Option<String>,
 }
 
-fn build_snapshot(config: Config, fleet: &Fleet, generation: u64) -> Snapshot {
+fn build_snapshot(
+    config: Config,
+    fleet: &Fleet,
+    queues: &queues::AdmissionQueues,
+    generation: u64,
+) -> Snapshot {
     let mut clusters = HashMap::new();
     let mut live = HashSet::new();
     for cluster in &config.clusters {
@@ -110,6 +121,10 @@ fn build_snapshot(config: Config, fleet: &Fleet, generation: u64) -> Snapshot {
             ClusterRuntime {
                 replicas,
                 balancer: Balancer::new(cluster.balance.clone()),
+                queue: cluster
+                    .balance
+                    .queue
+                    .map(|q| queues.get_or_insert(&cluster.name, q.max_depth)),
             },
         );
     }
@@ -161,13 +176,15 @@ impl AppState {
         let fleet = Fleet::new();
         let limiter = limiter_for(&config);
         let recent = crate::recent::RecentRequests::new(config.server.recent_requests);
-        let snapshot = build_snapshot(config, &fleet, 1);
+        let queues = queues::AdmissionQueues::default();
+        let snapshot = build_snapshot(config, &fleet, &queues, 1);
         Ok(Arc::new(AppState {
             snapshot: ArcSwap::from_pointee(snapshot),
             config_path: config_path.to_path_buf(),
             generation: AtomicU64::new(1),
             admin_token: ArcSwap::from_pointee(token),
             fleet,
+            queues,
             keys: ArcSwap::from_pointee(keys),
             limiter,
             body_budget: Arc::default(),
@@ -261,7 +278,7 @@ impl AppState {
         let generation = self.generation() + 1;
         self.admin_token.store(Arc::new(read_admin_token(&fresh)));
         self.recent.set_capacity(fresh.server.recent_requests);
-        let snapshot = build_snapshot(fresh, &self.fleet, generation);
+        let snapshot = build_snapshot(fresh, &self.fleet, &self.queues, generation);
         self.snapshot.store(Arc::new(snapshot));
         self.generation.store(generation, Ordering::Relaxed);
         if let Ok(hooks) = self.on_swap.lock() {

@@ -130,7 +130,8 @@ async fn the_shipped_team_caps_cannot_be_bypassed_with_coercible_values() {
     // The shipped rules name the demo models; give them routes.
     let config = config
         .model("mistral-7b", "pool", SERVED)
-        .model("llama-3.1-8b", "pool", SERVED);
+        .model("llama-3.1-8b", "pool", SERVED)
+        .table("[rate_limit_classes.batch]");
     let proxy = Proxy::start(&config);
     for field in [
         r#""n":"5""#,

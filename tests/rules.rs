@@ -77,7 +77,8 @@ fn setup(rule_files: &[&str]) -> Setup {
             .cluster("trtllm-b", "trtllm", &[trt.addr])
             .model("llama-3.1-8b", "vllm-a", LLAMA)
             .model("mistral-7b", "trtllm-b", MISTRAL)
-            .table(&format!("[auth]\nkeys_file = \"{}\"", keys_path.display())),
+            .table(&format!("[auth]\nkeys_file = \"{}\"", keys_path.display()))
+            .table("[rate_limit_classes.batch]"),
     );
     Setup {
         stable,

@@ -30,6 +30,9 @@ pub struct NewKey {
     pub expires_at: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Admission-queue priority (higher first; a rule's `priority` overrides it).
+    #[serde(default)]
+    pub priority: i32,
 }
 
 fn yes() -> bool {
@@ -40,6 +43,7 @@ impl NewKey {
     /// An enabled key with no restrictions.
     pub fn named(name: impl Into<String>) -> Self {
         NewKey {
+            priority: 0,
             name: name.into(),
             team: None,
             tags: Vec::new(),
@@ -55,6 +59,7 @@ impl NewKey {
     /// the fleet's Redis store.
     pub fn into_key(self, secret: &NewSecret, expires_at: Option<u64>, now_unix: u64) -> ApiKey {
         ApiKey {
+            priority: self.priority,
             name: self.name,
             hash: secret.hash,
             prefix: Some(secret.prefix.clone()),
@@ -306,6 +311,7 @@ mod tests {
     #[test]
     fn new_key_field_errors_are_all_listed() {
         let k = NewKey {
+            priority: 0,
             team: Some(" ".into()),
             models: vec!["ok".into(), "".into()],
             limits: KeyLimits {
@@ -349,6 +355,7 @@ mod tests {
         assert_eq!(l.requests_per_minute, None);
 
         let key = ApiKey {
+            priority: 0,
             name: "k".into(),
             hash: KeyHash::of("tg-k"),
             prefix: None,

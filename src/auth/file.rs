@@ -12,6 +12,7 @@
 //! enabled = true
 //! expires_at = "2026-01-01T00:00:00Z"
 //! created_at = "2025-06-01T12:00:00Z"
+//! priority = 0                    # admission-queue priority; higher first (default 0)
 //!
 //! [keys.limits]
 //! requests_per_minute = 60
@@ -88,6 +89,8 @@ struct KeyEntry {
     expires_at: Option<Spanned<String>>,
     #[serde(default)]
     created_at: Option<Spanned<String>>,
+    #[serde(default)]
+    priority: i32,
     #[serde(default)]
     limits: LimitsEntry,
 }
@@ -250,6 +253,7 @@ impl Validator<'_> {
                     max_concurrent: l.max_concurrent.as_ref().map(|s| *s.get_ref()),
                 },
                 created_at,
+                priority: e.priority,
             });
         }
         out
@@ -279,8 +283,14 @@ struct KeyEntryOut<'a> {
     expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     created_at: Option<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    priority: i32,
     #[serde(skip_serializing_if = "KeyLimits::is_empty")]
     limits: &'a KeyLimits,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }
 
 const HEADER: &str = "\
@@ -328,6 +338,7 @@ fn entries<'a>(keys: impl IntoIterator<Item = &'a ApiKey>) -> String {
                 enabled: k.enabled,
                 expires_at: k.expires_at.map(format_rfc3339),
                 created_at: k.created_at.map(format_rfc3339),
+                priority: k.priority,
                 limits: &k.limits,
             })
             .collect(),
@@ -365,6 +376,7 @@ tags = ["ci", "nightly"]
 models = ["llama"]
 expires_at = "2026-01-01T00:00:00Z"
 created_at = "2025-06-01T12:00:00Z"
+priority = 7
 
 [keys.limits]
 requests_per_minute = 60
@@ -383,6 +395,9 @@ hash = "{H2}"
         assert_eq!(k.name, "ci-bot");
         assert_eq!(k.hash.to_string(), H1);
         assert_eq!(k.expires_at, Some(1_767_225_600));
+        assert_eq!((k.priority, keys[1].priority), (7, 0));
+        let again = parse(&render(&keys), Path::new("again.toml")).unwrap();
+        assert_eq!(again[0].priority, 7, "written back");
         assert_eq!(k.limits.max_concurrent, Some(4));
         assert_eq!(k.limits.tokens_per_day, Some(1_000_000));
         assert!(keys[1].enabled);

@@ -26,6 +26,9 @@ pub struct ApiKey {
     pub limits: KeyLimits,
     /// Unix seconds.
     pub created_at: Option<u64>,
+    /// Admission-queue priority of the key's requests (default 0; higher goes first); a
+    /// rule's `priority` overrides it.
+    pub priority: i32,
 }
 
 impl ApiKey {
@@ -59,6 +62,7 @@ impl ApiKey {
             status: self.status(now_unix),
             expires_at: self.expires_at.map(format_rfc3339),
             created_at: self.created_at.map(format_rfc3339),
+            priority: self.priority,
             limits: self.limits,
         }
     }
@@ -85,6 +89,8 @@ pub struct KeyView {
     pub status: KeyStatus,
     pub expires_at: Option<String>,
     pub created_at: Option<String>,
+    /// Admission-queue priority (default 0).
+    pub priority: i32,
     pub limits: KeyLimits,
 }
 
@@ -170,6 +176,7 @@ mod tests {
 
     fn key() -> ApiKey {
         ApiKey {
+            priority: 0,
             name: "ci-bot".into(),
             hash: KeyHash::of("tg-x"),
             prefix: Some("abcdefgh".into()),

@@ -21,6 +21,7 @@ fn create_then_authenticate() {
     let (secret, key) = reg
         .create(
             NewKey {
+                priority: 0,
                 models: vec!["llama".into()],
                 team: Some("platform".into()),
                 ..NewKey::named("ci-bot")
@@ -59,6 +60,7 @@ fn disabled_and_expired_messages_name_the_key_not_the_secret() {
     let (secret, _) = reg
         .create(
             NewKey {
+                priority: 0,
                 expires_at: Some("2026-01-01T00:00:00Z".into()),
                 ..NewKey::named("ci-bot")
             },

@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::file::{ClusterSection, HealthSection, PassiveSection, ScrapeSection, TimeoutSection};
+use super::file::{
+    ClusterSection, HealthSection, PassiveSection, QueueSection, ScrapeSection, TimeoutSection,
+};
 use super::model::{ClusterTimeouts, Flavour, ServerSettings};
 use super::validate::Validator;
 use crate::fleet::{
-    BalanceSettings, HealthSettings, PassiveSettings, Policy, ScrapeSettings, Surface, Surfaces,
+    BalanceSettings, HealthSettings, PassiveSettings, Policy, QueueSettings, ScrapeSettings,
+    Surface, Surfaces,
 };
 
 /// Everything of a cluster besides its name, flavour and replicas.
@@ -238,6 +241,9 @@ impl Validator<'_> {
             }
             balance.max_in_flight = Some(*m.get_ref());
         }
+        if let Some(q) = &c.queue {
+            balance.queue = self.queue_settings(q, at);
+        }
         if let Some(f) = &c.bounded_load_factor {
             if !(1.0..=100.0).contains(f.get_ref()) {
                 self.fail(
@@ -250,6 +256,27 @@ impl Validator<'_> {
             }
         }
         balance
+    }
+
+    fn queue_settings(
+        &mut self,
+        q: &QueueSection,
+        at: &dyn Fn(&str) -> String,
+    ) -> Option<QueueSettings> {
+        let depth = *q.max_depth.get_ref();
+        let wait = *q.max_wait_ms.get_ref();
+        if !(1..=100_000).contains(&depth) {
+            self.fail(&q.max_depth, at("queue.max_depth"), "must be 1-100000");
+            return None;
+        }
+        if !(1..=600_000).contains(&wait) {
+            self.fail(&q.max_wait_ms, at("queue.max_wait_ms"), "must be 1-600000");
+            return None;
+        }
+        Some(QueueSettings {
+            max_depth: depth,
+            max_wait: Duration::from_millis(wait),
+        })
     }
 
     fn affinity_header(

@@ -16,6 +16,9 @@ pub struct ConfigFile {
     pub auth: Option<AuthSection>,
     #[serde(default)]
     pub limits: Option<LimitsSection>,
+    /// `[rate_limit_classes.<name>]`: limits a rule's `rate_limit_class` puts a request under.
+    #[serde(default)]
+    pub rate_limit_classes: std::collections::BTreeMap<String, Spanned<RateLimitClassSection>>,
     /// Rule files (lua-free-rules): files, directories or `dir/*.toml`, relative to this file.
     #[serde(default)]
     pub rules: Vec<Spanned<String>>,
@@ -26,6 +29,24 @@ pub struct ConfigFile {
     /// Several instances sharing keys, limits and usage through Redis (`config/fleet.rs`).
     #[serde(default)]
     pub fleet: Option<super::fleet::FleetSection>,
+}
+
+/// One rate-limit class: the key limit fields, per key within the class, plus optional
+/// limits for the whole class.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitClassSection {
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// Shared by every key's requests in the class.
+    #[serde(default)]
+    pub global: Option<GlobalLimits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +169,9 @@ pub struct ClusterSection {
     /// Shed load (503) when every replica has this many of our requests in flight.
     #[serde(default)]
     pub max_in_flight: Option<Spanned<usize>>,
+    /// Wait (bounded) instead of shedding when every replica is saturated.
+    #[serde(default)]
+    pub queue: Option<QueueSection>,
     /// Bounded-load factor of `prefix-affinity` (default 1.5).
     #[serde(default)]
     pub bounded_load_factor: Option<Spanned<f64>>,
@@ -165,6 +189,14 @@ pub struct ClusterSection {
     pub scrape: Option<ScrapeSection>,
     #[serde(default)]
     pub timeouts: Option<TimeoutSection>,
+}
+
+/// `queue = { max_depth = N, max_wait_ms = M }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    pub max_depth: Spanned<usize>,
+    pub max_wait_ms: Spanned<u64>,
 }
 
 /// Active health checks; defaults per flavour (vLLM / trtllm `/health`, Triton `/health/ready`).

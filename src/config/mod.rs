@@ -2,6 +2,7 @@
 //! loader that turns one into the other, reporting every problem with file, line and field.
 
 mod body_budget;
+mod classes;
 mod cluster;
 mod connections;
 pub mod diff;

@@ -151,6 +151,8 @@ pub struct Config {
     /// `None`: no key needed.
     pub auth: Option<AuthSettings>,
     pub global_limits: GlobalLimits,
+    /// `[rate_limit_classes]` by name.
+    pub rate_limit_classes: std::collections::HashMap<String, RateLimitClass>,
     /// Compiled request rules, evaluated in order per request.
     pub rules: Arc<crate::rules::RuleSet>,
     /// Unix seconds when this config was loaded (the `created` of `/v1/models`).
@@ -174,4 +176,12 @@ impl Config {
     pub fn routes_in_order(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.model_order.iter().filter_map(|a| self.routes.get(a))
     }
+}
+
+/// A rate-limit class: a request a rule puts in it counts against `per_key` (under the name
+/// `<key>@<class>`) and `class` (under `@<class>`) instead of its key's own limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitClass {
+    pub per_key: crate::ratelimit::KeyLimits,
+    pub class: crate::ratelimit::KeyLimits,
 }

@@ -176,3 +176,64 @@ fn each_route_knows_every_served_name_of_its_cluster() {
         assert_eq!(names, ["n", "org/model"], "{alias}");
     }
 }
+
+#[test]
+fn cluster_queue_is_validated_into_settings() {
+    let with = |q: &str| GOOD.replace("flavour = \"vllm\"", &format!("flavour = \"vllm\"\n{q}"));
+    let c = p(&with("queue = { max_depth = 8, max_wait_ms = 250 }")).unwrap();
+    let q = c.route("m").unwrap().cluster.balance.queue.unwrap();
+    assert_eq!(q.max_depth, 8);
+    assert_eq!(q.max_wait, std::time::Duration::from_millis(250));
+    assert!(p(GOOD)
+        .unwrap()
+        .route("m")
+        .unwrap()
+        .cluster
+        .balance
+        .queue
+        .is_none());
+    for (bad, field) in [
+        (
+            "queue = { max_depth = 0, max_wait_ms = 250 }",
+            "queue.max_depth",
+        ),
+        (
+            "queue = { max_depth = 8, max_wait_ms = 0 }",
+            "queue.max_wait_ms",
+        ),
+        ("queue = { max_depth = 8 }", "max_wait_ms"),
+        (
+            "queue = { max_depth = 8, max_wait_ms = 1, depth = 2 }",
+            "depth",
+        ),
+    ] {
+        let e = p(&with(bad)).unwrap_err().to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn rate_limit_classes_are_validated() {
+    let c = p(&format!(
+        "{GOOD}\n[rate_limit_classes.batch]\nrequests_per_minute = 5\n\
+         global = {{ max_concurrent = 2 }}\n"
+    ))
+    .unwrap();
+    let batch = c.rate_limit_classes["batch"];
+    assert_eq!(batch.per_key.requests_per_minute, Some(5));
+    assert_eq!(batch.class.max_concurrent, Some(2));
+    for (bad, says) in [
+        (
+            "[rate_limit_classes.batch]\nrequests_per_minute = 0",
+            "greater than 0",
+        ),
+        (
+            "[rate_limit_classes.batch]\nrequests_per_minut = 1",
+            "requests_per_minut",
+        ),
+        ("[rate_limit_classes.\"a b\"]", "class names"),
+    ] {
+        let e = p(&format!("{GOOD}\n{bad}\n")).unwrap_err().to_string();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

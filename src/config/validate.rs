@@ -161,6 +161,7 @@ impl Validator<'_> {
             None => Default::default(),
         };
         let rules = self.rules(&raw.rules, &clusters, &model_order);
+        let rate_limit_classes = self.rate_limit_classes(&raw, &rules);
         let fleet = raw.fleet.as_ref().map(|f| self.fleet(f, &server));
         Config {
             fleet,
@@ -170,6 +171,7 @@ impl Validator<'_> {
             model_order,
             auth,
             global_limits,
+            rate_limit_classes,
             rules: Arc::new(rules),
             origins: Default::default(),
             loaded_at_unix: SystemTime::now()

@@ -208,6 +208,7 @@ mod tests {
     #[test]
     fn records_round_trip_without_secrets() {
         let key = ApiKey {
+            priority: 0,
             name: "acme".into(),
             hash: KeyHash::of("tg-secret"),
             prefix: Some("abcd".into()),

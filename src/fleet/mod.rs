@@ -7,12 +7,15 @@
 //!   draining), shared by all requests.
 //! - [`registry`]: `Fleet`, states keyed by `cluster/ip:port` so they survive reloads.
 //! - [`scrape`]: Prometheus text parsing into load samples (vLLM, trtllm-serve, Triton).
+//! - [`fair_queue`]: the bounded wait queue of a saturated cluster (priority, then
+//!   start-time fair queuing between keys).
 //! - [`select`]: policies (round robin, least outstanding, load aware, prefix affinity) and
 //!   overload shedding.
 //! - [`view`]: the admin `GET /admin/replicas` shape.
 //!
 //! Nothing here does I/O or reads the clock: the proxy and its background tasks pass `now`.
 
+pub mod fair_queue;
 pub mod flavour;
 pub mod hash;
 pub mod health;
@@ -34,6 +37,6 @@ pub use scrape::extract_load;
 pub use select::{Balancer, SelectCtx, SelectError};
 pub use settings::{
     probe_status_is_healthy, BalanceSettings, FlavourDefaults, HealthSettings, PassiveSettings,
-    Policy, ScrapeSettings, TRITON_KSERVE_HEALTH_PATH,
+    Policy, QueueSettings, ScrapeSettings, TRITON_KSERVE_HEALTH_PATH,
 };
 pub use view::{ReplicaView, ViewState};

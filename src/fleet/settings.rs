@@ -177,6 +177,18 @@ pub struct BalanceSettings {
     /// What the proxy tells clients in `Retry-After` when every replica is saturated.
     /// Default 1 s; keep it ≤ 60 s (UPSTREAMS §9.10).
     pub retry_after: Duration,
+    /// Wait in a bounded queue when every replica is saturated; `None` (default): shed at
+    /// once (503).
+    pub queue: Option<QueueSettings>,
+}
+
+/// `[[clusters]] queue = { max_depth, max_wait_ms }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Requests that may wait at once; the next one is refused (503).
+    pub max_depth: usize,
+    /// How long one may wait before it is answered 503 `overloaded`.
+    pub max_wait: Duration,
 }
 
 impl Default for BalanceSettings {
@@ -188,6 +200,7 @@ impl Default for BalanceSettings {
             bounded_load_factor: 1.5,
             stale_after: Duration::from_secs(6),
             retry_after: Duration::from_secs(1),
+            queue: None,
         }
     }
 }

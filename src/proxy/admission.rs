@@ -9,6 +9,7 @@ use pingora_proxy::Session;
 
 use super::body::{self, BodyReadError, PINGORA_REPLAY_LIMIT};
 use super::ctx::{InFlightGauge, RequestCtx};
+use super::limit_class::{self, Reserved};
 use super::replay;
 use super::respond::{write_error, write_json};
 use crate::auth::{extract_presented_key, now_unix};
@@ -21,7 +22,6 @@ use crate::ratelimit::{
 };
 use crate::routing::body::{BodyScan, RequestFacts, RewritePlan, StreamUsage};
 use crate::routing::{self, Endpoint, Protocol};
-use crate::rules::{BodyFacts, KeyInfo, RuleInput};
 use crate::state::AppState;
 
 /// Returns `Ok(true)` when the response was written here.
@@ -210,7 +210,7 @@ impl From<ApiError> for Refusal {
 /// Everything the upstream attempts of an admitted request need.
 struct Plan {
     route: Arc<Route>,
-    reservation: Option<Reservation>,
+    reservation: Reserved,
     prefix_key: Option<u64>,
     upstream_body: Bytes,
     /// The client's body is beyond Pingora's replay buffer: our wrapper replays it.
@@ -250,17 +250,25 @@ async fn plan(
     ctx: &mut RequestCtx,
     endpoint: Endpoint,
 ) -> Result<Plan, Refusal> {
-    let ticket = admit_key_early(state, ctx).map_err(|e| Refusal::Answer {
-        error: rate_limited(e),
-        body_unread: true,
-    })?;
+    let ticket = match admit_key_early(state, ctx) {
+        Ok(ticket) => ticket,
+        // A rule may yet put the request in a class, which the key's limits do not bind:
+        // decided after the rules (the key's limits then apply in step 5).
+        Err(_) if !ctx.config.rules.rate_limit_classes().is_empty() => None,
+        Err(e) => {
+            return Err(Refusal::Answer {
+                error: rate_limited(e),
+                body_unread: true,
+            })
+        }
+    };
     let client_body = read_body(state, session, ctx).await?;
     let client_body = super::ollama::translate_request(ctx, endpoint, client_body)?;
     let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
     let facts = routing::endpoint_facts(endpoint, &scan);
     let facts = &*facts;
     routing::check_body(endpoint, facts).map_err(ApiError::from)?;
-    let decision = apply_rules(session, ctx, facts)?;
+    let decision = super::rules_eval::apply_rules(session, ctx, facts)?;
     let mut route = resolve(ctx, facts, decision.route_cluster.as_deref())?;
     served(endpoint, &route)?;
     if endpoint == Endpoint::Responses {
@@ -309,23 +317,6 @@ async fn read_body(
     Ok(client_body)
 }
 
-/// Step 3: the rules' effects go into `ctx`; a `deny` refuses the request.
-fn apply_rules(
-    session: &Session,
-    ctx: &mut RequestCtx,
-    facts: &RequestFacts,
-) -> Result<RulesDecision, ApiError> {
-    let mut decision = evaluate_rules(session, ctx, facts);
-    match decision.deny.take() {
-        Some(deny) => Err(ApiError::RuleDenied {
-            status: deny.status,
-            message: deny.message,
-            code: deny.code,
-        }),
-        None => Ok(decision),
-    }
-}
-
 /// Step 4: the alias's route, with a rule's cluster override applied. A model the key may not
 /// use is answered exactly like one that does not exist, so keys cannot probe which models
 /// are configured.
@@ -369,15 +360,23 @@ fn served(endpoint: Endpoint, route: &Route) -> Result<(), ApiError> {
 }
 
 /// Step 5: reserve the estimate against the key, model and global buckets (`ticket`: the
-/// key's part, taken from the headers before the body was read).
+/// key's part, taken from the headers before the body was read), or a rule's class's.
 fn reserve(
     state: &AppState,
     ctx: &RequestCtx,
     facts: &RequestFacts,
     route: &Route,
     ticket: Option<KeyTicket>,
-) -> Result<Option<Reservation>, ApiError> {
-    admit_limits(state, ctx, facts, route, ticket).map_err(rate_limited)
+) -> Result<Reserved, ApiError> {
+    if let Some(class) = limit_class::of(ctx) {
+        if let Some(ticket) = ticket {
+            ticket.cancel(std::time::Instant::now());
+        }
+        let estimated = estimated_tokens(ctx, facts);
+        return limit_class::admit(state, ctx, class, route, estimated).map_err(rate_limited);
+    }
+    let main = admit_limits(state, ctx, facts, route, ticket).map_err(rate_limited)?;
+    Ok(Reserved { main, class: None })
 }
 
 fn rate_limited(e: Box<RateLimited>) -> ApiError {
@@ -435,7 +434,8 @@ fn rewrite(
 fn start_upstream(session: &mut Session, ctx: &mut RequestCtx, plan: Plan) {
     ctx.admission.in_flight_gauge = Some(InFlightGauge::hold(&plan.route.cluster.name));
     ctx.admission.route = Some(plan.route);
-    ctx.admission.reservation = plan.reservation;
+    ctx.admission.reservation = plan.reservation.main;
+    ctx.admission.class_reservation = plan.reservation.class;
     ctx.admission.prefix_key = plan.prefix_key;
     // Bodies beyond Pingora's replay buffer are served to the proxy loop by our wrapper;
     // `logging` hands the real session back (client keep-alive).
@@ -446,71 +446,6 @@ fn start_upstream(session: &mut Session, ctx: &mut RequestCtx, plan: Plan) {
         ));
     }
     ctx.admission.upstream_body = Some(plan.upstream_body);
-}
-
-/// What the rules in force decide for this request; header edits, tags and classes go into
-/// `ctx`, the rest is returned.
-struct RulesDecision {
-    deny: Option<crate::rules::Deny>,
-    route_cluster: Option<String>,
-    body_sets: Vec<(String, String)>,
-}
-
-fn evaluate_rules(session: &Session, ctx: &mut RequestCtx, facts: &RequestFacts) -> RulesDecision {
-    let rules = ctx.config.rules.clone();
-    if rules.is_empty() {
-        return RulesDecision {
-            deny: None,
-            route_cluster: None,
-            body_sets: Vec::new(),
-        };
-    }
-    let header = session.req_header();
-    let client_ip = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip());
-    let no_tags = Vec::new();
-    let key = ctx.admission.key.as_deref();
-    let input = RuleInput {
-        method: header.method.as_str(),
-        path: header.uri.path(),
-        headers: &header.headers,
-        client_ip,
-        key: KeyInfo {
-            name: key.map(|k| k.name.as_str()),
-            team: key.and_then(|k| k.team.as_deref()),
-            tags: key.map_or(&no_tags, |k| &k.tags),
-        },
-        model: Some(&facts.model),
-        body: BodyFacts {
-            stream: facts.stream,
-            max_tokens: facts.max_tokens,
-            max_completion_tokens: facts.max_completion_tokens,
-            n: facts.n,
-            temperature: facts.temperature,
-            has_tools: facts.has_tools,
-            prompt_bytes: facts.prompt_bytes as u64,
-        },
-        request_id: &ctx.request_id,
-    };
-    let outcome = rules.evaluate(&input);
-    ctx.admission.rules.matched = outcome.matched.iter().map(|s| s.to_string()).collect();
-    ctx.admission.rules.tags = outcome.tags;
-    ctx.admission.rules.rate_limit_class = outcome.rate_limit_class;
-    ctx.admission.rules.priority = outcome.priority;
-    ctx.admission.rules.set_request_headers = outcome.set_request_headers;
-    ctx.admission.rules.remove_request_headers = outcome.remove_request_headers;
-    ctx.admission.rules.set_response_headers = outcome.set_response_headers;
-    ctx.admission.rules.remove_response_headers = outcome.remove_response_headers;
-    for tag in &ctx.admission.rules.tags {
-        crate::metrics::RULE_TAGS.with_label_values(&[tag]).inc();
-    }
-    RulesDecision {
-        deny: outcome.deny,
-        route_cluster: outcome.route_cluster,
-        body_sets: outcome.body_sets,
-    }
 }
 
 /// Reserve the request's estimated tokens against the key, model and global buckets.
@@ -533,6 +468,24 @@ fn admit_limits(
     if unlimited {
         return Ok(None);
     }
+    let request = AdmissionRequest {
+        key_name: ctx.key_label(),
+        key_limits,
+        model: &route.alias,
+        model_limits: &route.limits,
+        global_limits: &ctx.config.global_limits,
+        estimated_tokens: estimated_tokens(ctx, facts),
+    };
+    let now = std::time::Instant::now();
+    match ticket {
+        Some(ticket) => state.limiter.admit_after(ticket, &request, now),
+        None => state.limiter.admit(&request, now),
+    }
+    .map(Some)
+}
+
+/// The tokens a request reserves: its prompt estimate plus its completion budget.
+fn estimated_tokens(ctx: &RequestCtx, facts: &RequestFacts) -> u64 {
     let reservation_default = ctx
         .config
         .auth
@@ -542,22 +495,7 @@ fn admit_limits(
         .max_completion_tokens
         .or(facts.max_tokens)
         .map(|m| m.saturating_mul(facts.n.unwrap_or(1).max(1)));
-    let estimated =
-        estimate_request_tokens(facts.prompt_bytes, completion_budget, reservation_default);
-    let request = AdmissionRequest {
-        key_name: ctx.key_label(),
-        key_limits,
-        model: &route.alias,
-        model_limits: &route.limits,
-        global_limits: &ctx.config.global_limits,
-        estimated_tokens: estimated,
-    };
-    let now = std::time::Instant::now();
-    match ticket {
-        Some(ticket) => state.limiter.admit_after(ticket, &request, now),
-        None => state.limiter.admit(&request, now),
-    }
-    .map(Some)
+    estimate_request_tokens(facts.prompt_bytes, completion_budget, reservation_default)
 }
 
 /// How many leading bytes of the prompt identify a shared prefix (system prompt and the first

@@ -60,6 +60,8 @@ pub struct Admission {
     pub strip_usage: bool,
     /// Tokens and concurrency slots held against the rate limits; settled in `logging`.
     pub reservation: Option<Reservation>,
+    /// A rate-limit class's own share of the request (its per-key share is `reservation`).
+    pub class_reservation: Option<Reservation>,
     /// The cluster's in-flight gauge, held from admission until the context is dropped.
     pub in_flight_gauge: Option<InFlightGauge>,
     pub rules: RuleEffects,
@@ -98,6 +100,8 @@ pub struct Attempt {
     /// The current attempt's replica (index into the cluster) and its in-flight slot.
     pub replica_index: Option<usize>,
     pub in_flight: Option<InFlight>,
+    /// Hands the slot to the cluster's admission queue when dropped (after `in_flight`).
+    pub queue_slot: Option<crate::state::queues::SlotRelease>,
     /// The replica answered with a status worth retrying elsewhere (502/503, empty 500).
     pub retry_status: bool,
     /// Attempts started so far.

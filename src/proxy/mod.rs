@@ -6,11 +6,14 @@ pub mod body;
 pub mod client_response;
 pub mod ctx;
 pub mod failure;
+pub mod limit_class;
 pub mod ollama;
 pub mod peer;
+pub mod queue_wait;
 pub mod replay;
 pub mod respond;
 pub mod responses;
+pub mod rules_eval;
 pub mod settle;
 pub mod upstream_request;
 
@@ -56,13 +59,14 @@ impl ProxyHttp for TokenGate {
         answered
     }
 
-    /// Start of every attempt: the next untried replica of the route's cluster.
+    /// Start of every attempt: the next untried replica of the route's cluster; a saturated
+    /// cluster with a queue makes the first attempt wait for a slot.
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        ctx.timed(peer::choose_peer)
+        queue_wait::choose_peer(session, ctx).await
     }
 
     /// A refused or timed-out connect is retried on another replica while any is untried.

@@ -10,8 +10,17 @@ use pingora_http::ResponseHeader;
 use super::ctx::RequestCtx;
 use crate::errors::{ApiError, StoredResponseError};
 use crate::fleet::{Outcome, SelectCtx, SelectError};
+use crate::state::queues::SlotRelease;
 
 pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    match try_choose_peer(ctx)? {
+        Ok(peer) => Ok(peer),
+        Err(e) => Err(refuse(ctx, e)),
+    }
+}
+
+/// The next replica, or why none could be chosen (`Saturated`: the caller may queue).
+pub fn try_choose_peer(ctx: &mut RequestCtx) -> Result<Result<Box<HttpPeer>, SelectError>> {
     let Some(route) = ctx.admission.route.as_ref() else {
         return Err(Error::explain(
             ErrorType::InternalError,
@@ -26,8 +35,9 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
             "cluster missing from the snapshot",
         ));
     };
-    // The previous attempt's slot is released before choosing again.
+    // The previous attempt's slot is released (and handed to the queue) before choosing again.
     ctx.attempt.in_flight = None;
+    ctx.attempt.queue_slot = None;
     let now = Instant::now();
     let select = SelectCtx {
         tried: &ctx.attempt.tried,
@@ -42,33 +52,12 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     };
     let index = match chosen {
         Ok(index) => index,
-        Err(SelectError::NoEligible { .. }) if ctx.admission.pinned_replica.is_some() => {
-            let replica = ctx.admission.pinned_replica.clone().unwrap_or_default();
-            let id = ctx
-                .admission
-                .stored_id
-                .clone()
-                .unwrap_or_else(|| "-".into());
-            ctx.outcome.failure =
-                Some(StoredResponseError::ReplicaUnavailable { id, replica }.into());
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "the pinned replica is unavailable",
-            ));
-        }
-        Err(e) => {
-            let (error, status) =
-                no_replica(e, &route.alias, &cluster.name, ctx.attempt.tried.len());
-            ctx.outcome.failure = Some(error);
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(status),
-                "no replica chosen",
-            ));
-        }
+        Err(e) => return Ok(Err(e)),
     };
     let state = &runtime.replicas[index];
     let replica = &cluster.replicas[index];
     ctx.attempt.in_flight = Some(state.begin());
+    ctx.attempt.queue_slot = runtime.queue.clone().map(SlotRelease::new);
     ctx.attempt.replica_index = Some(index);
     ctx.attempt.tried.push(index);
     ctx.attempt.count += 1;
@@ -81,7 +70,31 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     peer.options.read_timeout = Some(cluster.timeouts.read);
     peer.options.write_timeout = Some(server.write_timeout);
     peer.options.idle_timeout = Some(server.upstream_idle_timeout);
-    Ok(Box::new(peer))
+    Ok(Ok(Box::new(peer)))
+}
+
+/// No replica for this attempt: the client's error goes into `ctx`, Pingora gets the status.
+pub fn refuse(ctx: &mut RequestCtx, e: SelectError) -> Box<Error> {
+    if let (Some(replica), SelectError::NoEligible { .. }) = (&ctx.admission.pinned_replica, &e) {
+        let replica = replica.clone();
+        let id = ctx
+            .admission
+            .stored_id
+            .clone()
+            .unwrap_or_else(|| "-".into());
+        ctx.outcome.failure = Some(StoredResponseError::ReplicaUnavailable { id, replica }.into());
+        return Error::explain(
+            ErrorType::HTTPStatus(503),
+            "the pinned replica is unavailable",
+        );
+    }
+    let (alias, cluster) = ctx.admission.route.as_ref().map_or_else(
+        || ("-".to_string(), "-".to_string()),
+        |r| (r.alias.clone(), r.cluster.name.clone()),
+    );
+    let (error, status) = no_replica(e, &alias, &cluster, ctx.attempt.tried.len());
+    ctx.outcome.failure = Some(error);
+    Error::explain(ErrorType::HTTPStatus(status), "no replica chosen")
 }
 
 /// A stored response's replica, the only one this request may use (tried once; a stale pooled

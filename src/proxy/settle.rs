@@ -71,7 +71,13 @@ fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
         .usage
         .as_ref()
         .map_or((0, 0), |u| (u.prompt_tokens, u.completion_tokens));
-    if let Some(reservation) = ctx.admission.reservation.take() {
+    for reservation in [
+        ctx.admission.reservation.take(),
+        ctx.admission.class_reservation.take(),
+    ]
+    .into_iter()
+    .flatten()
+    {
         reservation.settle(prompt + completion, Instant::now());
     }
     if ctx.admission.route.is_some() {

@@ -37,7 +37,7 @@ const DIMS: [Dimension; 3] = [
     Dimension::TokensPerDay,
 ];
 pub(super) const PERIODS: [Duration; 3] = [MINUTE, MINUTE, DAY];
-const RPM: usize = 0;
+pub(super) const RPM: usize = 0;
 const TPM: usize = 1;
 
 /// One request to admit. Limits are the current ones from the key and the config snapshot.
@@ -207,7 +207,7 @@ impl LimitSet {
         }
     }
 
-    fn release_slot(&self) {
+    pub(super) fn release_slot(&self) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -273,7 +273,7 @@ impl Reservation {
     }
 
     /// Gives back everything taken: the request was refused by a later scope.
-    fn roll_back(self, now: Instant) {
+    pub fn roll_back(self, now: Instant) {
         let tokens = i64::try_from(self.reserved_tokens).unwrap_or(i64::MAX);
         for set in self.held.iter().flatten() {
             let mut b = set.lock();
@@ -299,7 +299,7 @@ impl Drop for Reservation {
 #[must_use = "dropping a KeyTicket at once releases the key's concurrency slot"]
 #[derive(Debug)]
 pub struct KeyTicket {
-    set: Option<Arc<LimitSet>>,
+    pub(super) set: Option<Arc<LimitSet>>,
 }
 
 impl Drop for KeyTicket {
@@ -520,7 +520,11 @@ fn key_headers(key: &LimitSet, retry_after: Option<Duration>, now: Instant) -> R
 
 fn subject(scope: Scope, req: &AdmissionRequest<'_>) -> String {
     match scope {
-        Scope::Key => format!("key `{}`", req.key_name),
+        Scope::Key => match req.key_name.split_once('@') {
+            Some(("", class)) => format!("rate-limit class `{class}`"),
+            Some((key, class)) => format!("key `{key}` in rate-limit class `{class}`"),
+            None => format!("key `{}`", req.key_name),
+        },
         Scope::Model => format!("model `{}`", req.model),
         Scope::Global => "this gateway".to_string(),
     }

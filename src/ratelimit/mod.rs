@@ -8,6 +8,7 @@
 
 pub mod body_budget;
 pub mod bucket;
+pub mod class;
 pub mod connections;
 pub mod headers;
 pub mod lease;
