@@ -201,3 +201,14 @@ def test_rate_limit_error_then_retry_after_retry_after_succeeds(demo):
     retrying = sdk(demo, key, retries=3)
     assert retrying.messages.count_tokens(model=MODEL, messages=MESSAGES).input_tokens > 0
     assert time.monotonic() - started < 5
+
+
+def test_client_request_id_comes_back_beside_ours(demo):
+    client = sdk(demo, fresh_key(demo, "msg-id"))
+    raw = client.messages.with_raw_response.create(
+        model=MODEL, max_tokens=4, messages=MESSAGES,
+        extra_headers={"X-Request-ID": "claude-code/42"},
+    )
+    assert raw.headers["x-client-request-id"] == "claude-code/42"
+    assert raw.headers["x-request-id"].startswith("tg-")
+    assert raw.parse().model == MODEL

@@ -4,6 +4,7 @@ model and a bad key. The key goes as `Authorization: Bearer`, as the client send
 
 import time
 
+import httpx
 import ollama
 import pytest
 
@@ -65,6 +66,7 @@ def test_chat_streams_incrementally_and_ends_with_done(demo):
     assert text.strip()
     last = parts[-1]
     assert last.done and last.eval_count == 12
+    assert all(p.model == MODEL for p in parts), "every line names the alias"
     usage = key_usage(demo, "ol-stream", 1)
     assert usage["completion_tokens"] == 12
 
@@ -94,3 +96,19 @@ def test_unknown_model_and_bad_key_raise_response_error(demo):
     with pytest.raises(ollama.ResponseError) as e:
         bad.generate(model=MODEL, prompt="x")
     assert e.value.status_code == 401
+
+
+def test_client_request_id_comes_back_beside_ours(demo):
+    """The ollama client hides response headers: the same call by httpx, which it is built on."""
+    key = fresh_key(demo, "ol-id")
+    reply = httpx.post(
+        f"http://127.0.0.1:{demo.proxy_port}/api/chat",
+        headers={"Authorization": f"Bearer {key}", "X-Request-ID": "open-webui/9"},
+        json={"model": MODEL, "messages": MESSAGES, "stream": False,
+              "options": {"num_predict": 3}},
+        timeout=60,
+    )
+    assert reply.status_code == 200
+    assert reply.headers["x-client-request-id"] == "open-webui/9"
+    assert reply.headers["x-request-id"].startswith("tg-")
+    assert reply.json()["model"] == MODEL

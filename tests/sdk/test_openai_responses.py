@@ -58,6 +58,7 @@ def test_create_is_metered_and_retrieve_reaches_the_creating_replica(demo):
     assert response.object == "response" and response.status == "completed"
     assert response.output_text.strip()
     assert response.usage.output_tokens == 8
+    assert response.model == MODEL, "the alias, not the served name"
     usage = wait_usage(demo, "resp-create", 1)
     assert usage["prompt_tokens"] == response.usage.input_tokens
     assert usage["completion_tokens"] == response.usage.output_tokens
@@ -79,8 +80,11 @@ def test_stream_usage_is_what_was_metered(demo):
                 deltas.append(event.delta)
             elif event.type == "response.completed":
                 completed = event.response
+            if event.type in ("response.created", "response.in_progress"):
+                assert event.response.model == MODEL, "stream events name the alias"
     assert len(deltas) == 10 and completed is not None
     assert completed.output_text == "".join(deltas)
+    assert completed.model == MODEL
     usage = wait_usage(demo, "resp-stream", 1)
     assert usage["prompt_tokens"] == completed.usage.input_tokens
     assert usage["completion_tokens"] == completed.usage.output_tokens == 10
@@ -115,3 +119,14 @@ def test_unknown_previous_response_and_another_keys_id_are_not_found(demo):
         alice.responses.create(model=MODEL, input="x", previous_response_id="resp_gone")
     assert caught.value.code == "previous_response_not_found"
     assert json.dumps(caught.value.body)
+
+
+def test_client_request_id_comes_back_beside_ours(demo):
+    client = sdk(demo, fresh_key(demo, "resp-id"))
+    raw = client.responses.with_raw_response.create(
+        model=MODEL, input=INPUT, max_output_tokens=4,
+        extra_headers={"X-Request-ID": "codex-run/7"},
+    )
+    assert raw.headers["x-client-request-id"] == "codex-run/7"
+    assert raw.headers["x-request-id"].startswith("tg-")
+    assert raw.parse().model == MODEL

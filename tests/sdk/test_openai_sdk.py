@@ -172,3 +172,13 @@ def test_cut_stream_raises_in_the_sdk(client, demo):
             demo.sim_post(replica, "/sim/faults", {"cut_after_tokens": None})
     wait_settled(demo, CHAT, before + 1)
     assert metric_sum(demo, "tokengate_truncated_streams_total", model=CHAT) == truncated_before + 1
+
+
+def test_client_request_id_comes_back_beside_ours(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+        extra_headers={"X-Request-ID": "aiperf/req-1"},
+    )
+    assert raw.headers["x-client-request-id"] == "aiperf/req-1"
+    assert raw.headers["x-request-id"].startswith("tg-")
+    assert raw.parse().model == CHAT
