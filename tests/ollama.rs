@@ -178,13 +178,13 @@ async fn chat_streams_ndjson_and_is_metered_from_the_replica_usage() {
 }
 
 #[tokio::test]
-async fn generate_goes_to_completions_streamed_and_not() {
+async fn generate_is_a_chat_turn_and_raw_goes_to_completions_streamed_and_not() {
     let (sim, proxy) = setup();
     let (status, headers, text) = send(
         reqwest::Method::POST,
         &proxy.url("/api/generate"),
         None,
-        Some(json!({"model":"m","prompt":"Once upon","options":{"num_predict":5,"stop":["\n\n"]}})),
+        Some(json!({"model":"m","prompt":"Once upon","system":"Be brief","options":{"num_predict":5,"stop":["\n\n"]}})),
     )
     .await;
     assert_eq!(status, 200, "{text}");
@@ -198,9 +198,13 @@ async fn generate_goes_to_completions_streamed_and_not() {
     assert_eq!(last["response"], "");
     assert_eq!(last["eval_count"], 5);
     let recorded = sim.requests().await;
-    assert_eq!(recorded[0]["path"], "/v1/completions");
+    // The replica applies the model's chat template, as Ollama applies its prompt template.
+    assert_eq!(recorded[0]["path"], "/v1/chat/completions");
     let sent: Value = serde_json::from_str(recorded[0]["body"].as_str().unwrap()).unwrap();
-    assert_eq!(sent["prompt"], "Once upon");
+    assert_eq!(
+        sent["messages"],
+        json!([{"role":"system","content":"Be brief"},{"role":"user","content":"Once upon"}])
+    );
     assert_eq!(sent["stop"], json!(["\n\n"]));
     let line = last_log_line(&proxy, 1).await;
     assert_eq!(line["endpoint"], "ollama_generate");
@@ -218,6 +222,27 @@ async fn generate_goes_to_completions_streamed_and_not() {
     assert!(!reply["response"].as_str().unwrap().is_empty());
     assert_eq!(reply["eval_count"], 3);
     assert_eq!(reply["done_reason"], "length");
+
+    // `raw: true`: the prompt as is, to the replica's completions.
+    let (status, _, text) = send(
+        reqwest::Method::POST,
+        &proxy.url("/api/generate"),
+        None,
+        Some(json!({"model":"m","prompt":"Once upon","raw":true,"options":{"num_predict":4}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let lines = ndjson(&text);
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true);
+    assert_eq!(last["eval_count"], 4);
+    let joined: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+    assert!(!joined.is_empty());
+    let recorded = sim.requests().await;
+    let raw = recorded.last().unwrap();
+    assert_eq!(raw["path"], "/v1/completions");
+    let sent: Value = serde_json::from_str(raw["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["prompt"], "Once upon");
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod response;
 pub mod stream;
 
 pub use request::{translate_chat, translate_generate, RequestError, Translated};
+
 pub use response::{Clock, JsonReply};
 pub use stream::NdjsonStream;
 
@@ -22,8 +23,27 @@ pub use stream::NdjsonStream;
 pub enum Api {
     /// `/api/chat` → `/v1/chat/completions`.
     Chat,
-    /// `/api/generate` → `/v1/completions`.
+    /// `/api/generate` → `/v1/chat/completions` (or `/v1/completions` when raw).
     Generate,
+}
+
+/// Which OpenAI route of the replica a translated call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// `/v1/chat/completions`: `/api/chat`, and `/api/generate` (the replica applies the
+    /// model's chat template, as Ollama applies its prompt template).
+    ChatCompletions,
+    /// `/v1/completions`: `/api/generate` with `raw: true` (the prompt as is).
+    Completions,
+}
+
+impl Upstream {
+    pub fn path(self) -> &'static str {
+        match self {
+            Upstream::ChatCompletions => "/v1/chat/completions",
+            Upstream::Completions => "/v1/completions",
+        }
+    }
 }
 
 /// Ollama's error body: `{"error":"..."}`.

@@ -37,6 +37,8 @@ pub struct Translated {
     /// The model as the client named it (echoed in every reply line).
     pub model: String,
     pub stream: bool,
+    /// The replica route the body is for.
+    pub upstream: super::Upstream,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +60,7 @@ struct GenerateRequest {
     template: Option<String>,
     context: Option<Vec<Value>>,
     images: Option<Vec<Value>>,
+    raw: Option<bool>,
     #[serde(flatten)]
     common: Common,
 }
@@ -134,21 +137,19 @@ pub fn translate_chat(body: &[u8]) -> Result<Translated, RequestError> {
         out.insert("tools".into(), Value::Array(tools));
     }
     let stream = common_fields(&request.common, &mut out)?;
-    finish(out, model, stream)
+    finish(out, model, stream, super::Upstream::ChatCompletions)
 }
 
-/// `POST /api/generate` → `/v1/completions`. The prompt goes as is: the replica applies no
-/// chat template (Ollama's `raw: true`).
+/// `POST /api/generate` → `/v1/chat/completions`: `system` and `prompt` as a system and a
+/// user message, so the replica applies the model's chat template as Ollama applies the
+/// model's prompt template. With `raw: true` → `/v1/completions`, the prompt as is.
 pub fn translate_generate(body: &[u8]) -> Result<Translated, RequestError> {
     let request: GenerateRequest = parse(body, GENERATE_FIELDS)?;
     let model = model_of(request.model)?;
+    let raw = request.raw == Some(true);
     refuse_set(
         "suffix",
         request.suffix.as_deref().is_some_and(|s| !s.is_empty()),
-    )?;
-    refuse_set(
-        "system",
-        request.system.as_deref().is_some_and(|s| !s.is_empty()),
     )?;
     refuse_set(
         "template",
@@ -162,17 +163,30 @@ pub fn translate_generate(body: &[u8]) -> Result<Translated, RequestError> {
         "images",
         request.images.as_ref().is_some_and(|i| !i.is_empty()),
     )?;
-    // `raw` (in GENERATE_FIELDS) is accepted either way, as Ollama's clients always send
-    // `raw: false`; the prompt always goes as is, with no chat template (README).
+    let system = request.system.filter(|s| !s.is_empty());
+    if raw && system.is_some() {
+        return Err(invalid("system", "a raw prompt takes no system prompt"));
+    }
     let prompt = request.prompt.unwrap_or_default();
     if prompt.is_empty() {
         return Err(invalid("prompt", "a non-empty prompt is required"));
     }
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.clone()));
-    out.insert("prompt".into(), Value::String(prompt));
+    let upstream = if raw {
+        out.insert("prompt".into(), Value::String(prompt));
+        super::Upstream::Completions
+    } else {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(system) = system {
+            messages.push(json!({"role": "system", "content": system}));
+        }
+        messages.push(json!({"role": "user", "content": prompt}));
+        out.insert("messages".into(), Value::Array(messages));
+        super::Upstream::ChatCompletions
+    };
     let stream = common_fields(&request.common, &mut out)?;
-    finish(out, model, stream)
+    finish(out, model, stream, upstream)
 }
 
 /// The body as `T`, after checking it is an object of known fields only.
@@ -229,6 +243,7 @@ fn finish(
     out: Map<String, Value>,
     model: String,
     stream: bool,
+    upstream: super::Upstream,
 ) -> Result<Translated, RequestError> {
     let body = serde_json::to_vec(&Value::Object(out))
         .map_err(|e| RequestError::InvalidJson(e.to_string()))?;
@@ -236,6 +251,7 @@ fn finish(
         body,
         model,
         stream,
+        upstream,
     })
 }
 
@@ -477,7 +493,7 @@ mod tests {
         let t = translate_generate(br#"{"model":"m","prompt":"p","format":{"type":"object"}}"#)
             .unwrap();
         let b = body(&t);
-        assert_eq!(b["prompt"], "p");
+        assert_eq!(b["messages"], json!([{"role":"user","content":"p"}]));
         assert_eq!(b["response_format"]["type"], "json_schema");
         assert_eq!(
             b["response_format"]["json_schema"]["schema"],
@@ -514,7 +530,7 @@ mod tests {
         assert!(e.to_string().contains("think"), "{e}");
         let e = chat(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"format":"yaml"}"#);
         assert!(e.to_string().contains("format"), "{e}");
-        for field in ["suffix", "system", "template"] {
+        for field in ["suffix", "template"] {
             let e = generate(&format!(r#"{{"model":"m","prompt":"p","{field}":"x"}}"#));
             assert!(e.to_string().starts_with(field), "{e}");
         }
@@ -528,5 +544,27 @@ mod tests {
         assert!(
             translate_generate(br#"{"model":"m","prompt":"p","raw":true,"suffix":""}"#).is_ok()
         );
+        let e = generate(r#"{"model":"m","prompt":"p","raw":true,"system":"s"}"#);
+        assert!(e.to_string().contains("system"), "{e}");
+    }
+
+    #[test]
+    fn generate_is_a_templated_chat_turn_unless_raw() {
+        use super::super::Upstream;
+        let t = translate_generate(br#"{"model":"m","prompt":"p","system":"be brief"}"#).unwrap();
+        assert_eq!(t.upstream, Upstream::ChatCompletions);
+        let b = body(&t);
+        assert_eq!(
+            b["messages"],
+            json!([{"role":"system","content":"be brief"},{"role":"user","content":"p"}])
+        );
+        assert!(b.get("prompt").is_none());
+        let t = translate_generate(br#"{"model":"m","prompt":"p","raw":true}"#).unwrap();
+        assert_eq!(t.upstream, Upstream::Completions);
+        let b = body(&t);
+        assert_eq!(b["prompt"], "p");
+        assert!(b.get("messages").is_none());
+        let chat = translate_chat(br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#);
+        assert_eq!(chat.unwrap().upstream, Upstream::ChatCompletions);
     }
 }

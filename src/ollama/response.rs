@@ -248,7 +248,11 @@ impl JsonReply {
             reasoning: None,
             tool_calls: Vec::new(),
         });
-        let text = choice.text.unwrap_or_default();
+        // `/api/generate` over chat/completions: the answer is the message's content.
+        let text = choice
+            .text
+            .or_else(|| message.content.clone())
+            .unwrap_or_default();
         let thinking = message
             .reasoning_content
             .as_deref()

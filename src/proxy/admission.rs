@@ -270,7 +270,7 @@ async fn plan(
     routing::check_body(endpoint, facts).map_err(ApiError::from)?;
     let decision = super::rules_eval::apply_rules(session, ctx, facts)?;
     let mut route = resolve(ctx, facts, decision.route_cluster.as_deref())?;
-    served(endpoint, &route)?;
+    served(endpoint, &route, ctx.admission.ollama.as_ref())?;
     if endpoint == Endpoint::Responses {
         route = super::responses::pin_previous(state, ctx, &scan, route)?;
     }
@@ -346,9 +346,17 @@ fn resolve(
 }
 
 /// Step 4b: the chosen cluster's servers must serve the endpoint (not a replica's 404).
-fn served(endpoint: Endpoint, route: &Route) -> Result<(), ApiError> {
+fn served(
+    endpoint: Endpoint,
+    route: &Route,
+    ollama: Option<&super::ollama::OllamaCall>,
+) -> Result<(), ApiError> {
     let flavour = route.cluster.flavour;
-    if endpoint.served_by(route.cluster.serves) {
+    let served = match ollama {
+        Some(call) => route.cluster.serves.contains(call.surface()),
+        None => endpoint.served_by(route.cluster.serves),
+    };
+    if served {
         return Ok(());
     }
     Err(ApiError::EndpointNotServed {

@@ -13,7 +13,8 @@ use crate::config::{Config, Route};
 use crate::errors::ApiError;
 use crate::ollama::local::{self, ModelInfo};
 use crate::ollama::response::Started;
-use crate::ollama::{Api, Clock, JsonReply, NdjsonStream};
+use crate::fleet::Surface;
+use crate::ollama::{Api, Clock, JsonReply, NdjsonStream, Upstream};
 use crate::routing::Endpoint;
 
 /// An admitted Ollama call: which one, and the model as the client named it.
@@ -21,6 +22,18 @@ use crate::routing::Endpoint;
 pub struct OllamaCall {
     pub api: Api,
     pub model: String,
+    /// The replica route the translated body goes to.
+    pub upstream: Upstream,
+}
+
+impl OllamaCall {
+    /// The surface the chosen cluster must serve for this call.
+    pub fn surface(&self) -> Surface {
+        match self.upstream {
+            Upstream::ChatCompletions => Surface::Chat,
+            Upstream::Completions => Surface::Completions,
+        }
+    }
 }
 
 /// The reply being translated.
@@ -52,6 +65,7 @@ pub fn translate_request(
     ctx.admission.ollama = Some(OllamaCall {
         api,
         model: translated.model,
+        upstream: translated.upstream,
     });
     Ok(Bytes::from(translated.body))
 }

@@ -33,11 +33,8 @@ pub fn prepare_request(request: &mut RequestHeader, ctx: &mut RequestCtx) -> Res
         request.remove_header(&http::header::CONNECTION);
     }
     // A translated call (Ollama's) goes to the replica's OpenAI route.
-    if let Some(path) = ctx
-        .endpoint
-        .and_then(crate::routing::Endpoint::upstream_path)
-    {
-        request.set_uri(http::Uri::from_static(path));
+    if let Some(call) = ctx.admission.ollama.as_ref() {
+        request.set_uri(http::Uri::from_static(call.upstream.path()));
     }
     if let Some(body) = ctx.admission.upstream_body.as_ref() {
         request.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;

@@ -95,15 +95,6 @@ impl Endpoint {
         )
     }
 
-    /// The replica path of a translated endpoint (others go to the client's path).
-    pub fn upstream_path(self) -> Option<&'static str> {
-        match self {
-            Endpoint::OllamaChat => Some("/v1/chat/completions"),
-            Endpoint::OllamaGenerate => Some("/v1/completions"),
-            _ => None,
-        }
-    }
-
     /// The API family whose shapes (errors, stream events) the client expects.
     pub fn protocol(self) -> Protocol {
         match self {
@@ -137,9 +128,9 @@ impl Endpoint {
             | Endpoint::RetrieveResponse
             | Endpoint::DeleteResponse
             | Endpoint::CancelResponse => Some(Surface::Responses),
-            // Translated to chat/completions before routing.
-            Endpoint::OllamaChat => Some(Surface::Chat),
-            Endpoint::OllamaGenerate => Some(Surface::Completions),
+            // Translated to chat/completions before routing (a raw generate to completions:
+            // admission checks the translated call's own surface).
+            Endpoint::OllamaChat | Endpoint::OllamaGenerate => Some(Surface::Chat),
             Endpoint::ListModels
             | Endpoint::RetrieveModel
             | Endpoint::OllamaTags
@@ -426,10 +417,6 @@ mod tests {
         assert_eq!(stored_response_id("/v1/responses/a/b"), None);
         assert_eq!(classify("POST", "/api/chat").unwrap(), Endpoint::OllamaChat);
         assert_eq!(classify("GET", "/api/tags").unwrap(), Endpoint::OllamaTags);
-        assert_eq!(
-            Endpoint::OllamaGenerate.upstream_path(),
-            Some("/v1/completions")
-        );
         assert_eq!(Endpoint::OllamaChat.protocol(), Protocol::Ollama);
         assert_eq!(protocol_for(None, "/api/pull"), Protocol::Ollama);
         assert_eq!(protocol_for(None, "/v2/x"), Protocol::OpenAi);
