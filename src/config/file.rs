@@ -135,7 +135,8 @@ pub struct ClusterSection {
     pub name: Spanned<String>,
     pub flavour: Spanned<String>,
     pub replicas: Spanned<Vec<Spanned<String>>>,
-    /// `round-robin` | `least-outstanding` (default) | `load-aware` | `prefix-affinity`.
+    /// `round-robin` | `least-outstanding` (default) | `load-aware` | `prefix-affinity` |
+    /// `scored`.
     #[serde(default)]
     pub policy: Option<Spanned<String>>,
     /// Shed load (503) when every replica's scraped queue is at least this.
@@ -150,6 +151,9 @@ pub struct ClusterSection {
     /// Header whose value is the affinity key (e.g. a session id); default: the prompt prefix.
     #[serde(default)]
     pub affinity_header: Option<Spanned<String>>,
+    /// Weights of the `scored` policy.
+    #[serde(default)]
+    pub scored: Option<ScoredSection>,
     #[serde(default)]
     pub health: Option<HealthSection>,
     #[serde(default)]
@@ -158,6 +162,15 @@ pub struct ClusterSection {
     pub scrape: Option<ScrapeSection>,
     #[serde(default)]
     pub timeouts: Option<TimeoutSection>,
+}
+
+/// `[clusters.scored]`: the scored policy's weights (llm-d's defaults queue 2, kv 2, prefix 3).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScoredSection {
+    pub queue: Option<Spanned<f64>>,
+    pub kv: Option<Spanned<f64>>,
+    pub prefix: Option<Spanned<f64>>,
 }
 
 /// Active health checks; defaults per flavour (vLLM / trtllm `/health`, Triton `/health/ready`).

@@ -7,8 +7,9 @@
 //!   draining), shared by all requests.
 //! - [`registry`]: `Fleet`, states keyed by `cluster/ip:port` so they survive reloads.
 //! - [`scrape`]: Prometheus text parsing into load samples (vLLM, trtllm-serve, Triton).
-//! - [`select`]: policies (round robin, least outstanding, load aware, prefix affinity) and
-//!   overload shedding.
+//! - [`prefix`]: prompt block hashes and the per-replica index of recently routed prefixes.
+//! - [`select`]: policies (round robin, least outstanding, load aware, prefix affinity,
+//!   scored) and overload shedding.
 //! - [`view`]: the admin `GET /admin/replicas` shape.
 //!
 //! Nothing here does I/O or reads the clock: the proxy and its background tasks pass `now`.
@@ -16,6 +17,7 @@
 pub mod flavour;
 pub mod hash;
 pub mod health;
+pub mod prefix;
 pub mod probe;
 pub mod registry;
 pub mod replica;
@@ -33,6 +35,6 @@ pub use scrape::extract_load;
 pub use select::{Balancer, SelectCtx, SelectError};
 pub use settings::{
     probe_status_is_healthy, BalanceSettings, FlavourDefaults, HealthSettings, PassiveSettings,
-    Policy, ScrapeSettings, TRITON_KSERVE_HEALTH_PATH,
+    Policy, ScoreWeights, ScrapeSettings, TRITON_KSERVE_HEALTH_PATH,
 };
 pub use view::{ReplicaView, ViewState};

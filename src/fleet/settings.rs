@@ -124,10 +124,14 @@ pub enum Policy {
     /// Rendezvous hashing of a prefix key so repeated prompts reuse one replica's KV cache,
     /// with bounded load.
     PrefixAffinity,
+    /// Weighted score of queue depth, KV-cache use and the estimated prefix-cache hit (llm-d's
+    /// scorers), within the bounded load (see `select::scored`).
+    Scored,
 }
 
 impl Policy {
-    pub const NAMES: &'static str = "round-robin, least-outstanding, load-aware, prefix-affinity";
+    pub const NAMES: &'static str =
+        "round-robin, least-outstanding, load-aware, prefix-affinity, scored";
 
     pub fn parse(name: &str) -> Option<Policy> {
         match name {
@@ -135,6 +139,7 @@ impl Policy {
             "least-outstanding" => Some(Policy::LeastOutstanding),
             "load-aware" => Some(Policy::LoadAware),
             "prefix-affinity" => Some(Policy::PrefixAffinity),
+            "scored" => Some(Policy::Scored),
             _ => None,
         }
     }
@@ -145,6 +150,7 @@ impl Policy {
             Policy::LeastOutstanding => "least-outstanding",
             Policy::LoadAware => "load-aware",
             Policy::PrefixAffinity => "prefix-affinity",
+            Policy::Scored => "scored",
         }
     }
 }
@@ -177,6 +183,28 @@ pub struct BalanceSettings {
     /// What the proxy tells clients in `Retry-After` when every replica is saturated.
     /// Default 1 s; keep it ≤ 60 s (UPSTREAMS §9.10).
     pub retry_after: Duration,
+    /// The `scored` policy's weights.
+    pub weights: ScoreWeights,
+}
+
+/// Weights of the `scored` policy's three scorers, each worth 0..=1 per replica. Defaults
+/// are llm-d's (queue 2, KV 2, prefix 3): a likely prefix-cache hit outweighs either load
+/// signal alone, but not both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreWeights {
+    pub queue: f64,
+    pub kv: f64,
+    pub prefix: f64,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        ScoreWeights {
+            queue: 2.0,
+            kv: 2.0,
+            prefix: 3.0,
+        }
+    }
 }
 
 impl Default for BalanceSettings {
@@ -188,6 +216,7 @@ impl Default for BalanceSettings {
             bounded_load_factor: 1.5,
             stale_after: Duration::from_secs(6),
             retry_after: Duration::from_secs(1),
+            weights: ScoreWeights::default(),
         }
     }
 }
@@ -242,6 +271,7 @@ mod tests {
             Policy::LeastOutstanding,
             Policy::LoadAware,
             Policy::PrefixAffinity,
+            Policy::Scored,
         ] {
             assert_eq!(Policy::parse(p.as_str()), Some(p));
             assert!(Policy::NAMES.contains(p.as_str()));

@@ -33,6 +33,7 @@ pub fn choose_peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         tried: &ctx.attempt.tried,
         last: ctx.attempt.replica_index,
         prefix_key: ctx.admission.prefix_key,
+        prefix_blocks: &ctx.admission.prefix_blocks,
         now,
         rand: fastrand::u64(..),
     };

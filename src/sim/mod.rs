@@ -85,7 +85,11 @@ pub struct SimConfig {
     /// Scheduler slots (vLLM's `--max-num-seqs`; vLLM's own default is 256, the sim's 8 so a
     /// few test clients can fill it). `fixed` engine: requests beyond it only count as waiting
     /// in the metrics. `batching` engine: they really wait, in FIFO order.
-    #[arg(long = "max-num-seqs", visible_alias = "max-running", default_value_t = 8)]
+    #[arg(
+        long = "max-num-seqs",
+        visible_alias = "max-running",
+        default_value_t = 8
+    )]
     pub max_running: u64,
     /// `fixed`: every request gets `--ttft-ms` and `--itl-ms`, however loaded the replica.
     /// `batching`: a model of vLLM's scheduler (continuous batching, FIFO queue, prefix cache,
@@ -208,8 +212,8 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         .clone()
         .unwrap_or_else(|| addr.to_string());
     let state = SimState::new(config.faults.clone());
-    let engine =
-        (config.engine == EngineMode::Batching).then(|| engine::Engine::new(config.engine_config()));
+    let engine = (config.engine == EngineMode::Batching)
+        .then(|| engine::Engine::new(config.engine_config()));
     let app = Arc::new(App {
         engine,
         config,

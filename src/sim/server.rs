@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::engine::Job;
 use super::generate::{choice_text, embedding_vector};
 use super::metrics::{self, Load};
 use super::request::{
@@ -26,7 +27,6 @@ use super::request::{
 };
 use super::responses::{self, Completed, ErrorCase, StreamShape};
 use super::state::{Outcome, RecordedBody, RequestRecord, RequestTracker};
-use super::engine::Job;
 use super::stream::{start_stream, Pacer, Pacing, StreamPlan};
 use super::{control, App, Flavour};
 
