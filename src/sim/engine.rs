@@ -12,8 +12,9 @@
 //! - Decode: each token step takes `decode_ms × (1 + decode_growth × (running − 1))`, read
 //!   at every step, so a full batch slows everyone in it.
 //! - `speed` divides every duration (0.25 = a replica at a quarter of the speed).
-//! - KV-cache use: blocks held by running requests (prompt + requested output) over the
-//!   cache's capacity, capped at 1.
+//! - KV-cache use: blocks held by running requests over the cache's capacity, capped at 1;
+//!   a prompt block shared by several running requests counts once (vLLM shares them), the
+//!   partial tail and the requested output count per request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,8 +62,12 @@ impl Job {
         }
     }
 
-    fn held_blocks(&self) -> u64 {
-        self.prompt_tokens.div_ceil(BLOCK_TOKENS) + self.max_output_tokens.div_ceil(BLOCK_TOKENS)
+    /// KV blocks this request holds besides its shareable full prompt blocks: the partial
+    /// tail and the output.
+    fn private_blocks(&self) -> u64 {
+        let prompt = self.prompt_tokens.div_ceil(BLOCK_TOKENS);
+        prompt.saturating_sub(self.blocks.len() as u64)
+            + self.max_output_tokens.div_ceil(BLOCK_TOKENS)
     }
 }
 
@@ -159,7 +164,9 @@ pub struct EngineStats {
 struct Inner {
     waiting: u64,
     running: u64,
-    held_blocks: u64,
+    /// Full prompt blocks of running requests, with how many hold each.
+    pinned: HashMap<u64, u32>,
+    private_blocks: u64,
     cache: BlockLru,
     hits: u64,
     queries: u64,
@@ -200,7 +207,8 @@ impl Engine {
         EngineStats {
             running: inner.running,
             waiting: inner.waiting,
-            kv_usage: (inner.held_blocks as f64 / capacity).min(1.0),
+            kv_usage: ((inner.pinned.len() as u64 + inner.private_blocks) as f64 / capacity)
+                .min(1.0),
             prefix_hits_tokens: inner.hits,
             prefix_queries_tokens: inner.queries,
         }
@@ -222,16 +230,20 @@ impl Engine {
         let waiting = Waiting(Arc::clone(self));
         let permit = Arc::clone(&self.slots).acquire_owned().await.ok();
         drop(waiting);
-        let held = job.held_blocks();
+        let private = job.private_blocks();
         {
             let mut inner = self.lock();
             inner.running += 1;
-            inner.held_blocks += held;
+            inner.private_blocks += private;
+            for &b in &job.blocks {
+                *inner.pinned.entry(b).or_insert(0) += 1;
+            }
         }
         let running = Running {
             engine: Arc::clone(self),
             _permit: permit,
-            held,
+            private,
+            blocks: job.blocks.clone(),
         };
         let _prefilling = self.prefill.lock().await;
         let uncached = {
@@ -270,7 +282,8 @@ impl Drop for Waiting {
 pub struct Running {
     engine: Arc<Engine>,
     _permit: Option<OwnedSemaphorePermit>,
-    held: u64,
+    private: u64,
+    blocks: Vec<u64>,
 }
 
 impl Running {
@@ -283,7 +296,15 @@ impl Drop for Running {
     fn drop(&mut self) {
         let mut inner = self.engine.lock();
         inner.running = inner.running.saturating_sub(1);
-        inner.held_blocks = inner.held_blocks.saturating_sub(self.held);
+        inner.private_blocks = inner.private_blocks.saturating_sub(self.private);
+        for b in &self.blocks {
+            if let Some(count) = inner.pinned.get_mut(b) {
+                *count -= 1;
+                if *count == 0 {
+                    inner.pinned.remove(b);
+                }
+            }
+        }
     }
 }
 
@@ -339,6 +360,8 @@ mod tests {
         let second = engine.start(job.clone()).await;
         let stats = engine.stats();
         assert_eq!((stats.running, stats.waiting), (2, 0));
+        // 10 shared prompt blocks once, one output block each, of 100.
+        assert_eq!(stats.kv_usage, 0.12);
         assert_eq!(stats.prefix_queries_tokens, 320);
         assert_eq!(stats.prefix_hits_tokens, 160);
         let third = tokio::spawn({
