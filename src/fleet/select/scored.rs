@@ -12,6 +12,10 @@
 //!
 //! `q` is the scraped `num_requests_waiting`, corrected by the proxy's own sends and
 //! completions since the scrape while the replica was queueing (see [`scored_signals`]).
+//! A replica with `q > 0` counts as KV-full (`kv_usage = 1`): vLLM admits a waiting request as
+//! soon as a slot and its blocks are free, so a queue means there is no room for one more. A
+//! cached prefix (worth 3) therefore keeps a replica that is merely busy, but not one that
+//! queues while another does not (2 + 2·free KV).
 //! A replica whose sample is stale (older than the scrape staleness rule) or absent falls back
 //! to the proxy's own counts: `q` = in flight, and `kv_score = 1 − in_flight / max in flight`.
 //! Ties go to fewer in flight, then to whichever comes first from a random start.
@@ -51,10 +55,14 @@ pub fn scored_signals(settings: &BalanceSettings, r: &ReplicaState, now: Instant
     } else {
         0.0
     };
-    Signals {
-        queue,
-        kv: s.kv_usage.map(|k| k.clamp(0.0, 1.0)),
-    }
+    // vLLM admits a waiting request as soon as a sequence slot and its KV blocks are free,
+    // so a replica that queues has no usable KV room for one more, whatever its usage says.
+    let kv = if queue > 0.0 {
+        Some(1.0)
+    } else {
+        s.kv_usage.map(|k| k.clamp(0.0, 1.0))
+    };
+    Signals { queue, kv }
 }
 
 /// The candidates (non-empty) within the bounded load; never empty.
