@@ -113,7 +113,10 @@ mod timing {
         let (other_prefix, _) = timed(&url, &chat(SERVED, &other, "third user", 1)).await;
         println!("first token: new {new_prefix:?}, repeated {repeated:?}, other {other_prefix:?}");
         assert!(new_prefix >= Duration::from_millis(1500), "{new_prefix:?}");
-        assert!(other_prefix >= Duration::from_millis(1500), "{other_prefix:?}");
+        assert!(
+            other_prefix >= Duration::from_millis(1500),
+            "{other_prefix:?}"
+        );
         assert!(
             repeated * 4 < new_prefix,
             "a cached prefix must be much faster: {repeated:?} vs {new_prefix:?}"

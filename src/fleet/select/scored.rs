@@ -57,10 +57,18 @@ pub fn scored_signals(settings: &BalanceSettings, r: &ReplicaState, now: Instant
     };
     // vLLM admits a waiting request as soon as a sequence slot and its KV blocks are free,
     // so a replica that queues has no usable KV room for one more, whatever its usage says.
+    // Otherwise KV use grows with what we sent since the scrape, in proportion to the running
+    // requests that held it then (so requests between scrapes do not all herd onto the
+    // replica that looked emptiest).
     let kv = if queue > 0.0 {
         Some(1.0)
     } else {
-        s.kv_usage.map(|k| k.clamp(0.0, 1.0))
+        s.kv_usage.map(|k| match s.running {
+            Some(running) if running > 0.0 => {
+                (k * (running + delta).max(0.0) / running).clamp(0.0, 1.0)
+            }
+            _ => k.clamp(0.0, 1.0),
+        })
     };
     Signals { queue, kv }
 }
