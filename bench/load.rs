@@ -363,9 +363,7 @@ async fn worker(
     let host = addr.to_string();
     let timeout = Duration::from_secs_f64(args.timeout_s);
     let mut sender: Option<Sender> = None;
-    let mut latencies = Vec::new();
-    let mut ttfts = Vec::new();
-    let mut itls = Vec::new();
+    let mut timings = Timings::default();
     let mut sent = 0u64;
     let mut body = body;
     loop {
@@ -430,16 +428,7 @@ async fn worker(
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         match outcome {
             Ok(Ok(result)) => {
-                latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if let Some(t) = result.ttft {
-                    ttfts.push(t.as_micros().min(u32::MAX as u128) as u32);
-                    // Mean inter-token latency of this request.
-                    if args.max_tokens > 1 {
-                        let decode = started.elapsed().saturating_sub(t);
-                        let itl = decode.as_micros() / u128::from(args.max_tokens - 1);
-                        itls.push(itl.min(u32::MAX as u128) as u32);
-                    }
-                }
+                timings.record(args, started.elapsed(), result.ttft);
                 shared.ok.fetch_add(1, Ordering::Relaxed);
                 if result.keep_alive && !args.single_use {
                     sender = Some(s);
@@ -449,9 +438,32 @@ async fn worker(
             Err(_) => shared.error("timeout"),
         }
     }
-    shared.latencies_us.lock().unwrap().extend(latencies);
-    shared.ttft_us.lock().unwrap().extend(ttfts);
-    shared.itl_us.lock().unwrap().extend(itls);
+    shared.latencies_us.lock().unwrap().extend(timings.latencies);
+    shared.ttft_us.lock().unwrap().extend(timings.ttfts);
+    shared.itl_us.lock().unwrap().extend(timings.itls);
+}
+
+/// One worker's latencies, first-token times and mean inter-token latencies, in µs.
+#[derive(Default)]
+struct Timings {
+    latencies: Vec<u32>,
+    ttfts: Vec<u32>,
+    itls: Vec<u32>,
+}
+
+impl Timings {
+    fn record(&mut self, args: &Args, latency: Duration, ttft: Option<Duration>) {
+        let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+        self.latencies.push(us(latency));
+        if let Some(t) = ttft {
+            self.ttfts.push(us(t));
+            // Mean inter-token latency of this request.
+            if args.max_tokens > 1 {
+                let tokens = u32::try_from(args.max_tokens - 1).unwrap_or(u32::MAX);
+                self.itls.push(us(latency.saturating_sub(t) / tokens));
+            }
+        }
+    }
 }
 
 struct Exchange {
