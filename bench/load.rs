@@ -402,21 +402,12 @@ async fn worker(
                 }
             },
         };
-        let mut builder = Request::post(args.path.as_str())
-            .header("host", host.as_str())
-            .header("content-type", "application/json");
-        if let Some(key) = &args.api_key {
-            builder = builder.header("authorization", format!("Bearer {key}"));
-        }
-        if let Some(itl) = args.itl_ms {
-            builder = builder.header("x-sim-itl-ms", itl.to_string());
-        }
         if args.unique_users {
             let prefix = (args.prefixes > 0).then(|| index % args.prefixes);
             body = request_body_for(args, prefix, Some(format!("{index}-{sent}")));
             sent += 1;
         }
-        let request = builder.body(Full::new(body.clone())).expect("request");
+        let request = build_request(args, &host, body.clone());
         let started = Instant::now();
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = shared.in_flight.load(Ordering::Relaxed);
@@ -438,9 +429,26 @@ async fn worker(
             Err(_) => shared.error("timeout"),
         }
     }
-    shared.latencies_us.lock().unwrap().extend(timings.latencies);
+    shared
+        .latencies_us
+        .lock()
+        .unwrap()
+        .extend(timings.latencies);
     shared.ttft_us.lock().unwrap().extend(timings.ttfts);
     shared.itl_us.lock().unwrap().extend(timings.itls);
+}
+
+fn build_request(args: &Args, host: &str, body: Bytes) -> Request<Full<Bytes>> {
+    let mut builder = Request::post(args.path.as_str())
+        .header("host", host)
+        .header("content-type", "application/json");
+    if let Some(key) = &args.api_key {
+        builder = builder.header("authorization", format!("Bearer {key}"));
+    }
+    if let Some(itl) = args.itl_ms {
+        builder = builder.header("x-sim-itl-ms", itl.to_string());
+    }
+    builder.body(Full::new(body)).expect("request")
 }
 
 /// One worker's latencies, first-token times and mean inter-token latencies, in µs.

@@ -4,6 +4,8 @@
 //!
 //! Everything here depends on wall-clock durations, so it all lives in `mod timing`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 mod common;
 
 mod timing {

@@ -141,8 +141,14 @@ fn scored_policy_takes_its_weights_and_turns_scraping_on() {
     let bad = text.replace("queue = 1", "queue = -1");
     let e = p(&bad).unwrap_err().to_string();
     assert!(e.contains("clusters[0].scored.queue"), "{e}");
-    let zero = text.replace("{ queue = 1, prefix = 5 }", "{ queue = 0, kv = 0, prefix = 0 }");
-    assert!(p(&zero).unwrap_err().to_string().contains("at least one weight"));
+    let zero = text.replace(
+        "{ queue = 1, prefix = 5 }",
+        "{ queue = 0, kv = 0, prefix = 0 }",
+    );
+    assert!(p(&zero)
+        .unwrap_err()
+        .to_string()
+        .contains("at least one weight"));
     let unknown = text.replace("prefix = 5", "prefx = 5");
     assert!(p(&unknown).unwrap_err().to_string().contains("prefx"));
 }

@@ -61,7 +61,15 @@ pub fn from_config(config: &Config) -> Vec<Replica> {
             // The batching engine (queue, prefix cache, batch-dependent decode); 25 ms/token
             // so streams are easy to watch.
             args.extend(
-                ["--engine", "batching", "--decode-ms", "25", "--tokens", "24"].map(String::from),
+                [
+                    "--engine",
+                    "batching",
+                    "--decode-ms",
+                    "25",
+                    "--tokens",
+                    "24",
+                ]
+                .map(String::from),
             );
             for name in &served {
                 args.extend(["--served-model-name".to_string(), name.to_string()]);
