@@ -49,7 +49,7 @@ pub enum Flavour {
 pub enum EngineMode {
     /// Fixed delays (`--ttft-ms`, `--itl-ms`): deterministic, for protocol tests.
     Fixed,
-    /// The batching model of [`engine`].
+    /// A model of vLLM's scheduler: FIFO queue, prefix cache, prefill and decode costs.
     Batching,
 }
 
@@ -87,6 +87,7 @@ pub struct SimConfig {
     /// in the metrics. `batching` engine: they really wait, in FIFO order.
     #[arg(
         long = "max-num-seqs",
+        value_name = "N",
         visible_alias = "max-running",
         default_value_t = 8
     )]
@@ -98,15 +99,15 @@ pub struct SimConfig {
     pub engine: EngineMode,
     /// `batching`: prefill throughput in prompt tokens per second, for tokens not found in
     /// the prefix cache (one prefill at a time). Default 10000: Llama-3.1-8B on one A100.
-    #[arg(long, default_value_t = 10_000.0)]
+    #[arg(long, default_value_t = 10_000.0, value_parser = positive)]
     pub prefill_tokens_per_s: f64,
     /// `batching`: milliseconds per output token with one request running. Default 12
     /// (Llama-3.1-8B, A100: reading 16 GB of weights per step at ~2 TB/s is ≥ 8 ms).
-    #[arg(long, default_value_t = 12.0)]
+    #[arg(long, default_value_t = 12.0, value_parser = non_negative)]
     pub decode_ms: f64,
     /// `batching`: each further running request adds this fraction of `--decode-ms` to every
     /// step. Default 0.03: ~2× slower steps with 32 running.
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, default_value_t = 0.03, value_parser = non_negative)]
     pub decode_growth: f64,
     /// `batching`: prefix-cache capacity in 16-token (64-byte) blocks, LRU; also the
     /// denominator of `kv_cache_usage_perc`. Default 16384 (262k tokens).
@@ -114,7 +115,7 @@ pub struct SimConfig {
     pub cache_blocks: usize,
     /// `batching`: speed factor dividing every prefill and decode time (0.25 = a quarter of
     /// the speed). Default 1.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
     pub speed: f64,
     /// Length of embedding vectors.
     #[arg(long, default_value_t = 16)]
@@ -124,6 +125,22 @@ pub struct SimConfig {
     pub replica_name: Option<String>,
     #[command(flatten)]
     pub faults: Faults,
+}
+
+/// A finite number above 0 (rates and speed factors).
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a number above 0")),
+    }
+}
+
+/// A finite number ≥ 0 (durations and growth factors).
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a number ≥ 0")),
+    }
 }
 
 impl Default for SimConfig {
