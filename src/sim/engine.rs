@@ -27,9 +27,11 @@ pub const BLOCK_BYTES: usize = 64;
 /// Tokens per block, and bytes per token of the prefill estimate.
 pub const BLOCK_TOKENS: u64 = 16;
 const BYTES_PER_TOKEN: u64 = 4;
-/// At most this many blocks of a prompt are hashed (256 KiB of text); the rest is prefilled
-/// as uncached, which keeps the per-request work and memory bounded.
-pub const MAX_PROMPT_BLOCKS: usize = 4096;
+/// At most this many blocks of a prompt are hashed and charged for (64 KiB of text, 16 K
+/// tokens): the simulator accepts bodies far beyond any context window (proxy tests send
+/// 16 MiB), and charging them in full would stall it for minutes. Bounds the per-request
+/// work and memory too.
+pub const MAX_PROMPT_BLOCKS: usize = 1024;
 
 /// The engine's knobs (see `SimConfig` for the flags and their grounding).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,7 +59,9 @@ impl Job {
     pub fn from_prompt(text: &[u8], max_output_tokens: u64) -> Job {
         Job {
             blocks: prompt_blocks(text),
-            prompt_tokens: (text.len() as u64).div_ceil(BYTES_PER_TOKEN).max(1),
+            prompt_tokens: (text.len().min(MAX_PROMPT_BLOCKS * BLOCK_BYTES) as u64)
+                .div_ceil(BYTES_PER_TOKEN)
+                .max(1),
             max_output_tokens,
         }
     }
@@ -386,6 +390,7 @@ mod tests {
             speed: 0.5,
             ..config()
         });
+        assert_eq!(Job::from_prompt(&[b'z'; 1 << 20], 1).prompt_tokens, 16_384);
         let job = Job::from_prompt(&[b'y'; 4000], 1);
         let t0 = tokio::time::Instant::now();
         drop(engine.start(job.clone()).await);
