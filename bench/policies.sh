@@ -5,7 +5,7 @@
 # prompts, every request from a different user); each policy in turn, alternating within
 # rounds, through one tokengate whose cluster policy is switched by config reload. Reports
 # TTFT p50/p99, ITL, throughput, the replicas' prefix-cache hit rate and per-replica shares to
-# bench/results/policies.md (medians over rounds). 127.0.0.1 only, bounded in time.
+# bench/results/policies.md (medians over rounds; each round on fresh replicas). 127.0.0.1 only, bounded in time.
 #
 #   bash bench/policies.sh     # ROUNDS=3 DUR=10 CONC=48 PREFIXES=6 SYSTEM_BYTES=8192 overridable
 #   PROFILE=debug SKIP_BUILD=1 bash bench/policies.sh    # iterate on a debug build
@@ -35,14 +35,26 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-S1=$(free_port); S2=$(free_port); S3=$(free_port); TG=$(free_port); ADM=$(free_port)
+TG=$(free_port); ADM=$(free_port)
+SIM_PIDS=()
 start_sim() {
   "$BIN/tokengate-sim" --listen "127.0.0.1:$1" --served-model-name m --engine batching \
-    --max-num-seqs "$SEQS" --cache-blocks "$CACHE_BLOCKS" --speed "$2" >/dev/null & PIDS+=($!)
+    --max-num-seqs "$SEQS" --cache-blocks "$CACHE_BLOCKS" --speed "$2" >/dev/null & PIDS+=($!); SIM_PIDS+=($!)
 }
-# Two replicas at full speed (vLLM-like defaults: 10k prompt tokens/s prefill, 12 ms/token
-# decode growing 3 % per running request) and one at a quarter of the speed.
-start_sim "$S1" 1; start_sim "$S2" 1; start_sim "$S3" 0.25
+# Each round gets fresh replicas on new ports: cold caches, and a new rendezvous placement of
+# the prefixes for prefix-affinity (which prefixes hash to the slow replica is luck). Two
+# replicas at full speed (vLLM-like defaults: 10k prompt tokens/s prefill, 12 ms/token decode
+# growing 3 % per running request) and one at a quarter of the speed.
+new_replicas() {
+  for p in "${SIM_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  SIM_PIDS=()
+  S1=$(free_port); S2=$(free_port); S3=$(free_port)
+  start_sim "$S1" 1; start_sim "$S2" 1; start_sim "$S3" 0.25
+  for p in $S1 $S2 $S3; do
+    for _ in $(seq 100); do curl -sf "127.0.0.1:$p/health" >/dev/null && break; sleep 0.1; done
+  done
+}
+new_replicas
 
 echo policies-admin > "$RUN/admin-token"
 write_config() {
@@ -93,8 +105,12 @@ print(int(v.get("vllm:prefix_cache_hits_total", 0)), int(v.get("vllm:prefix_cach
 }
 
 : > "$RUN/results.jsonl"
+read -r -a ORDER <<< "$POLICIES"
 for round in $(seq "$ROUNDS"); do
-  for policy in $POLICIES; do
+  [[ $round == 1 ]] || new_replicas
+  # Rotate the order each round, so no policy always meets the cold caches.
+  k=$(( (round - 1) % ${#ORDER[@]} ))
+  for policy in "${ORDER[@]:k}" "${ORDER[@]:0:k}"; do
     write_config "$policy"
     curl -sf -X POST -H "authorization: Bearer policies-admin" "127.0.0.1:$ADM/admin/reload" >/dev/null
     # Let the previous policy's requests drain and the replicas' queues empty.
@@ -119,7 +135,7 @@ print(json.dumps(d))" >> "$RUN/results.jsonl"
 done
 cp "$RUN/results.jsonl" "$OUT/policies.jsonl"
 
-python3 - "$RUN/results.jsonl" "$OUT/policies.md" "$ROUNDS" "$DUR" "$CONC" "$PREFIXES" "$TOKENS" "$SYSTEM_BYTES" "$SEQS" "$CACHE_BLOCKS" "$PROFILE" <<'PY'
+python3 - "$RUN/results.jsonl" "$OUT/policies.md" "$ROUNDS" "$DUR" "$CONC" "$PREFIXES" "$TOKENS" "$SYSTEM_BYTES" "$SEQS" "$CACHE_BLOCKS" "$PROFILE" "$POLICIES" <<'PY'
 import json, statistics, sys, datetime, os
 rows = [json.loads(l) for l in open(sys.argv[1])]
 rounds, dur, conc, prefixes, tokens, system, seqs, cache, profile = sys.argv[3:12]
@@ -127,15 +143,12 @@ out = [f"# Replica-choice policies on the batching simulator ({datetime.datetime
        f"3 `tokengate-sim --engine batching` replicas (max {seqs} running, FIFO queue, {cache}-block prefix cache,"
        f" 10k tokens/s prefill, 12 ms/token decode), the third at `--speed 0.25`; {prefixes} shared {system}-byte system prompts,"
        f" every request a different user (unique 200-byte message), streaming {tokens} tokens, {conc} concurrent clients"
-       f" (closed loop), {dur} s per measurement, {rounds} rounds alternating the policies, medians."
+       f" (closed loop), {dur} s per measurement, {rounds} rounds alternating the policies (fresh replicas on new ports each round, order rotated), medians."
        f" {profile} build, {os.cpu_count()} CPUs. ITL = (latency − TTFT) / (tokens − 1) per request;"
        f" hit rate = prefix-cache hit tokens / queried tokens summed over the replicas; shares = requests per replica (slow one last).", "",
        "| policy | req/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | prefix-cache hit rate | shares (fast, fast, slow) | errors |",
        "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
-policies = []
-for r in rows:
-    if r["policy"] not in policies:
-        policies.append(r["policy"])
+policies = sys.argv[12].split()
 for policy in policies:
     rs = [r for r in rows if r["policy"] == policy]
     med = lambda f: statistics.median(f(r) for r in rs)
