@@ -74,6 +74,13 @@ struct Args {
     /// the same `i mod prefixes` (0: no system prompt).
     #[arg(long, default_value_t = 0)]
     prefixes: usize,
+    /// Length in bytes of each shared system prompt (default: the ~2 KiB one).
+    #[arg(long)]
+    system_bytes: Option<usize>,
+    /// Many users: every request's user message starts with a unique id, so only the system
+    /// prompt is shared.
+    #[arg(long)]
+    unique_users: bool,
     /// `x-sim-itl-ms` header: the simulator's delay between tokens.
     #[arg(long)]
     itl_ms: Option<u64>,
@@ -110,6 +117,7 @@ struct Args {
 struct Shared {
     latencies_us: Mutex<Vec<u32>>,
     ttft_us: Mutex<Vec<u32>>,
+    itl_us: Mutex<Vec<u32>>,
     errors: Mutex<BTreeMap<String, u64>>,
     ok: AtomicU64,
     issued: AtomicU64,
@@ -139,12 +147,25 @@ fn main() {
 }
 
 fn request_body(args: &Args, prefix: Option<usize>) -> Bytes {
+    request_body_for(args, prefix, None)
+}
+
+fn request_body_for(args: &Args, prefix: Option<usize>, user_id: Option<String>) -> Bytes {
     let prompt = "lorem ipsum dolor sit amet ".repeat(args.prompt_bytes / 27 + 1);
-    let user = json!({"role": "user", "content": &prompt[..args.prompt_bytes]});
+    let content = match user_id {
+        Some(id) => format!("user {id}: {}", &prompt[..args.prompt_bytes]),
+        None => prompt[..args.prompt_bytes].to_string(),
+    };
+    let user = json!({"role": "user", "content": content});
     let messages = match prefix {
         Some(k) => {
-            let system =
+            let mut system =
                 format!("You are assistant #{k}. ") + &"Follow the house style. ".repeat(90);
+            if let Some(n) = args.system_bytes {
+                system = format!("You are assistant #{k}. ")
+                    + &"Follow the house style. ".repeat(n / 24 + 1);
+                system.truncate(n);
+            }
             json!([{"role": "system", "content": system}, user])
         }
         None => json!([user]),
@@ -248,6 +269,7 @@ async fn run(args: Args) -> Value {
     let error_total: u64 = errors.values().sum();
     let mut lat = std::mem::take(&mut *shared.latencies_us.lock().unwrap());
     let mut ttft = std::mem::take(&mut *shared.ttft_us.lock().unwrap());
+    let mut itl = std::mem::take(&mut *shared.itl_us.lock().unwrap());
     let proxy_cpu_ns = after.cpu_ns.saturating_sub(before.cpu_ns);
     let per = |ns: u64| {
         if ok > 0 {
@@ -272,6 +294,7 @@ async fn run(args: Args) -> Value {
         "rps": ok as f64 / elapsed.as_secs_f64(),
         "latency_ms": percentiles(&mut lat),
         "ttft_ms": percentiles(&mut ttft),
+        "itl_ms": percentiles(&mut itl),
         "peak_in_flight": shared.peak_in_flight.load(Ordering::Relaxed),
         "proxy": {
             "pids": args.watch_pids,
@@ -340,8 +363,9 @@ async fn worker(
     let host = addr.to_string();
     let timeout = Duration::from_secs_f64(args.timeout_s);
     let mut sender: Option<Sender> = None;
-    let mut latencies = Vec::new();
-    let mut ttfts = Vec::new();
+    let mut timings = Timings::default();
+    let mut sent = 0u64;
+    let mut body = body;
     loop {
         if shared.stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
@@ -378,16 +402,12 @@ async fn worker(
                 }
             },
         };
-        let mut builder = Request::post(args.path.as_str())
-            .header("host", host.as_str())
-            .header("content-type", "application/json");
-        if let Some(key) = &args.api_key {
-            builder = builder.header("authorization", format!("Bearer {key}"));
+        if args.unique_users {
+            let prefix = (args.prefixes > 0).then(|| index % args.prefixes);
+            body = request_body_for(args, prefix, Some(format!("{index}-{sent}")));
+            sent += 1;
         }
-        if let Some(itl) = args.itl_ms {
-            builder = builder.header("x-sim-itl-ms", itl.to_string());
-        }
-        let request = builder.body(Full::new(body.clone())).expect("request");
+        let request = build_request(args, &host, body.clone());
         let started = Instant::now();
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let in_flight = shared.in_flight.load(Ordering::Relaxed);
@@ -399,10 +419,7 @@ async fn worker(
         shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         match outcome {
             Ok(Ok(result)) => {
-                latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                if let Some(t) = result.ttft {
-                    ttfts.push(t.as_micros().min(u32::MAX as u128) as u32);
-                }
+                timings.record(args, started.elapsed(), result.ttft);
                 shared.ok.fetch_add(1, Ordering::Relaxed);
                 if result.keep_alive && !args.single_use {
                     sender = Some(s);
@@ -412,8 +429,49 @@ async fn worker(
             Err(_) => shared.error("timeout"),
         }
     }
-    shared.latencies_us.lock().unwrap().extend(latencies);
-    shared.ttft_us.lock().unwrap().extend(ttfts);
+    shared
+        .latencies_us
+        .lock()
+        .unwrap()
+        .extend(timings.latencies);
+    shared.ttft_us.lock().unwrap().extend(timings.ttfts);
+    shared.itl_us.lock().unwrap().extend(timings.itls);
+}
+
+fn build_request(args: &Args, host: &str, body: Bytes) -> Request<Full<Bytes>> {
+    let mut builder = Request::post(args.path.as_str())
+        .header("host", host)
+        .header("content-type", "application/json");
+    if let Some(key) = &args.api_key {
+        builder = builder.header("authorization", format!("Bearer {key}"));
+    }
+    if let Some(itl) = args.itl_ms {
+        builder = builder.header("x-sim-itl-ms", itl.to_string());
+    }
+    builder.body(Full::new(body)).expect("request")
+}
+
+/// One worker's latencies, first-token times and mean inter-token latencies, in µs.
+#[derive(Default)]
+struct Timings {
+    latencies: Vec<u32>,
+    ttfts: Vec<u32>,
+    itls: Vec<u32>,
+}
+
+impl Timings {
+    fn record(&mut self, args: &Args, latency: Duration, ttft: Option<Duration>) {
+        let us = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+        self.latencies.push(us(latency));
+        if let Some(t) = ttft {
+            self.ttfts.push(us(t));
+            // Mean inter-token latency of this request.
+            if args.max_tokens > 1 {
+                let tokens = u32::try_from(args.max_tokens - 1).unwrap_or(u32::MAX);
+                self.itls.push(us(latency.saturating_sub(t) / tokens));
+            }
+        }
+    }
 }
 
 struct Exchange {

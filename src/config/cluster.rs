@@ -5,13 +5,14 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::file::{
-    ClusterSection, HealthSection, PassiveSection, QueueSection, ScrapeSection, TimeoutSection,
+    ClusterSection, HealthSection, PassiveSection, QueueSection, ScoredSection, ScrapeSection,
+    TimeoutSection,
 };
 use super::model::{ClusterTimeouts, Flavour, ServerSettings};
 use super::validate::Validator;
 use crate::fleet::{
-    BalanceSettings, HealthSettings, PassiveSettings, Policy, QueueSettings, ScrapeSettings,
-    Surface, Surfaces,
+    BalanceSettings, HealthSettings, PassiveSettings, Policy, QueueSettings, ScoreWeights,
+    ScrapeSettings, Surface, Surfaces,
 };
 
 /// Everything of a cluster besides its name, flavour and replicas.
@@ -224,9 +225,12 @@ impl Validator<'_> {
                 ),
             }
         }
-        if balance.policy == Policy::LoadAware && !scrape.enabled {
-            // Load-aware without data degrades to in-flight counts; turn scraping on.
+        if matches!(balance.policy, Policy::LoadAware | Policy::Scored) {
+            // Without data these degrade to in-flight counts; turn scraping on.
             scrape.enabled = true;
+        }
+        if let Some(section) = &c.scored {
+            balance.weights = self.score_weights(section, at);
         }
         if let Some(q) = &c.max_queue {
             if *q.get_ref() < 0.0 || !q.get_ref().is_finite() {
@@ -277,6 +281,34 @@ impl Validator<'_> {
             max_depth: depth,
             max_wait: Duration::from_millis(wait),
         })
+    }
+
+    /// `[clusters.scored]`: each weight finite and in 0..=100, not all 0.
+    fn score_weights(&mut self, s: &ScoredSection, at: &dyn Fn(&str) -> String) -> ScoreWeights {
+        let mut w = ScoreWeights::default();
+        for (value, name, slot) in [
+            (&s.queue, "queue", &mut w.queue),
+            (&s.kv, "kv", &mut w.kv),
+            (&s.prefix, "prefix", &mut w.prefix),
+        ] {
+            if let Some(v) = value {
+                if (0.0..=100.0).contains(v.get_ref()) {
+                    *slot = *v.get_ref();
+                } else {
+                    self.fail(
+                        v,
+                        at(&format!("scored.{name}")),
+                        "must be between 0 and 100",
+                    );
+                }
+            }
+        }
+        if w.queue + w.kv + w.prefix == 0.0 {
+            if let Some(v) = s.queue.as_ref().or(s.kv.as_ref()).or(s.prefix.as_ref()) {
+                self.fail(v, at("scored"), "at least one weight must be above 0");
+            }
+        }
+        w
     }
 
     fn affinity_header(

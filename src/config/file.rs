@@ -160,7 +160,8 @@ pub struct ClusterSection {
     pub name: Spanned<String>,
     pub flavour: Spanned<String>,
     pub replicas: Spanned<Vec<Spanned<String>>>,
-    /// `round-robin` | `least-outstanding` (default) | `load-aware` | `prefix-affinity`.
+    /// `round-robin` | `least-outstanding` (default) | `load-aware` | `prefix-affinity` |
+    /// `scored`.
     #[serde(default)]
     pub policy: Option<Spanned<String>>,
     /// Shed load (503) when every replica's scraped queue is at least this.
@@ -181,6 +182,9 @@ pub struct ClusterSection {
     /// API surfaces the replicas serve; default from the flavour.
     #[serde(default)]
     pub serves: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Weights of the `scored` policy.
+    #[serde(default)]
+    pub scored: Option<ScoredSection>,
     #[serde(default)]
     pub health: Option<HealthSection>,
     #[serde(default)]
@@ -197,6 +201,15 @@ pub struct ClusterSection {
 pub struct QueueSection {
     pub max_depth: Spanned<usize>,
     pub max_wait_ms: Spanned<u64>,
+}
+
+/// `[clusters.scored]`: the scored policy's weights (llm-d's defaults queue 2, kv 2, prefix 3).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ScoredSection {
+    pub queue: Option<Spanned<f64>>,
+    pub kv: Option<Spanned<f64>>,
+    pub prefix: Option<Spanned<f64>>,
 }
 
 /// Active health checks; defaults per flavour (vLLM / trtllm `/health`, Triton `/health/ready`).

@@ -236,4 +236,29 @@ fn rate_limit_classes_are_validated() {
         let e = p(&format!("{GOOD}\n{bad}\n")).unwrap_err().to_string();
         assert!(e.contains(says), "{bad}: {e}");
     }
+fn scored_policy_takes_its_weights_and_turns_scraping_on() {
+    let text = GOOD.replace(
+        "replicas = [\"127.0.0.1:8101\", \"127.0.0.1:8102\"]",
+        "replicas = [\"127.0.0.1:8101\"]\npolicy = \"scored\"\nscored = { queue = 1, prefix = 5 }",
+    );
+    let c = p(&text).unwrap();
+    let cluster = &c.route("m").unwrap().cluster;
+    assert_eq!(cluster.balance.policy, crate::fleet::Policy::Scored);
+    let w = cluster.balance.weights;
+    assert_eq!((w.queue, w.kv, w.prefix), (1.0, 2.0, 5.0));
+    assert!(cluster.scrape.enabled);
+
+    let bad = text.replace("queue = 1", "queue = -1");
+    let e = p(&bad).unwrap_err().to_string();
+    assert!(e.contains("clusters[0].scored.queue"), "{e}");
+    let zero = text.replace(
+        "{ queue = 1, prefix = 5 }",
+        "{ queue = 0, kv = 0, prefix = 0 }",
+    );
+    assert!(p(&zero)
+        .unwrap_err()
+        .to_string()
+        .contains("at least one weight"));
+    let unknown = text.replace("prefix = 5", "prefx = 5");
+    assert!(p(&unknown).unwrap_err().to_string().contains("prefx"));
 }

@@ -58,7 +58,19 @@ pub fn from_config(config: &Config) -> Vec<Replica> {
                 "--replica-name".into(),
                 label.clone(),
             ];
-            args.extend(["--ttft-ms", "150", "--itl-ms", "25", "--tokens", "24"].map(String::from));
+            // The batching engine (queue, prefix cache, batch-dependent decode); 25 ms/token
+            // so streams are easy to watch.
+            args.extend(
+                [
+                    "--engine",
+                    "batching",
+                    "--decode-ms",
+                    "25",
+                    "--tokens",
+                    "24",
+                ]
+                .map(String::from),
+            );
             for name in &served {
                 args.extend(["--served-model-name".to_string(), name.to_string()]);
             }

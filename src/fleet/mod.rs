@@ -9,8 +9,9 @@
 //! - [`scrape`]: Prometheus text parsing into load samples (vLLM, trtllm-serve, Triton).
 //! - [`fair_queue`]: the bounded wait queue of a saturated cluster (priority, then
 //!   start-time fair queuing between keys).
-//! - [`select`]: policies (round robin, least outstanding, load aware, prefix affinity) and
-//!   overload shedding.
+//! - [`prefix`]: prompt block hashes and the per-replica index of recently routed prefixes.
+//! - [`select`]: policies (round robin, least outstanding, load aware, prefix affinity,
+//!   scored) and overload shedding.
 //! - [`view`]: the admin `GET /admin/replicas` shape.
 //!
 //! Nothing here does I/O or reads the clock: the proxy and its background tasks pass `now`.
@@ -19,6 +20,7 @@ pub mod fair_queue;
 pub mod flavour;
 pub mod hash;
 pub mod health;
+pub mod prefix;
 pub mod probe;
 pub mod registry;
 pub mod replica;
@@ -37,6 +39,6 @@ pub use scrape::extract_load;
 pub use select::{Balancer, SelectCtx, SelectError};
 pub use settings::{
     probe_status_is_healthy, BalanceSettings, FlavourDefaults, HealthSettings, PassiveSettings,
-    Policy, QueueSettings, ScrapeSettings, TRITON_KSERVE_HEALTH_PATH,
+    Policy, QueueSettings, ScoreWeights, ScrapeSettings, TRITON_KSERVE_HEALTH_PATH,
 };
 pub use view::{ReplicaView, ViewState};

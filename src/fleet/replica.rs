@@ -12,6 +12,7 @@ use arc_swap::ArcSwapOption;
 
 use super::hash::fnv1a;
 use super::health::{ErrorKind, HealthCore, HealthRules, Outcome, Transition};
+use super::prefix::PrefixIndex;
 
 /// Stable identity of a replica across reloads: `"cluster/ip:port"`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +88,8 @@ pub struct ReplicaState {
     load: ArcSwapOption<StoredLoad>,
     health: Mutex<HealthCore>,
     last_error: Mutex<Option<LastError>>,
+    /// Prompt prefixes recently sent here (`scored` policy).
+    prefixes: Mutex<PrefixIndex>,
 }
 
 /// Poisoning only means another thread panicked mid-update of plain counters; the data is
@@ -110,6 +113,7 @@ impl ReplicaState {
             load: ArcSwapOption::const_empty(),
             health: Mutex::new(HealthCore::new(rules)),
             last_error: Mutex::new(None),
+            prefixes: Mutex::new(PrefixIndex::default()),
         }
     }
 
@@ -146,6 +150,21 @@ impl ReplicaState {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             replica: Arc::clone(self),
+        }
+    }
+
+    /// How many leading `blocks` (see `prefix::block_hashes`) were recently sent here.
+    pub fn prefix_matched(&self, blocks: &[u64]) -> usize {
+        if blocks.is_empty() {
+            return 0;
+        }
+        lock(&self.prefixes).matched(blocks)
+    }
+
+    /// Remembers that a request with these prompt blocks was sent here.
+    pub fn remember_prefix(&self, blocks: &[u64]) {
+        if !blocks.is_empty() {
+            lock(&self.prefixes).insert(blocks);
         }
     }
 

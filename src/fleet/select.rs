@@ -21,6 +21,8 @@ pub struct SelectCtx<'a> {
     pub last: Option<usize>,
     /// Prefix identity for `PrefixAffinity` (see `hash::prefix_key`); other policies ignore it.
     pub prefix_key: Option<u64>,
+    /// Prompt block hashes for `Scored` (see `prefix::block_hashes`); others ignore them.
+    pub prefix_blocks: &'a [u64],
     pub now: Instant,
     /// A fresh random value per call (`fastrand::u64(..)`); fixed in tests.
     pub rand: u64,
@@ -33,6 +35,7 @@ impl<'a> SelectCtx<'a> {
             tried: &[],
             last: None,
             prefix_key: None,
+            prefix_blocks: &[],
             now,
             rand,
         }
@@ -73,13 +76,18 @@ impl Balancer {
     }
 
     /// Pick a replica index for this attempt. Take `replicas[i].begin()` right after, so the
-    /// next selection sees the new in-flight count.
+    /// next selection sees the new in-flight count. Under `Scored` the chosen replica also
+    /// remembers the request's prompt blocks.
     pub fn select(
         &self,
         replicas: &[Arc<ReplicaState>],
         ctx: &SelectCtx<'_>,
     ) -> Result<usize, SelectError> {
-        select(&self.settings, &self.cursor, replicas, ctx)
+        let chosen = select(&self.settings, &self.cursor, replicas, ctx)?;
+        if self.settings.policy == Policy::Scored {
+            replicas[chosen].remember_prefix(ctx.prefix_blocks);
+        }
+        Ok(chosen)
     }
 }
 
@@ -132,6 +140,7 @@ pub fn select(
             // No prefix to be faithful to: balance on load instead.
             None => two_choices(replicas, c, ctx.rand),
         },
+        Policy::Scored => scored::choose(settings, replicas, c, ctx),
     })
 }
 
@@ -290,6 +299,8 @@ fn prefix_affinity(
                 .unwrap_or(c[0])
         })
 }
+
+pub mod scored;
 
 #[cfg(test)]
 mod tests;

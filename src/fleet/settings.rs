@@ -124,10 +124,14 @@ pub enum Policy {
     /// Rendezvous hashing of a prefix key so repeated prompts reuse one replica's KV cache,
     /// with bounded load.
     PrefixAffinity,
+    /// Weighted score of queue depth, KV-cache use and the estimated prefix-cache hit (llm-d's
+    /// scorers), within the bounded load (see `select::scored`).
+    Scored,
 }
 
 impl Policy {
-    pub const NAMES: &'static str = "round-robin, least-outstanding, load-aware, prefix-affinity";
+    pub const NAMES: &'static str =
+        "round-robin, least-outstanding, load-aware, prefix-affinity, scored";
 
     pub fn parse(name: &str) -> Option<Policy> {
         match name {
@@ -135,6 +139,7 @@ impl Policy {
             "least-outstanding" => Some(Policy::LeastOutstanding),
             "load-aware" => Some(Policy::LoadAware),
             "prefix-affinity" => Some(Policy::PrefixAffinity),
+            "scored" => Some(Policy::Scored),
             _ => None,
         }
     }
@@ -145,6 +150,7 @@ impl Policy {
             Policy::LeastOutstanding => "least-outstanding",
             Policy::LoadAware => "load-aware",
             Policy::PrefixAffinity => "prefix-affinity",
+            Policy::Scored => "scored",
         }
     }
 }
@@ -180,6 +186,8 @@ pub struct BalanceSettings {
     /// Wait in a bounded queue when every replica is saturated; `None` (default): shed at
     /// once (503).
     pub queue: Option<QueueSettings>,
+    /// The `scored` policy's weights.
+    pub weights: ScoreWeights,
 }
 
 /// `[[clusters]] queue = { max_depth, max_wait_ms }`.
@@ -189,6 +197,26 @@ pub struct QueueSettings {
     pub max_depth: usize,
     /// How long one may wait before it is answered 503 `overloaded`.
     pub max_wait: Duration,
+}
+
+/// Weights of the `scored` policy's three scorers, each worth 0..=1 per replica. Defaults
+/// are llm-d's (queue 2, KV 2, prefix 3): a likely prefix-cache hit outweighs either load
+/// signal alone, but not both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreWeights {
+    pub queue: f64,
+    pub kv: f64,
+    pub prefix: f64,
+}
+
+impl Default for ScoreWeights {
+    fn default() -> Self {
+        ScoreWeights {
+            queue: 2.0,
+            kv: 2.0,
+            prefix: 3.0,
+        }
+    }
 }
 
 impl Default for BalanceSettings {
@@ -201,6 +229,7 @@ impl Default for BalanceSettings {
             stale_after: Duration::from_secs(6),
             retry_after: Duration::from_secs(1),
             queue: None,
+            weights: ScoreWeights::default(),
         }
     }
 }
@@ -255,6 +284,7 @@ mod tests {
             Policy::LeastOutstanding,
             Policy::LoadAware,
             Policy::PrefixAffinity,
+            Policy::Scored,
         ] {
             assert_eq!(Policy::parse(p.as_str()), Some(p));
             assert!(Policy::NAMES.contains(p.as_str()));

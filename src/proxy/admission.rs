@@ -15,6 +15,7 @@ use super::respond::{write_error, write_json};
 use crate::auth::{extract_presented_key, now_unix};
 use crate::config::Route;
 use crate::errors::ApiError;
+use crate::fleet::prefix::joined_block_hashes;
 use crate::fleet::{prefix_key, Policy};
 use crate::ratelimit::{
     estimate_request_tokens, AdmissionRequest, GlobalLimits, KeyLimits, KeyTicket, ModelLimits,
@@ -212,6 +213,7 @@ struct Plan {
     route: Arc<Route>,
     reservation: Reserved,
     prefix_key: Option<u64>,
+    prefix_blocks: Vec<u64>,
     upstream_body: Bytes,
     /// The client's body is beyond Pingora's replay buffer: our wrapper replays it.
     needs_replay: bool,
@@ -277,11 +279,17 @@ async fn plan(
     let reservation = reserve(state, ctx, facts, &route, ticket)?;
     let prefix_key = (route.cluster.balance.policy == Policy::PrefixAffinity)
         .then(|| affinity_key(session, &scan, &route));
+    let prefix_blocks = if route.cluster.balance.policy == Policy::Scored {
+        scored_blocks(&scan)
+    } else {
+        Vec::new()
+    };
     let upstream_body = rewrite(ctx, &scan, &route, decision.body_sets);
     Ok(Plan {
         route,
         reservation,
         prefix_key,
+        prefix_blocks,
         upstream_body,
         needs_replay: client_body.len() > PINGORA_REPLAY_LIMIT || session.retry_buffer_truncated(),
     })
@@ -445,6 +453,7 @@ fn start_upstream(session: &mut Session, ctx: &mut RequestCtx, plan: Plan) {
     ctx.admission.reservation = plan.reservation.main;
     ctx.admission.class_reservation = plan.reservation.class;
     ctx.admission.prefix_key = plan.prefix_key;
+    ctx.admission.prefix_blocks = plan.prefix_blocks;
     // Bodies beyond Pingora's replay buffer are served to the proxy loop by our wrapper;
     // `logging` hands the real session back (client keep-alive).
     if plan.needs_replay {
@@ -526,4 +535,13 @@ fn affinity_key(session: &Session, scan: &BodyScan<'_>, route: &Route) -> u64 {
         .unwrap_or("");
     let bytes = prompt.as_bytes();
     prefix_key(&bytes[..bytes.len().min(AFFINITY_PREFIX_BYTES)])
+}
+/// The `scored` policy's prompt blocks: `system` (Messages) then the prompt's raw JSON.
+fn scored_blocks(scan: &BodyScan<'_>) -> Vec<u64> {
+    let system = scan.raw_value("system").unwrap_or("");
+    let prompt = ["messages", "prompt", "input"]
+        .iter()
+        .find_map(|k| scan.raw_value(k))
+        .unwrap_or("");
+    joined_block_hashes(&[system.as_bytes(), prompt.as_bytes()])
 }

@@ -55,6 +55,8 @@ pub struct Admission {
     pub replay_home: Option<super::replay::ReplayHome>,
     /// `prefix-affinity` key (prompt prefix or affinity header), when the cluster uses it.
     pub prefix_key: Option<u64>,
+    /// `scored` policy: the prompt's block hashes (bounded, see `fleet::prefix`).
+    pub prefix_blocks: Vec<u64>,
     /// Streaming with usage the proxy switched on: remove the usage chunk from the client's
     /// stream.
     pub strip_usage: bool,

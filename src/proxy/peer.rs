@@ -43,6 +43,7 @@ pub fn try_choose_peer(ctx: &mut RequestCtx) -> Result<Result<Box<HttpPeer>, Sel
         tried: &ctx.attempt.tried,
         last: ctx.attempt.replica_index,
         prefix_key: ctx.admission.prefix_key,
+        prefix_blocks: &ctx.admission.prefix_blocks,
         now,
         rand: fastrand::u64(..),
     };

@@ -16,7 +16,7 @@ use super::json::{json_array, JsonObject};
 use super::request::InferenceRequest;
 use super::responses::ErrorCase;
 use super::state::{Outcome, RequestTracker};
-use super::stream::{ClientGone, EventWriter, StreamPlan, MIDSTREAM_ERROR_MESSAGE};
+use super::stream::{ClientGone, EventWriter, Pacer, StreamPlan, MIDSTREAM_ERROR_MESSAGE};
 
 /// Prompt tokens of a Messages body: `messages` like chat, plus the `system` prompt
 /// (a string or text blocks).
@@ -208,13 +208,14 @@ fn opening_events(plan: &StreamPlan) -> (Bytes, Bytes) {
 /// converter's `error` event, which vLLM sends with no `message_stop` after it).
 pub async fn generate(
     plan: &StreamPlan,
+    pacer: &mut Pacer,
     tracker: &mut RequestTracker,
     writer: &mut EventWriter,
 ) -> Result<Outcome, ClientGone> {
     let request = &plan.request;
     let (start, block) = opening_events(plan);
     writer.send(start).await?;
-    writer.pause(plan.ttft).await?;
+    writer.during(pacer.first_token()).await?;
     let pieces = match &request.tool_call {
         Some(_) => tool_json_pieces(request),
         None => Vec::new(),
@@ -235,7 +236,7 @@ pub async fn generate(
             break;
         }
         if step > 0 {
-            writer.pause(plan.itl).await?;
+            writer.during(pacer.next_token()).await?;
         }
         if !block_started {
             writer.send(block.clone()).await?;

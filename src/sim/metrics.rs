@@ -1,5 +1,6 @@
 //! Prometheus text (format 0.0.4) reflecting the simulator's real in-flight load.
 
+use super::engine::EngineStats;
 use super::Flavour;
 
 /// The scheduler view of `in_flight` requests on a replica with `max_running` slots.
@@ -9,6 +10,8 @@ pub struct Load {
     pub waiting: u64,
     /// KV-cache use, 0..1: the fraction of running slots taken.
     pub kv_usage: f64,
+    /// Prefix-cache counters in tokens (batching engine only; `None` omits them).
+    pub prefix_cache: Option<(u64, u64)>,
 }
 
 impl Load {
@@ -23,6 +26,17 @@ impl Load {
             running,
             waiting: in_flight - running,
             kv_usage,
+            prefix_cache: None,
+        }
+    }
+
+    /// The batching engine's real queue, batch, KV use and prefix-cache counters.
+    pub fn from_engine(stats: EngineStats) -> Self {
+        Self {
+            running: stats.running,
+            waiting: stats.waiting,
+            kv_usage: stats.kv_usage,
+            prefix_cache: Some((stats.prefix_hits_tokens, stats.prefix_queries_tokens)),
         }
     }
 }
@@ -30,6 +44,13 @@ impl Load {
 /// Formats a sample value like Python's `repr(float)`, which prometheus_client uses.
 fn sample(value: f64) -> String {
     format!("{value:?}")
+}
+
+fn counter(out: &mut String, name: &str, help: &str, labels: &str, value: u64) {
+    out.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {}\n",
+        sample(value as f64)
+    ));
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, labels: &str, value: f64) {
@@ -95,6 +116,22 @@ pub fn render(flavour: Flavour, model_name: &str, load: Load) -> String {
                 &labels,
                 load.kv_usage,
             );
+            if let Some((hits, queries)) = load.prefix_cache {
+                counter(
+                    &mut out,
+                    "vllm:prefix_cache_queries_total",
+                    "Prefix cache queries, in terms of number of queried tokens.",
+                    &labels,
+                    queries,
+                );
+                counter(
+                    &mut out,
+                    "vllm:prefix_cache_hits_total",
+                    "Prefix cache hits, in terms of number of cached tokens.",
+                    &labels,
+                    hits,
+                );
+            }
         }
     }
     out
@@ -111,7 +148,8 @@ mod tests {
             Load {
                 running: 8,
                 waiting: 2,
-                kv_usage: 1.0
+                kv_usage: 1.0,
+                prefix_cache: None,
             }
         );
         assert_eq!(Load::from_in_flight(2, 8).kv_usage, 0.25);

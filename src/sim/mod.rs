@@ -7,6 +7,7 @@
 
 mod anthropic;
 mod control;
+pub mod engine;
 pub mod faults;
 pub mod generate;
 mod json;
@@ -44,6 +45,15 @@ pub enum Flavour {
     TritonOpenai,
 }
 
+/// How the simulator times its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineMode {
+    /// Fixed delays (`--ttft-ms`, `--itl-ms`): deterministic, for protocol tests.
+    Fixed,
+    /// A model of vLLM's scheduler: FIFO queue, prefix cache, prefill and decode costs.
+    Batching,
+}
+
 /// Command line and start-up configuration.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -73,9 +83,41 @@ pub struct SimConfig {
     /// Seed of the generated text (a request's `seed` field overrides).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Scheduler slots: requests beyond this count as waiting in the metrics.
-    #[arg(long, default_value_t = 8)]
+    /// Scheduler slots (vLLM's `--max-num-seqs`; vLLM's own default is 256, the sim's 8 so a
+    /// few test clients can fill it). `fixed` engine: requests beyond it only count as waiting
+    /// in the metrics. `batching` engine: they really wait, in FIFO order.
+    #[arg(
+        long = "max-num-seqs",
+        value_name = "N",
+        visible_alias = "max-running",
+        default_value_t = 8
+    )]
     pub max_running: u64,
+    /// `fixed`: every request gets `--ttft-ms` and `--itl-ms`, however loaded the replica.
+    /// `batching`: a model of vLLM's scheduler (continuous batching, FIFO queue, prefix cache,
+    /// prefill and decode costs from the knobs below); `--ttft-ms` / `--itl-ms` are ignored.
+    #[arg(long, value_enum, default_value_t = EngineMode::Fixed)]
+    pub engine: EngineMode,
+    /// `batching`: prefill throughput in prompt tokens per second, for tokens not found in
+    /// the prefix cache (one prefill at a time). Default 10000: Llama-3.1-8B on one A100.
+    #[arg(long, default_value_t = 10_000.0, value_parser = positive)]
+    pub prefill_tokens_per_s: f64,
+    /// `batching`: milliseconds per output token with one request running. Default 12
+    /// (Llama-3.1-8B, A100: reading 16 GB of weights per step at ~2 TB/s is ≥ 8 ms).
+    #[arg(long, default_value_t = 12.0, value_parser = non_negative)]
+    pub decode_ms: f64,
+    /// `batching`: each further running request adds this fraction of `--decode-ms` to every
+    /// step. Default 0.03: ~2× slower steps with 32 running.
+    #[arg(long, default_value_t = 0.03, value_parser = non_negative)]
+    pub decode_growth: f64,
+    /// `batching`: prefix-cache capacity in 16-token (64-byte) blocks, LRU; also the
+    /// denominator of `kv_cache_usage_perc`. Default 16384 (262k tokens).
+    #[arg(long, default_value_t = 16_384)]
+    pub cache_blocks: usize,
+    /// `batching`: speed factor dividing every prefill and decode time (0.25 = a quarter of
+    /// the speed). Default 1.
+    #[arg(long, default_value_t = 1.0, value_parser = positive)]
+    pub speed: f64,
     /// Length of embedding vectors.
     #[arg(long, default_value_t = 16)]
     pub embedding_dim: usize,
@@ -84,6 +126,22 @@ pub struct SimConfig {
     pub replica_name: Option<String>,
     #[command(flatten)]
     pub faults: Faults,
+}
+
+/// A finite number above 0 (rates and speed factors).
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a number above 0")),
+    }
+}
+
+/// A finite number ≥ 0 (durations and growth factors).
+fn non_negative(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{text}` is not a number ≥ 0")),
+    }
 }
 
 impl Default for SimConfig {
@@ -112,6 +170,22 @@ pub(crate) struct App {
     pub state: Arc<SimState>,
     /// Stored Responses API responses of this replica.
     pub stored: Arc<responses_api::Store>,
+    /// The batching engine (`--engine batching`).
+    pub engine: Option<Arc<engine::Engine>>,
+}
+
+impl SimConfig {
+    /// The engine settings from the flags.
+    pub fn engine_config(&self) -> engine::EngineConfig {
+        engine::EngineConfig {
+            max_num_seqs: self.max_running,
+            prefill_tokens_per_s: self.prefill_tokens_per_s,
+            decode_ms: self.decode_ms,
+            decode_growth: self.decode_growth,
+            cache_blocks: self.cache_blocks,
+            speed: self.speed,
+        }
+    }
 }
 
 /// A running simulator (for in-process use; the binary uses [`run`]).
@@ -158,7 +232,10 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         .clone()
         .unwrap_or_else(|| addr.to_string());
     let state = SimState::new(config.faults.clone());
+    let engine = (config.engine == EngineMode::Batching)
+        .then(|| engine::Engine::new(config.engine_config()));
     let app = Arc::new(App {
+        engine,
         config,
         replica,
         state: Arc::clone(&state),

@@ -15,7 +15,7 @@ use super::generate::{chat_prompt_tokens, count_words, token_text};
 use super::json::JsonObject;
 use super::request::InferenceRequest;
 use super::state::{Outcome, RequestTracker};
-use super::stream::{ClientGone, EventWriter, StreamPlan, MIDSTREAM_ERROR_MESSAGE};
+use super::stream::{ClientGone, EventWriter, Pacer, StreamPlan, MIDSTREAM_ERROR_MESSAGE};
 
 /// Responses a replica keeps (oldest dropped first), so a long test run stays bounded.
 const STORE_CAPACITY: usize = 10_000;
@@ -254,6 +254,7 @@ pub async fn generate(
     plan: &StreamPlan,
     shape: &Shape<'_>,
     store: &Store,
+    pacer: &mut Pacer,
     tracker: &mut RequestTracker,
     writer: &mut EventWriter,
 ) -> Result<Outcome, ClientGone> {
@@ -273,7 +274,7 @@ pub async fn generate(
         .field("output_index", &0)
         .object("part", output_part(""));
     events.send("response.content_part.added", part).await?;
-    events.writer.pause(plan.ttft).await?;
+    events.writer.during(pacer.first_token()).await?;
     let mut text = String::new();
     for step in 0..=request.tokens_per_choice {
         if plan.cut_after_tokens == Some(step) {
@@ -292,7 +293,7 @@ pub async fn generate(
             break;
         }
         if step > 0 {
-            events.writer.pause(plan.itl).await?;
+            events.writer.during(pacer.next_token()).await?;
         }
         let token = token_text(request.seed, 0, step);
         text.push_str(token);

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::engine::Job;
 use super::generate::{choice_text, embedding_vector};
 use super::metrics::{self, Load};
 use super::request::{
@@ -26,7 +27,7 @@ use super::request::{
 };
 use super::responses::{self, Completed, ErrorCase, StreamShape};
 use super::state::{Outcome, RecordedBody, RequestRecord, RequestTracker};
-use super::stream::{start_stream, StreamPlan};
+use super::stream::{start_stream, Pacer, Pacing, StreamPlan};
 use super::{control, App, Flavour};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -138,7 +139,10 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Response<SimBody> 
             full_response(StatusCode::OK, Some(JSON), body)
         }
         (_, "/metrics") | (Flavour::Trtllm, "/prometheus/metrics") => {
-            let load = Load::from_in_flight(app.state.in_flight(), app.config.max_running);
+            let load = match &app.engine {
+                Some(engine) => Load::from_engine(engine.stats()),
+                None => Load::from_in_flight(app.state.in_flight(), app.config.max_running),
+            };
             let model = app
                 .config
                 .served_model_names
@@ -310,6 +314,10 @@ async fn inference(
         .as_ref()
         .map(RequestSummary::from_body)
         .unwrap_or_default();
+    let decoded_prompt = match (&app.engine, &decoded) {
+        (Some(_), Ok(body)) => prompt_text(body),
+        _ => None,
+    };
     let tracker = app.state.begin_request(RequestRecord::new(
         &app.replica,
         parts.uri.path(),
@@ -390,8 +398,16 @@ async fn inference(
         return reply.error(tracker, &case);
     }
 
-    let ttft = Duration::from_millis(overrides.ttft_ms.unwrap_or(app.config.ttft_ms));
-    let itl = Duration::from_millis(overrides.itl_ms.unwrap_or(app.config.itl_ms));
+    let pacing = match &app.engine {
+        Some(engine) => Pacing::Engine {
+            engine: Arc::clone(engine),
+            job: engine_job(decoded_prompt.as_deref(), &parsed),
+        },
+        None => Pacing::Fixed {
+            ttft: Duration::from_millis(overrides.ttft_ms.unwrap_or(app.config.ttft_ms)),
+            itl: Duration::from_millis(overrides.itl_ms.unwrap_or(app.config.itl_ms)),
+        },
+    };
     let request_id = x_request_id.clone().unwrap_or_else(random_hex_id);
     let created = unix_now();
     if parsed.stream {
@@ -404,8 +420,7 @@ async fn inference(
                 model: parsed.response_model.clone(),
             },
             request: parsed,
-            ttft,
-            itl,
+            pacing,
             cut_after_tokens: faults.cut_after_tokens,
             midstream_error_after: faults.midstream_error_after,
             store: (endpoint == Endpoint::Responses).then(|| Arc::clone(&app.stored)),
@@ -417,17 +432,10 @@ async fn inference(
         return reply.with_headers(StatusCode::OK, Some(EVENT_STREAM), body);
     }
 
-    // Non-streaming answers arrive when the whole generation would have finished.
-    let later_tokens =
-        u32::try_from(parsed.tokens_per_choice.saturating_sub(1)).unwrap_or(u32::MAX);
-    let generation_time = itl
-        .checked_mul(later_tokens)
-        .and_then(|decode| decode.checked_add(ttft))
-        .unwrap_or(Duration::MAX);
-    // A zero-length sleep still waits for the next 1 ms timer tick: skip it. Counting tokens
-    // generates nothing.
-    if !generation_time.is_zero() && endpoint != Endpoint::CountTokens {
-        tokio::time::sleep(generation_time).await;
+    // Non-streaming answers arrive when the whole generation would have finished. Counting
+    // tokens generates nothing.
+    if endpoint != Endpoint::CountTokens {
+        wait_for_generation(pacing, parsed.tokens_per_choice).await;
     }
     let body = non_streaming_body(
         app,
@@ -437,6 +445,50 @@ async fn inference(
         created,
     );
     reply.success(tracker, &parsed, body)
+}
+
+/// Sleeps as long as generating `tokens` would take (one sleep for fixed delays).
+async fn wait_for_generation(pacing: Pacing, tokens: u64) {
+    match pacing {
+        Pacing::Fixed { ttft, itl } => {
+            let later_tokens = u32::try_from(tokens.saturating_sub(1)).unwrap_or(u32::MAX);
+            let total = itl
+                .checked_mul(later_tokens)
+                .and_then(|decode| decode.checked_add(ttft))
+                .unwrap_or(Duration::MAX);
+            // A zero-length sleep still waits for the next 1 ms timer tick: skip it.
+            if !total.is_zero() {
+                tokio::time::sleep(total).await;
+            }
+        }
+        engine => {
+            let mut pacer = Pacer::new(engine);
+            pacer.first_token().await;
+            for _ in 1..tokens {
+                pacer.next_token().await;
+            }
+        }
+    }
+}
+
+/// The engine's view of a request: its prompt text (the JSON of `messages`, `prompt` or
+/// `input`, plus Anthropic's `system`) and how many tokens it may generate.
+fn engine_job(prompt: Option<&str>, parsed: &InferenceRequest) -> Job {
+    let max_output = parsed
+        .tokens_per_choice
+        .saturating_mul(u64::from(parsed.choices));
+    Job::from_prompt(prompt.unwrap_or("").as_bytes(), max_output)
+}
+
+/// The prompt text the prefix cache sees, from the decoded body.
+fn prompt_text(body: &serde_json::Value) -> Option<String> {
+    let mut text = String::new();
+    for key in ["system", "messages", "prompt", "input"] {
+        if let Some(value) = body.get(key) {
+            text.push_str(&value.to_string());
+        }
+    }
+    (!text.is_empty()).then_some(text)
 }
 
 fn non_streaming_body(

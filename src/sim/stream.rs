@@ -4,7 +4,9 @@
 //! When hyper drops the body (the client went away) the channel closes, the generator
 //! notices at its next send or while sleeping, and stops at once.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame};
 use tokio::sync::{mpsc, watch};
 
+use super::engine::{Engine, Job, Running};
 use super::generate::token_text;
 use super::request::{Endpoint, InferenceRequest};
 use super::responses::{done_event, midstream_error_event, StreamShape, Usage};
@@ -75,8 +78,7 @@ impl Body for ChannelBody {
 pub struct StreamPlan {
     pub shape: StreamShape,
     pub request: InferenceRequest,
-    pub ttft: Duration,
-    pub itl: Duration,
+    pub pacing: Pacing,
     /// Abort the connection after this many token steps.
     pub cut_after_tokens: Option<u64>,
     /// Send the mid-stream error event after this many token steps.
@@ -85,19 +87,70 @@ pub struct StreamPlan {
     pub store: Option<std::sync::Arc<super::responses_api::Store>>,
 }
 
+/// When tokens are due: fixed delays, or the batching engine's schedule.
+#[derive(Debug, Clone)]
+pub enum Pacing {
+    Fixed { ttft: Duration, itl: Duration },
+    Engine { engine: Arc<Engine>, job: Job },
+}
+
+/// Paces one request's tokens; holds its batch slot (engine) until dropped.
+#[derive(Debug)]
+pub struct Pacer {
+    pacing: Pacing,
+    running: Option<Running>,
+}
+
+impl Pacer {
+    pub fn new(pacing: Pacing) -> Pacer {
+        Pacer {
+            pacing,
+            running: None,
+        }
+    }
+
+    /// Waits until the first token is due (queue and prefill for the engine).
+    pub async fn first_token(&mut self) {
+        match &self.pacing {
+            Pacing::Fixed { ttft, .. } => sleep_unless_zero(*ttft).await,
+            Pacing::Engine { engine, job } => {
+                self.running = Some(engine.start(job.clone()).await);
+            }
+        }
+    }
+
+    /// Waits until the next token is due.
+    pub async fn next_token(&mut self) {
+        let step = match (&self.pacing, &self.running) {
+            (Pacing::Fixed { itl, .. }, _) => *itl,
+            (Pacing::Engine { .. }, Some(running)) => running.decode_step(),
+            (Pacing::Engine { engine, .. }, None) => engine.decode_step(),
+        };
+        sleep_unless_zero(step).await;
+    }
+}
+
+/// A zero-length sleep still waits for the next 1 ms timer tick: skip it.
+async fn sleep_unless_zero(duration: Duration) {
+    if !duration.is_zero() {
+        tokio::time::sleep(duration).await;
+    }
+}
+
 /// Starts generating in a background task and returns the body that carries it.
 pub fn start_stream(plan: StreamPlan, tracker: RequestTracker) -> ChannelBody {
     let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
     let (flushed, flushed_watch) = watch::channel(None);
     tokio::spawn(async move {
         let mut tracker = tracker;
+        let mut pacer = Pacer::new(plan.pacing.clone());
         let mut writer = EventWriter {
             sender,
             sent: 0,
             flushed: flushed_watch,
         };
         let generated = if plan.request.endpoint == Endpoint::Messages {
-            super::anthropic::generate(&plan, &mut tracker, &mut writer).await
+            super::anthropic::generate(&plan, &mut pacer, &mut tracker, &mut writer).await
         } else if let (Some(fields), Some(store)) = (&plan.request.responses, &plan.store) {
             let shape = super::responses_api::Shape {
                 id: &plan.shape.id,
@@ -105,10 +158,12 @@ pub fn start_stream(plan: StreamPlan, tracker: RequestTracker) -> ChannelBody {
                 model: &plan.shape.model,
                 fields,
             };
-            super::responses_api::generate(&plan, &shape, store, &mut tracker, &mut writer).await
+            super::responses_api::generate(&plan, &shape, store, &mut pacer, &mut tracker, &mut writer)
+                .await
         } else {
-            generate(&plan, &mut tracker, &mut writer).await
+            generate(&plan, &mut pacer, &mut tracker, &mut writer).await
         };
+        drop(pacer);
         match generated {
             Ok(outcome) => tracker.finish(outcome),
             // Dropping the tracker unfinished records the abandonment.
@@ -159,13 +214,10 @@ impl EventWriter {
             .map_err(|_| ClientGone)
     }
 
-    /// Sleeps, but returns early if the client goes away meanwhile.
-    pub async fn pause(&mut self, duration: Duration) -> Result<(), ClientGone> {
-        if duration.is_zero() {
-            return Ok(());
-        }
+    /// Runs `wait`, but returns early if the client goes away meanwhile.
+    pub async fn during(&mut self, wait: impl Future<Output = ()>) -> Result<(), ClientGone> {
         tokio::select! {
-            _ = tokio::time::sleep(duration) => Ok(()),
+            () = wait => Ok(()),
             _ = self.sender.closed() => Err(ClientGone),
         }
     }
@@ -173,6 +225,7 @@ impl EventWriter {
 
 async fn generate(
     plan: &StreamPlan,
+    pacer: &mut Pacer,
     tracker: &mut RequestTracker,
     writer: &mut EventWriter,
 ) -> Result<Outcome, ClientGone> {
@@ -193,7 +246,7 @@ async fn generate(
                 .await?;
         }
     }
-    writer.pause(plan.ttft).await?;
+    writer.during(pacer.first_token()).await?;
 
     for step in 0..=request.tokens_per_choice {
         if plan.cut_after_tokens == Some(step) {
@@ -207,7 +260,7 @@ async fn generate(
             break;
         }
         if step > 0 {
-            writer.pause(plan.itl).await?;
+            writer.during(pacer.next_token()).await?;
         }
         for choice in 0..request.choices {
             let text = token_text(request.seed, choice, step);

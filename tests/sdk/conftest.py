@@ -78,7 +78,7 @@ class Demo:
                 if fixed in self.ports:
                     continue  # a replica listed in two clusters (the demo canary) runs once
                 args = ["--flavour", cluster["flavour"], "--replica-name",
-                        f"{cluster['name']}@{replica}", "--ttft-ms", "150", "--itl-ms", "25",
+                        f"{cluster['name']}@{replica}", "--engine", "batching", "--decode-ms", "25",
                         "--tokens", "24"]
                 for name in served:
                     args += ["--served-model-name", name]

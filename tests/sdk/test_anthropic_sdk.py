@@ -78,7 +78,7 @@ def in_flight(demo):
 def test_stream_is_incremental_and_its_usage_is_what_was_metered(demo):
     client = sdk(demo, fresh_key(demo, "msg-stream"))
     texts, generating_at_first_text = [], None
-    # 40 tokens 25 ms apart (the demo's --itl-ms): about a second of generation.
+    # 40 tokens 25 ms apart (the demo's --decode-ms): about a second of generation.
     with client.messages.stream(model=MODEL, max_tokens=40, messages=MESSAGES) as stream:
         for text in stream.text_stream:
             if not texts:

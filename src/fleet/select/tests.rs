@@ -33,11 +33,12 @@ fn balancer(policy: Policy) -> Balancer {
     })
 }
 
-const ALL: [Policy; 4] = [
+const ALL: [Policy; 5] = [
     Policy::RoundRobin,
     Policy::LeastOutstanding,
     Policy::LoadAware,
     Policy::PrefixAffinity,
+    Policy::Scored,
 ];
 
 #[test]
@@ -132,7 +133,7 @@ proptest! {
         tried in proptest::collection::vec(0usize..8, 0..4),
         last in proptest::option::of(0usize..7),
         loads in proptest::collection::vec(0usize..5, 7),
-        policy in 0usize..4,
+        policy in 0usize..5,
         rand in any::<u64>(),
         key in proptest::option::of(any::<u64>()),
         max_in_flight in proptest::option::of(1usize..5),
@@ -159,7 +160,7 @@ proptest! {
             max_queue: max_queue.map(|q| q as f64),
             ..BalanceSettings::default()
         });
-        let ctx = SelectCtx { tried: &tried, last, prefix_key: key, now, rand };
+        let ctx = SelectCtx { tried: &tried, last, prefix_key: key, prefix_blocks: &[], now, rand };
         let allowed: Vec<usize> = (0..n)
             .filter(|&i| rs[i].is_eligible(now) && !tried.contains(&i) && last != Some(i))
             .collect();
@@ -427,4 +428,109 @@ fn least_outstanding_prefers_the_idle_of_two() {
     for k in 0..20 {
         assert_eq!(b.select(&rs, &SelectCtx::new(now, k)), Ok(1));
     }
+}
+
+fn fresh(waiting: f64, kv: f64, now: Instant) -> LoadSample {
+    LoadSample {
+        waiting: Some(waiting),
+        running: Some(0.0),
+        kv_usage: Some(kv),
+        at: now,
+    }
+}
+
+#[test]
+fn scored_sends_a_repeated_prefix_to_the_replica_that_has_it() {
+    let now = Instant::now();
+    let rs = replicas(3);
+    for r in &rs {
+        r.set_load(fresh(0.0, 0.1, now));
+    }
+    let b = balancer(Policy::Scored);
+    let blocks = crate::fleet::prefix::block_hashes(&[b'p'; 2048]);
+    let ctx = SelectCtx {
+        prefix_blocks: &blocks,
+        ..SelectCtx::new(now, 7)
+    };
+    let first = b.select(&rs, &ctx).unwrap();
+    for k in 0..50 {
+        let again = b.select(&rs, &SelectCtx { rand: k, ..ctx }).unwrap();
+        assert_eq!(again, first, "the replica that saw the prefix keeps it");
+    }
+    // A different prompt is free to go anywhere: with equal loads every replica is picked.
+    let mut seen = [false; 3];
+    for k in 0..30u64 {
+        let other =
+            crate::fleet::prefix::block_hashes(format!("{k}-{}", "x".repeat(256)).as_bytes());
+        let ctx = SelectCtx {
+            prefix_blocks: &other,
+            ..SelectCtx::new(now, k)
+        };
+        seen[balancer(Policy::Scored).select(&rs, &ctx).unwrap()] = true;
+    }
+    assert!(seen.iter().filter(|s| **s).count() >= 2, "{seen:?}");
+}
+
+#[test]
+fn scored_avoids_a_queued_replica_even_with_its_prefix() {
+    let now = Instant::now();
+    let rs = replicas(3);
+    let blocks = crate::fleet::prefix::block_hashes(&[b'q'; 1024]);
+    rs[0].remember_prefix(&blocks);
+    rs[0].set_load(fresh(12.0, 1.0, now));
+    rs[1].set_load(fresh(0.0, 0.3, now));
+    rs[2].set_load(fresh(1.0, 0.5, now));
+    let b = balancer(Policy::Scored);
+    let ctx = SelectCtx {
+        prefix_blocks: &blocks,
+        ..SelectCtx::new(now, 0)
+    };
+    // rs[0]: 2·0 + 2·0 + 3·1 = 3; rs[1]: 2·1 + 2·0.7 = 3.4; rs[2]: 2·(11/12) + 2·0.5 ≈ 2.8.
+    assert_eq!(b.select(&rs, &ctx), Ok(1));
+    // Queues equal: the prefix wins over a lower KV use.
+    let rs = replicas(2);
+    rs[0].remember_prefix(&blocks);
+    rs[0].set_load(fresh(0.0, 0.6, now));
+    rs[1].set_load(fresh(0.0, 0.3, now));
+    assert_eq!(b.select(&rs, &ctx), Ok(0));
+}
+
+#[test]
+fn scored_bounds_the_load_of_a_hot_prefix() {
+    let now = Instant::now();
+    let rs = replicas(3);
+    let b = balancer(Policy::Scored);
+    let blocks = crate::fleet::prefix::block_hashes(&[b'h'; 4096]);
+    let mut guards = Vec::new();
+    let mut counts = [0usize; 3];
+    for k in 0..60 {
+        let ctx = SelectCtx {
+            prefix_blocks: &blocks,
+            ..SelectCtx::new(now, k)
+        };
+        let i = b.select(&rs, &ctx).unwrap();
+        counts[i] += 1;
+        guards.push(rs[i].begin());
+    }
+    // cap = 1.5 × average + 1: no replica holds much more than half of 60 in flight.
+    assert!(counts.iter().all(|&c| c <= 32), "{counts:?}");
+    assert!(counts.iter().all(|&c| c >= 10), "{counts:?}");
+}
+
+#[test]
+fn scored_falls_back_to_in_flight_when_samples_are_stale() {
+    let start = Instant::now();
+    let rs = replicas(2);
+    // A stale sample claims replica 0 is idle and replica 1 is queueing.
+    rs[0].set_load(fresh(0.0, 0.0, start));
+    rs[1].set_load(fresh(50.0, 1.0, start));
+    let _busy: Vec<InFlight> = (0..3).map(|_| rs[0].begin()).collect();
+    let b = balancer(Policy::Scored);
+    let later = start + Duration::from_secs(60);
+    assert_eq!(b.select(&rs, &SelectCtx::new(later, 0)), Ok(1));
+    assert_eq!(
+        b.select(&rs, &SelectCtx::new(start, 0)),
+        Ok(0),
+        "fresh: trusted"
+    );
 }
