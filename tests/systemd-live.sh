@@ -183,7 +183,9 @@ chat() {
 }
 code=$(chat m1)
 [ "$code" = 200 ] || die "first request after start: HTTP $code $(cat "$run/body" 2>/dev/null)"
-grep -q '"sim-model"' "$run/body" || die "not answered by the simulator: $(cat "$run/body")"
+# The simulator's completion, its served name (sim-model) turned back into the alias.
+grep -q '"object":"chat.completion"' "$run/body" && grep -q '"model":"m1"' "$run/body" \
+    || die "not answered by the simulator, or not with the alias in model: $(cat "$run/body")"
 pid1=$(inside systemctl show -P MainPID tokengate)
 user=$(inside stat -c %U "/proc/$pid1")
 say "started: MainPID $pid1 (user $user), first request 200 from the simulator"
