@@ -236,7 +236,10 @@ async fn generate_is_a_chat_turn_and_raw_goes_to_completions_streamed_and_not() 
     let last = lines.last().unwrap();
     assert_eq!(last["done"], true);
     assert_eq!(last["eval_count"], 4);
-    let joined: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+    let joined: String = lines
+        .iter()
+        .filter_map(|l| l["response"].as_str())
+        .collect();
     assert!(!joined.is_empty());
     let recorded = sim.requests().await;
     let raw = recorded.last().unwrap();

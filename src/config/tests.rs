@@ -236,6 +236,9 @@ fn rate_limit_classes_are_validated() {
         let e = p(&format!("{GOOD}\n{bad}\n")).unwrap_err().to_string();
         assert!(e.contains(says), "{bad}: {e}");
     }
+}
+
+#[test]
 fn scored_policy_takes_its_weights_and_turns_scraping_on() {
     let text = GOOD.replace(
         "replicas = [\"127.0.0.1:8101\", \"127.0.0.1:8102\"]",

@@ -11,9 +11,9 @@ use pingora_http::ResponseHeader;
 use super::ctx::RequestCtx;
 use crate::config::{Config, Route};
 use crate::errors::ApiError;
+use crate::fleet::Surface;
 use crate::ollama::local::{self, ModelInfo};
 use crate::ollama::response::Started;
-use crate::fleet::Surface;
 use crate::ollama::{Api, Clock, JsonReply, NdjsonStream, Upstream};
 use crate::routing::Endpoint;
 

@@ -158,8 +158,15 @@ pub fn start_stream(plan: StreamPlan, tracker: RequestTracker) -> ChannelBody {
                 model: &plan.shape.model,
                 fields,
             };
-            super::responses_api::generate(&plan, &shape, store, &mut pacer, &mut tracker, &mut writer)
-                .await
+            super::responses_api::generate(
+                &plan,
+                &shape,
+                store,
+                &mut pacer,
+                &mut tracker,
+                &mut writer,
+            )
+            .await
         } else {
             generate(&plan, &mut pacer, &mut tracker, &mut writer).await
         };
