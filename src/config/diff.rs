@@ -25,6 +25,8 @@ pub struct ConfigDiff {
     /// Replicas as `cluster/ip:port`.
     pub replicas: NameChanges,
     pub models: NameChanges,
+    /// `[rate_limit_classes]` by name.
+    pub rate_limit_classes: NameChanges,
     pub server_changed: bool,
     /// Settings a reload cannot apply (listeners are bound once at start): they take effect
     /// only after a zero-downtime upgrade or a restart.
@@ -53,8 +55,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         .intersection(&new_c)
         .filter(|name| {
             let (a, b) = (old.cluster(name), new.cluster(name));
+            // Any setting (policy, queue, serves, health, timeouts, …), not only the replicas.
             match (a, b) {
-                (Some(a), Some(b)) => a.flavour != b.flavour || a.replicas != b.replicas,
+                (Some(a), Some(b)) => format!("{a:?}") != format!("{b:?}"),
                 _ => false,
             }
         })
@@ -76,12 +79,31 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
                 || a.served_name != b.served_name
                 || a.expose_served_name != b.expose_served_name
                 || a.owned_by != b.owned_by
+                || format!("{:?}", a.limits) != format!("{:?}", b.limits)
         })
         .map(|s| s.to_string())
         .collect();
+    out.rate_limit_classes = class_changes(old, new);
     out.server_changed = format!("{:?}", old.server) != format!("{:?}", new.server);
     out.needs_upgrade = listener_changes(old, new);
     out
+}
+
+fn class_changes(old: &Config, new: &Config) -> NameChanges {
+    let (a, b) = (&old.rate_limit_classes, &new.rate_limit_classes);
+    let names = |m: &std::collections::HashMap<String, super::model::RateLimitClass>| {
+        m.keys().cloned().collect::<BTreeSet<String>>()
+    };
+    let (old_n, new_n) = (names(a), names(b));
+    NameChanges {
+        added: new_n.difference(&old_n).cloned().collect(),
+        removed: old_n.difference(&new_n).cloned().collect(),
+        changed: old_n
+            .intersection(&new_n)
+            .filter(|n| a[*n] != b[*n])
+            .cloned()
+            .collect(),
+    }
 }
 
 fn listener_changes(old: &Config, new: &Config) -> Vec<String> {
@@ -133,5 +155,32 @@ mod tests {
         assert!(d.clusters.is_empty());
         assert!(d.replicas.is_empty());
         assert!(!d.server_changed);
+    }
+
+    #[test]
+    fn reports_cluster_settings_and_classes() {
+        let old = cfg("[rate_limit_classes.batch]
+requests_per_minute = 5
+");
+        let new = cfg("[rate_limit_classes.batch]
+requests_per_minute = 6
+             [rate_limit_classes.bulk]
+requests_per_minute = 1
+");
+        let d = diff(&old, &new);
+        assert_eq!(d.rate_limit_classes.changed, vec!["batch"]);
+        assert_eq!(d.rate_limit_classes.added, vec!["bulk"]);
+        assert!(d.clusters.is_empty(), "{d:?}");
+        assert!(diff(&old, &old).clusters.is_empty());
+        let text = |policy: &str| {
+            format!(
+                "[server]\nlisten=[\"127.0.0.1:1\"]\n[[clusters]]\nname=\"a\"\nflavour=\"vllm\"\n\
+                 replicas=[\"127.0.0.1:2\"]\npolicy=\"{policy}\"\n"
+            )
+        };
+        let parse = |t: String| super::super::parse(&t, Path::new("t.toml")).unwrap();
+        let d = diff(&parse(text("round-robin")), &parse(text("scored")));
+        assert_eq!(d.clusters.changed, vec!["a"]);
+        assert!(d.replicas.is_empty());
     }
 }
