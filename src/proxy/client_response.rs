@@ -140,6 +140,12 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
                 *body = Some(replacement);
             }
         }
+        // The replica's line of new requests moved (see `InFlight::first_token`).
+        if meter.first_token_seen() || end_of_stream {
+            if let Some(slot) = ctx.attempt.in_flight.as_mut() {
+                slot.first_token(now);
+            }
+        }
         if end_of_stream {
             if let Some(tail) = meter.on_end(now) {
                 *body = Some(match body.take() {
