@@ -276,3 +276,90 @@ pub fn choose(
     }
     fit[best]
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fleet::health::HealthRules;
+    use crate::fleet::replica::LoadSample;
+
+    #[test]
+    fn wait_counts_the_slots_that_must_free_up() {
+        assert_eq!(expected_wait(3.0, 8.0, 2.0), 0.0, "free slots");
+        assert_eq!(expected_wait(7.0, 8.0, 2.0), 0.0, "the last free slot");
+        assert_eq!(expected_wait(8.0, 8.0, 2.0), 0.25, "one must finish");
+        assert_eq!(expected_wait(11.0, 8.0, 2.0), 1.0);
+        assert_eq!(expected_wait(4.0, 0.0, 1.0), 4.0, "at least one slot");
+        assert_eq!(estimated_ttft(1.0, 2000.0, 10_000.0, 4.0), 1.8);
+        assert_eq!(
+            estimated_ttft(1.0, 2000.0, 10_000.0, 0.5),
+            1.2,
+            "never faster"
+        );
+    }
+
+    fn replica(i: u8) -> Arc<ReplicaState> {
+        let rules = HealthRules {
+            active_checks: false,
+            ..HealthRules::default()
+        };
+        let addr = SocketAddr::from(([10, 0, 0, i], 8000));
+        Arc::new(ReplicaState::new("c", addr, rules))
+    }
+
+    /// Two replicas with a queue each, the second decoding 4× slower and holding the prompt.
+    #[test]
+    fn a_slow_replica_with_the_prefix_is_dropped_when_its_wait_is_far_longer() {
+        let now = Instant::now();
+        let rs = [replica(1), replica(2)];
+        let blocks = crate::fleet::prefix::block_hashes(&[b's'; 8192]);
+        rs[1].remember_prefix(&blocks);
+        let queued = |waiting: f64| LoadSample {
+            waiting: Some(waiting),
+            running: Some(8.0),
+            kv_usage: Some(0.9),
+            at: now,
+        };
+        rs[0].record_decode(Duration::from_millis(500));
+        rs[1].record_decode(Duration::from_millis(2000));
+        let settings = BalanceSettings {
+            policy: crate::fleet::Policy::Scored,
+            ..BalanceSettings::default()
+        };
+        let ctx = SelectCtx {
+            prefix_blocks: &blocks,
+            ..SelectCtx::new(now, 0)
+        };
+        // Equal queues of 2: 0.19 s on the fast one + a 0.2 s prefill (2048 tokens), against
+        // 0.75 s on the slow one, within 2 × 0.39 + 0.2: kept, and its cached prefix wins.
+        rs[0].set_load(queued(2.0));
+        rs[1].set_load(queued(2.0));
+        assert_eq!(choose(&settings, &rs, &[0, 1], &ctx), 1);
+        // The slow one's queue of 8: 2.25 s, far beyond: the fast one, despite the miss.
+        rs[1].set_load(queued(8.0));
+        assert_eq!(choose(&settings, &rs, &[0, 1], &ctx), 0);
+        // Without decode times (no stream finished yet) nothing is known against it.
+        let fresh = [replica(3), replica(4)];
+        fresh[1].remember_prefix(&blocks);
+        fresh[0].set_load(queued(2.0));
+        fresh[1].set_load(queued(8.0));
+        assert_eq!(choose(&settings, &fresh, &[0, 1], &ctx), 1);
+    }
+
+    #[test]
+    fn our_line_of_requests_awaiting_a_first_token_counts_as_wait() {
+        let now = Instant::now();
+        let rs = [replica(1), replica(2)];
+        let settings = BalanceSettings::default();
+        // 0.5 s per request in line on replica 0, measured; three more wait there now.
+        let mut first = rs[0].begin();
+        first.first_token(Instant::now() + Duration::from_millis(500));
+        let _line: Vec<_> = (0..3).map(|_| rs[0].begin()).collect();
+        let wait = scored_signals(&settings, &rs[0], now).wait.unwrap_or(0.0);
+        assert!((wait - 2.0).abs() < 0.05, "{wait}");
+        assert_eq!(scored_signals(&settings, &rs[1], now).wait, None);
+    }
+}
