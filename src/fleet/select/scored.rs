@@ -19,6 +19,10 @@
 //! A replica whose sample is stale (older than the scrape staleness rule) or absent falls back
 //! to the proxy's own counts: `q` = in flight, and `kv_score = 1 − in_flight / max in flight`.
 //! Ties go to fewer in flight, then to whichever comes first from a random start.
+//!
+//! Before scoring, candidates whose estimated time to first token is clearly worse than the
+//! best one's are dropped (`within_time`): a cached prefix saves only the prefill, so it
+//! must not buy a slow replica a long line.
 
 use std::sync::Arc;
 use std::time::Instant;
