@@ -231,6 +231,17 @@ impl Validator<'_> {
         }
         if let Some(section) = &c.scored {
             balance.weights = self.score_weights(section, at);
+            if let Some(r) = &section.prefill_tokens_per_s {
+                if (1.0..=1e9).contains(r.get_ref()) {
+                    balance.prefill_tokens_per_s = *r.get_ref();
+                } else {
+                    self.fail(
+                        r,
+                        at("scored.prefill_tokens_per_s"),
+                        "must be between 1 and 1e9",
+                    );
+                }
+            }
         }
         if let Some(q) = &c.max_queue {
             if *q.get_ref() < 0.0 || !q.get_ref().is_finite() {

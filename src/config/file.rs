@@ -210,6 +210,8 @@ pub struct ScoredSection {
     pub queue: Option<Spanned<f64>>,
     pub kv: Option<Spanned<f64>>,
     pub prefix: Option<Spanned<f64>>,
+    /// Prompt tokens per second a full-speed replica prefills (default 10 000).
+    pub prefill_tokens_per_s: Option<Spanned<f64>>,
 }
 
 /// Active health checks; defaults per flavour (vLLM / trtllm `/health`, Triton `/health/ready`).

@@ -264,4 +264,14 @@ fn scored_policy_takes_its_weights_and_turns_scraping_on() {
         .contains("at least one weight"));
     let unknown = text.replace("prefix = 5", "prefx = 5");
     assert!(p(&unknown).unwrap_err().to_string().contains("prefx"));
+    assert_eq!(cluster.balance.prefill_tokens_per_s, 10_000.0);
+    let rate = text.replace("prefix = 5", "prefix = 5, prefill_tokens_per_s = 4000");
+    let c = p(&rate).unwrap();
+    assert_eq!(
+        c.route("m").unwrap().cluster.balance.prefill_tokens_per_s,
+        4000.0
+    );
+    let zero_rate = text.replace("prefix = 5", "prefix = 5, prefill_tokens_per_s = 0");
+    let e = p(&zero_rate).unwrap_err().to_string();
+    assert!(e.contains("scored.prefill_tokens_per_s"), "{e}");
 }

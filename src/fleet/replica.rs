@@ -84,6 +84,15 @@ pub struct ReplicaState {
     in_flight: AtomicUsize,
     /// f64 milliseconds as bits; updated with a compare-and-swap loop.
     ewma_bits: AtomicU64,
+    /// Decode time per stream (first token to last), f64 milliseconds as bits, like `ewma_bits`.
+    decode_bits: AtomicU64,
+    /// Our requests here still waiting for their first token (queued or in prefill).
+    awaiting: AtomicUsize,
+    /// Seconds to the first token per request that was awaiting it ahead (plus one), f64 bits
+    /// like `ewma_bits`: how fast the replica gets through its line of new requests.
+    first_token_bits: AtomicU64,
+    /// Batch slots the replica appears to have (0 = not seen yet), see [`ReplicaState::slots`].
+    slots: AtomicU64,
     draining: AtomicBool,
     load: ArcSwapOption<StoredLoad>,
     health: Mutex<HealthCore>,
@@ -109,6 +118,10 @@ impl ReplicaState {
             id_hash,
             in_flight: AtomicUsize::new(0),
             ewma_bits: AtomicU64::new(NO_EWMA),
+            decode_bits: AtomicU64::new(NO_EWMA),
+            slots: AtomicU64::new(0),
+            awaiting: AtomicUsize::new(0),
+            first_token_bits: AtomicU64::new(NO_EWMA),
             draining: AtomicBool::new(false),
             load: ArcSwapOption::const_empty(),
             health: Mutex::new(HealthCore::new(rules)),
@@ -148,9 +161,24 @@ impl ReplicaState {
     /// context until the response ends or the attempt is abandoned.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let ahead = self.awaiting.fetch_add(1, Ordering::Relaxed);
         InFlight {
             replica: Arc::clone(self),
+            sent: Instant::now(),
+            ahead,
+            awaiting: true,
         }
+    }
+
+    /// Our requests here that have not had their first token yet.
+    pub fn awaiting_first_token(&self) -> usize {
+        self.awaiting.load(Ordering::Relaxed)
+    }
+
+    /// Smoothed seconds to the first token per request in line (see [`InFlight::first_token`]);
+    /// `None` before the first answer.
+    pub fn first_token_per_request_s(&self) -> Option<f64> {
+        ewma_read(&self.first_token_bits).map(|ms| ms / 1000.0)
     }
 
     /// How many leading `blocks` (see `prefix::block_hashes`) were recently sent here.
@@ -176,28 +204,24 @@ impl ReplicaState {
 
     /// Feed one latency observation (time to the response header / first token).
     pub fn record_latency(&self, latency: Duration) {
-        let ms = latency.as_secs_f64() * 1000.0;
-        if !ms.is_finite() {
-            return;
-        }
-        // A lost race only means retrying with the newer value; no lock on the request path.
-        let _ = self
-            .ewma_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                let next = if bits == NO_EWMA {
-                    ms
-                } else {
-                    let old = f64::from_bits(bits);
-                    old + EWMA_ALPHA * (ms - old)
-                };
-                Some(next.to_bits())
-            });
+        ewma_update(&self.ewma_bits, latency);
     }
 
     /// Smoothed latency in milliseconds; `None` before the first observation.
     pub fn ewma_ms(&self) -> Option<f64> {
-        let bits = self.ewma_bits.load(Ordering::Relaxed);
-        (bits != NO_EWMA).then(|| f64::from_bits(bits))
+        ewma_read(&self.ewma_bits)
+    }
+
+    /// Feed one stream's decode time: from its first token to its last, as the proxy saw it.
+    /// That is how long the request held one of the replica's batch slots after its prefill,
+    /// so slots free up at about `running / decode time` (the queue's drain rate).
+    pub fn record_decode(&self, decode: Duration) {
+        ewma_update(&self.decode_bits, decode);
+    }
+
+    /// Smoothed decode time per stream in milliseconds; `None` before the first stream.
+    pub fn decode_ms(&self) -> Option<f64> {
+        ewma_read(&self.decode_bits)
     }
 
     // ---- draining ----------------------------------------------------------------------
@@ -251,10 +275,34 @@ impl ReplicaState {
     // ---- scraped load ------------------------------------------------------------------
 
     pub fn set_load(&self, sample: LoadSample) {
+        if let Some(running) = sample.running.filter(|r| r.is_finite() && *r >= 1.0) {
+            let running = running.round() as u64;
+            if sample.waiting.is_some_and(|w| w > 0.0) {
+                // Queueing: every slot it can fill now is running.
+                self.slots.store(running, Ordering::Relaxed);
+            } else {
+                // More running without a queue than when it last queued (e.g. it queued on a
+                // full KV cache): at least that many. Unknown stays unknown until a queue.
+                let _ = self
+                    .slots
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n > 0 && running > n).then_some(running)
+                    });
+            }
+        }
         self.load.store(Some(Arc::new(StoredLoad {
             sample,
             in_flight_at_sample: self.in_flight(),
         })));
+    }
+
+    /// How many requests the replica runs at once (vLLM's `max_num_seqs`, or fewer when
+    /// its KV cache is the limit), as the scrapes show it: the running count of the latest
+    /// sample that had a queue, raised by any later sample running more. `None` until a
+    /// sample shows a queue (below that, how many more would fit is unknown).
+    pub fn slots(&self) -> Option<f64> {
+        let n = self.slots.load(Ordering::Relaxed);
+        (n > 0).then_some(n as f64)
     }
 
     /// Forget the sample (e.g. the scrape failed and the old one must not linger).
@@ -274,22 +322,65 @@ impl ReplicaState {
     }
 }
 
+/// Moves the EWMA in `bits` towards `sample`. A lost race only means retrying with the newer
+/// value; no lock on the request path.
+fn ewma_update(bits: &AtomicU64, sample: Duration) {
+    let ms = sample.as_secs_f64() * 1000.0;
+    if !ms.is_finite() {
+        return;
+    }
+    let _ = bits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+        let next = if old == NO_EWMA {
+            ms
+        } else {
+            let old = f64::from_bits(old);
+            old + EWMA_ALPHA * (ms - old)
+        };
+        Some(next.to_bits())
+    });
+}
+
+fn ewma_read(bits: &AtomicU64) -> Option<f64> {
+    let bits = bits.load(Ordering::Relaxed);
+    (bits != NO_EWMA).then(|| f64::from_bits(bits))
+}
+
 /// One request counted in a replica's in-flight total; dropping it (response finished,
 /// attempt failed, request context dropped) uncounts it, so no path can leak a count.
 #[derive(Debug)]
 pub struct InFlight {
     replica: Arc<ReplicaState>,
+    sent: Instant,
+    /// Our requests on the replica still awaiting their first token when this one was sent.
+    ahead: usize,
+    awaiting: bool,
 }
 
 impl InFlight {
     pub fn replica(&self) -> &Arc<ReplicaState> {
         &self.replica
     }
+
+    /// The first token arrived (after the replica's queue and the prefill; for a JSON answer:
+    /// the answer's end). Feeds the replica's time per request in line, `elapsed / (ahead +
+    /// 1)`, once per request.
+    pub fn first_token(&mut self, now: Instant) {
+        if !std::mem::take(&mut self.awaiting) {
+            return;
+        }
+        self.replica.awaiting.fetch_sub(1, Ordering::Relaxed);
+        let elapsed = now.saturating_duration_since(self.sent);
+        let per = elapsed.div_f64(self.ahead as f64 + 1.0);
+        ewma_update(&self.replica.first_token_bits, per);
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.awaiting {
+            self.replica.awaiting.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -323,6 +414,31 @@ mod tests {
     }
 
     #[test]
+    fn first_tokens_measure_the_time_per_request_in_line() {
+        let r = replica();
+        let mut a = r.begin();
+        let mut b = r.begin();
+        let c = r.begin();
+        assert_eq!(r.awaiting_first_token(), 3);
+        a.first_token(a.sent + Duration::from_millis(100));
+        a.first_token(a.sent + Duration::from_secs(9));
+        assert_eq!(r.awaiting_first_token(), 2, "counted once");
+        assert_eq!(r.first_token_per_request_s(), Some(0.1));
+        // One was ahead of `b`: 300 ms for two requests.
+        b.first_token(b.sent + Duration::from_millis(300));
+        let per = r.first_token_per_request_s().unwrap_or(0.0);
+        assert!((per - (0.1 + 0.3 * (0.15 - 0.1))).abs() < 1e-9, "{per}");
+        drop(c);
+        assert_eq!(
+            r.awaiting_first_token(),
+            0,
+            "an attempt abandoned early uncounts"
+        );
+        drop((a, b));
+        assert_eq!(r.in_flight(), 0);
+    }
+
+    #[test]
     fn ewma_follows_samples() {
         let r = replica();
         assert_eq!(r.ewma_ms(), None);
@@ -331,6 +447,36 @@ mod tests {
         r.record_latency(Duration::from_millis(200));
         let v = r.ewma_ms().unwrap_or(0.0);
         assert!((v - 130.0).abs() < 1e-9, "{v}");
+        assert_eq!(r.decode_ms(), None, "a separate average");
+        r.record_decode(Duration::from_secs(2));
+        assert_eq!(r.decode_ms(), Some(2000.0));
+        assert_eq!(r.ewma_ms(), Some(v));
+    }
+
+    #[test]
+    fn slots_follow_the_running_count_of_queueing_samples() {
+        let r = replica();
+        let t = Instant::now();
+        let sample = |waiting: f64, running: f64| LoadSample {
+            waiting: Some(waiting),
+            running: Some(running),
+            kv_usage: None,
+            at: t,
+        };
+        r.set_load(sample(0.0, 3.0));
+        assert_eq!(r.slots(), None, "no queue seen: room unknown");
+        r.set_load(sample(4.0, 8.0));
+        assert_eq!(r.slots(), Some(8.0));
+        r.set_load(sample(0.0, 2.0));
+        assert_eq!(r.slots(), Some(8.0));
+        r.set_load(sample(1.0, 6.0));
+        assert_eq!(
+            r.slots(),
+            Some(6.0),
+            "queueing at 6: the KV cache limits it"
+        );
+        r.set_load(sample(0.0, 7.0));
+        assert_eq!(r.slots(), Some(7.0), "ran 7 without a queue since");
     }
 
     #[test]
@@ -364,6 +510,7 @@ mod tests {
         let fresh = r.fresh_load(t + Duration::from_secs(5), s);
         assert_eq!(fresh.map(|l| l.in_flight_at_sample), Some(1));
         assert!(r.fresh_load(t + Duration::from_secs(7), s).is_none());
+        assert_eq!(r.slots(), None, "no running count yet");
         assert!(r.latest_load().is_some());
         r.clear_load();
         assert!(r.latest_load().is_none());

@@ -159,6 +159,11 @@ impl MessagesMeter {
         self.upstream_error.is_some()
     }
 
+    /// A token (text, reasoning or tool-call delta) has arrived.
+    pub fn first_token_seen(&self) -> bool {
+        self.first_token_at.is_some()
+    }
+
     /// Meters one event's data (received at `now`).
     pub fn observe(&mut self, data: &[u8], now: Instant) {
         self.events += 1;

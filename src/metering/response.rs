@@ -264,6 +264,18 @@ impl ResponseMeter {
         }
     }
 
+    /// A stream's first token has arrived (never for a JSON body: it comes whole at the end).
+    pub fn first_token_seen(&self) -> bool {
+        match &self.body {
+            Body::Sse(sse) => match &sse.meter {
+                EventMeter::OpenAi(m) => m.first_token_seen(),
+                EventMeter::Anthropic(m) => m.first_token_seen(),
+            },
+            Body::ResponsesSse(r) => r.meter().first_token_seen(),
+            Body::Json(_) | Body::ResponsesJson(_) => false,
+        }
+    }
+
     /// Bytes held for incomplete events or values (bounded by `max_event_bytes` per buffer).
     pub fn carried_bytes(&self) -> usize {
         match &self.body {

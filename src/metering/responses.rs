@@ -235,6 +235,11 @@ impl ResponsesMeter {
     }
 
     /// Bytes held (bounded by the scanner's targets).
+    /// The first output-text delta has arrived.
+    pub fn first_token_seen(&self) -> bool {
+        self.first_token_at.is_some()
+    }
+
     pub fn carried_bytes(&self) -> usize {
         self.scanner.carried_bytes() + self.event_name.len()
     }

@@ -85,6 +85,11 @@ impl StreamMeter {
         self.done_seen
     }
 
+    /// A token (text, reasoning or tool-call delta) has arrived.
+    pub fn first_token_seen(&self) -> bool {
+        self.first_token_at.is_some()
+    }
+
     pub fn error_seen(&self) -> bool {
         self.upstream_error.is_some()
     }

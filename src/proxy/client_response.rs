@@ -178,6 +178,12 @@ pub fn on_response_body(body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut
                 *body = Some(replacement);
             }
         }
+        // The replica's line of new requests moved (see `InFlight::first_token`).
+        if meter.first_token_seen() || end_of_stream {
+            if let Some(slot) = ctx.attempt.in_flight.as_mut() {
+                slot.first_token(now);
+            }
+        }
         // The meter saw the replica's bytes; the client gets the alias in `model`.
         if let Some(rewriter) = ctx.reply.model_rewrite.as_mut() {
             if let Some(rewritten) = body.as_deref().and_then(|piece| rewriter.rewrite(piece)) {

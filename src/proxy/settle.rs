@@ -52,6 +52,13 @@ fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
         // The client cut it, not the replica: the stream is not "truncated".
         usage.truncated &= !ctx.outcome.client_closed;
         metrics::record_usage(ctx.key_label(), model, &usage);
+        // A whole stream's first-to-last-token time: how long it held a batch slot after its
+        // prefill (cut streams would understate it).
+        if !usage.truncated && !ctx.outcome.client_closed && usage.inter_token.count > 0 {
+            if let Some(slot) = ctx.attempt.in_flight.as_ref() {
+                slot.replica().record_decode(usage.inter_token.total);
+            }
+        }
         ctx.outcome.stream_error = usage.upstream_error.as_ref().map(|e| {
             let code = e
                 .code

@@ -19,6 +19,10 @@
 //! A replica whose sample is stale (older than the scrape staleness rule) or absent falls back
 //! to the proxy's own counts: `q` = in flight, and `kv_score = 1 − in_flight / max in flight`.
 //! Ties go to fewer in flight, then to whichever comes first from a random start.
+//!
+//! Before scoring, candidates whose estimated time to first token is clearly worse than the
+//! best one's are dropped (`within_time`): a cached prefix saves only the prefill, so it
+//! must not buy a slow replica a long line.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +38,18 @@ pub struct Signals {
     pub queue: f64,
     /// KV-cache use 0..=1 from a fresh scrape, else `None`.
     pub kv: Option<f64>,
+    /// Expected seconds before a request sent now gets a batch slot (see [`expected_wait`]);
+    /// `None` without a fresh sample or before the replica's first finished stream.
+    pub wait: Option<f64>,
+}
+
+/// Seconds until a request sent now gets a batch slot, when `occupancy` requests are on the
+/// replica already (running and waiting), it runs `slots` at once and each holds its slot for
+/// `decode_s` after its prefill: slots free up at `slots / decode_s` per second, and
+/// `occupancy + 1 − slots` of them must free up first.
+pub fn expected_wait(occupancy: f64, slots: f64, decode_s: f64) -> f64 {
+    let slots = slots.max(1.0);
+    (occupancy + 1.0 - slots).max(0.0) * decode_s / slots
 }
 
 /// Signals of `r` at `now`: a fresh scrape corrected by our in-flight delta, else our counts.
@@ -43,17 +59,23 @@ pub fn scored_signals(settings: &BalanceSettings, r: &ReplicaState, now: Instant
         return Signals {
             queue: in_flight,
             kv: None,
+            wait: line_wait(r),
         };
     };
     let s = load.sample;
     let delta = in_flight - load.in_flight_at_sample as f64;
     let waiting = s.waiting.unwrap_or(0.0);
-    // A replica that was queueing queues what we sent since; one that was not has free slots
-    // (how many is unknown: the bounded load limits bursts meanwhile).
-    let queue = if waiting > 0.0 {
-        (waiting + delta).max(0.0)
-    } else {
-        0.0
+    let running = s.running.unwrap_or(in_flight - waiting);
+    let occupancy = (running + waiting + delta).max(0.0);
+    // With the replica's batch size known (see `ReplicaState::slots`), what we sent since
+    // the scrape queues beyond it. Otherwise: a replica that was queueing queues what we
+    // sent since; one that was not has free slots (how many is unknown: the bounded load
+    // limits bursts meanwhile).
+    let slots = r.slots();
+    let queue = match slots {
+        Some(slots) => (occupancy - slots).max(0.0),
+        None if waiting > 0.0 => (waiting + delta).max(0.0),
+        None => 0.0,
     };
     // vLLM admits a waiting request as soon as a sequence slot and its KV blocks are free,
     // so a replica that queues has no usable KV room for one more, whatever its usage says.
@@ -70,7 +92,25 @@ pub fn scored_signals(settings: &BalanceSettings, r: &ReplicaState, now: Instant
             _ => k.clamp(0.0, 1.0),
         })
     };
-    Signals { queue, kv }
+    let slot_wait = r.decode_ms().map(|ms| match slots {
+        Some(slots) => expected_wait(occupancy, slots, ms / 1000.0),
+        None if queue > 0.0 => expected_wait(running + queue, running, ms / 1000.0),
+        None => 0.0,
+    });
+    let wait = match (slot_wait, line_wait(r)) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    Signals { queue, kv, wait }
+}
+
+/// Seconds until a request sent to `r` now would get its first token, from what the proxy
+/// sees: our requests there still awaiting theirs, plus this one, times the replica's
+/// measured time per request in line. It sees every line, also one the metrics do not show
+/// (requests counted running while they wait for a busy prefill).
+fn line_wait(r: &ReplicaState) -> Option<f64> {
+    let per = r.first_token_per_request_s()?;
+    Some((r.awaiting_first_token() as f64 + 1.0) * per)
 }
 
 /// The candidates (non-empty) within the bounded load; never empty.
@@ -94,17 +134,14 @@ fn within_bounded_load(
     }
 }
 
-/// The three scores of every candidate, in `c`'s order.
+/// The weighted score of every candidate, in `c`'s order (`signals` likewise).
 pub fn scores(
     settings: &BalanceSettings,
     replicas: &[Arc<ReplicaState>],
     c: &[usize],
+    signals: &[Signals],
     ctx: &SelectCtx<'_>,
 ) -> Vec<f64> {
-    let signals: Vec<Signals> = c
-        .iter()
-        .map(|&i| scored_signals(settings, &replicas[i], ctx.now))
-        .collect();
     let q_min = signals
         .iter()
         .map(|s| s.queue)
@@ -118,7 +155,7 @@ pub fn scores(
     let blocks = ctx.prefix_blocks;
     let w = settings.weights;
     c.iter()
-        .zip(&signals)
+        .zip(signals)
         .map(|(&i, s)| {
             let queue = if q_max - q_min > f64::EPSILON {
                 (q_max - s.queue) / (q_max - q_min)
@@ -140,6 +177,76 @@ pub fn scores(
         .collect()
 }
 
+/// Estimated seconds to the first token: the wait for a slot plus the prefill of what the
+/// replica's cache lacks, `uncached_tokens / prefill_tokens_per_s × slowdown`.
+pub fn estimated_ttft(
+    wait_s: f64,
+    uncached_tokens: f64,
+    prefill_tokens_per_s: f64,
+    slowdown: f64,
+) -> f64 {
+    wait_s + uncached_tokens / prefill_tokens_per_s.max(1.0) * slowdown.max(1.0)
+}
+
+/// A replica that likely holds most of the prompt stays a candidate while its estimated time
+/// to first token is within this factor of the best one's (plus one full prefill): waits
+/// are estimates, and sending a prefix away from its cache costs more than its own prefill
+/// (it evicts, and delays the prefills behind it), so only a clearly worse one is dropped
+/// (like SGLang's router, which leaves cache affinity only beyond a relative imbalance).
+/// One that would miss must be within one full prefill of the best.
+const TTFT_SLACK: f64 = 2.0;
+
+/// Prompt tokens per hashed block (64 bytes at ~4 bytes per token).
+const TOKENS_PER_BLOCK: f64 = 16.0;
+
+/// The candidates (`fit`, with their `signals`) whose estimated time to first token is at
+/// most the best one's plus one full prefill of this prompt at full speed; never empty.
+/// A replica's slowdown is its decode time over the fastest candidate's (a replica that
+/// decodes 4× slower prefills about 4× slower too). Candidates without a wait estimate
+/// (stale sample, no finished stream yet) are kept: nothing is known against them.
+fn within_time(
+    settings: &BalanceSettings,
+    replicas: &[Arc<ReplicaState>],
+    fit: &[usize],
+    signals: &[Signals],
+    ctx: &SelectCtx<'_>,
+) -> Vec<usize> {
+    let blocks = ctx.prefix_blocks;
+    let fastest = fit
+        .iter()
+        .filter_map(|&i| replicas[i].decode_ms())
+        .fold(f64::INFINITY, f64::min);
+    let rate = settings.prefill_tokens_per_s;
+    let full = blocks.len() as f64 * TOKENS_PER_BLOCK;
+    // (estimated TTFT, whether most of the prompt is likely cached there)
+    let ttft: Vec<Option<(f64, bool)>> = fit
+        .iter()
+        .zip(signals)
+        .map(|(&i, s)| {
+            let wait = s.wait?;
+            let r = &replicas[i];
+            let slowdown = r.decode_ms().map_or(1.0, |d| d / fastest);
+            let matched = r.prefix_matched(blocks);
+            let missed = blocks.len().saturating_sub(matched);
+            let t = estimated_ttft(wait, missed as f64 * TOKENS_PER_BLOCK, rate, slowdown);
+            Some((t, 2 * matched >= blocks.len().max(1)))
+        })
+        .collect();
+    let Some(best) = ttft.iter().flatten().map(|t| t.0).reduce(f64::min) else {
+        return fit.to_vec();
+    };
+    let prefill = estimated_ttft(0.0, full, rate, 1.0);
+    let keeps = |&(t, cached): &(f64, bool)| {
+        let slack = if cached { TTFT_SLACK } else { 1.0 };
+        t <= slack * best + prefill + 1e-9
+    };
+    fit.iter()
+        .zip(&ttft)
+        .filter(|(_, t)| t.as_ref().is_none_or(keeps))
+        .map(|(&i, _)| i)
+        .collect()
+}
+
 /// The best-scoring candidate of `c` (non-empty).
 pub fn choose(
     settings: &BalanceSettings,
@@ -148,7 +255,18 @@ pub fn choose(
     ctx: &SelectCtx<'_>,
 ) -> usize {
     let fit = within_bounded_load(settings, replicas, c);
-    let scores = scores(settings, replicas, &fit, ctx);
+    let signals: Vec<Signals> = fit
+        .iter()
+        .map(|&i| scored_signals(settings, &replicas[i], ctx.now))
+        .collect();
+    let in_time = within_time(settings, replicas, &fit, &signals, ctx);
+    let (fit, signals): (Vec<usize>, Vec<Signals>) = fit
+        .iter()
+        .zip(&signals)
+        .filter(|(i, _)| in_time.contains(i))
+        .map(|(&i, &s)| (i, s))
+        .unzip();
+    let scores = scores(settings, replicas, &fit, &signals, ctx);
     let start = (ctx.rand % fit.len() as u64) as usize;
     let mut best = start;
     for k in 1..fit.len() {
@@ -161,4 +279,91 @@ pub fn choose(
         }
     }
     fit[best]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fleet::health::HealthRules;
+    use crate::fleet::replica::LoadSample;
+
+    #[test]
+    fn wait_counts_the_slots_that_must_free_up() {
+        assert_eq!(expected_wait(3.0, 8.0, 2.0), 0.0, "free slots");
+        assert_eq!(expected_wait(7.0, 8.0, 2.0), 0.0, "the last free slot");
+        assert_eq!(expected_wait(8.0, 8.0, 2.0), 0.25, "one must finish");
+        assert_eq!(expected_wait(11.0, 8.0, 2.0), 1.0);
+        assert_eq!(expected_wait(4.0, 0.0, 1.0), 4.0, "at least one slot");
+        assert_eq!(estimated_ttft(1.0, 2000.0, 10_000.0, 4.0), 1.8);
+        assert_eq!(
+            estimated_ttft(1.0, 2000.0, 10_000.0, 0.5),
+            1.2,
+            "never faster"
+        );
+    }
+
+    fn replica(i: u8) -> Arc<ReplicaState> {
+        let rules = HealthRules {
+            active_checks: false,
+            ..HealthRules::default()
+        };
+        let addr = SocketAddr::from(([10, 0, 0, i], 8000));
+        Arc::new(ReplicaState::new("c", addr, rules))
+    }
+
+    /// Two replicas with a queue each, the second decoding 4× slower and holding the prompt.
+    #[test]
+    fn a_slow_replica_with_the_prefix_is_dropped_when_its_wait_is_far_longer() {
+        let now = Instant::now();
+        let rs = [replica(1), replica(2)];
+        let blocks = crate::fleet::prefix::block_hashes(&[b's'; 8192]);
+        rs[1].remember_prefix(&blocks);
+        let queued = |waiting: f64| LoadSample {
+            waiting: Some(waiting),
+            running: Some(8.0),
+            kv_usage: Some(0.9),
+            at: now,
+        };
+        rs[0].record_decode(Duration::from_millis(500));
+        rs[1].record_decode(Duration::from_millis(2000));
+        let settings = BalanceSettings {
+            policy: crate::fleet::Policy::Scored,
+            ..BalanceSettings::default()
+        };
+        let ctx = SelectCtx {
+            prefix_blocks: &blocks,
+            ..SelectCtx::new(now, 0)
+        };
+        // Equal queues of 2: 0.19 s on the fast one + a 0.2 s prefill (2048 tokens), against
+        // 0.75 s on the slow one, within 2 × 0.39 + 0.2: kept, and its cached prefix wins.
+        rs[0].set_load(queued(2.0));
+        rs[1].set_load(queued(2.0));
+        assert_eq!(choose(&settings, &rs, &[0, 1], &ctx), 1);
+        // The slow one's queue of 8: 2.25 s, far beyond: the fast one, despite the miss.
+        rs[1].set_load(queued(8.0));
+        assert_eq!(choose(&settings, &rs, &[0, 1], &ctx), 0);
+        // Without decode times (no stream finished yet) nothing is known against it.
+        let fresh = [replica(3), replica(4)];
+        fresh[1].remember_prefix(&blocks);
+        fresh[0].set_load(queued(2.0));
+        fresh[1].set_load(queued(8.0));
+        assert_eq!(choose(&settings, &fresh, &[0, 1], &ctx), 1);
+    }
+
+    #[test]
+    fn our_line_of_requests_awaiting_a_first_token_counts_as_wait() {
+        let now = Instant::now();
+        let rs = [replica(1), replica(2)];
+        let settings = BalanceSettings::default();
+        // 0.5 s per request in line on replica 0, measured; three more wait there now.
+        let mut first = rs[0].begin();
+        first.first_token(Instant::now() + Duration::from_millis(500));
+        let _line: Vec<_> = (0..3).map(|_| rs[0].begin()).collect();
+        let wait = scored_signals(&settings, &rs[0], now).wait.unwrap_or(0.0);
+        assert!((wait - 2.0).abs() < 0.05, "{wait}");
+        assert_eq!(scored_signals(&settings, &rs[1], now).wait, None);
+    }
 }
