@@ -65,7 +65,7 @@ impl Validator<'_> {
         let health = self.health_settings(c.health.as_ref(), flavour, &at);
         let passive = self.passive_settings(c.passive.as_ref(), &at);
         let mut scrape = self.scrape_settings(c.scrape.as_ref(), flavour, &at);
-        let balance = self.balance_settings(c, &mut scrape, &at);
+        let balance = self.balance_settings(c, flavour, &mut scrape, &at);
         let affinity_header = self.affinity_header(c, &at);
         let timeouts = self.cluster_timeouts(c.timeouts.as_ref(), server, &at);
         let serves = self.serves(c, flavour, &at);
@@ -204,13 +204,18 @@ impl Validator<'_> {
     fn balance_settings(
         &mut self,
         c: &ClusterSection,
+        flavour: Flavour,
         scrape: &mut ScrapeSettings,
         at: &dyn Fn(&str) -> String,
     ) -> BalanceSettings {
         let mut balance = BalanceSettings {
             stale_after: scrape.stale_after(),
+            policy: Policy::default_for(flavour),
             ..BalanceSettings::default()
         };
+        // A scrape the operator switched off stays off under the default policy (`scored`
+        // then works on our own counts); naming a scrape-fed policy turns it on.
+        let scrape_off = c.scrape.as_ref().is_some_and(|s| s.enabled == Some(false));
         if let Some(p) = &c.policy {
             match Policy::parse(p.get_ref()) {
                 Some(policy) => balance.policy = policy,
@@ -225,7 +230,8 @@ impl Validator<'_> {
                 ),
             }
         }
-        if matches!(balance.policy, Policy::LoadAware | Policy::Scored) {
+        let chosen = c.policy.is_some();
+        if matches!(balance.policy, Policy::LoadAware | Policy::Scored) && (chosen || !scrape_off) {
             // Without data these degrade to in-flight counts; turn scraping on.
             scrape.enabled = true;
         }

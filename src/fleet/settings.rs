@@ -114,8 +114,8 @@ pub enum Policy {
     /// Rotate over eligible replicas. Blind to load.
     RoundRobin,
     /// Power of two choices on the proxy's own in-flight count: cheap, always fresh, and good
-    /// at keeping a slow replica from piling up work. The default, because LLM requests vary
-    /// in length by orders of magnitude, which round robin ignores.
+    /// at keeping a slow replica from piling up work. Better than round robin because requests vary
+    /// in length by orders of magnitude, which round robin ignores. The default for Triton.
     #[default]
     LeastOutstanding,
     /// Score from scraped queue depth, running count and KV use, corrected by the proxy's own
@@ -130,6 +130,16 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// The policy of a cluster that names none: `scored` for vLLM and trtllm-serve (they
+    /// export queue and KV metrics, and it wins the policies benchmark), `least-outstanding`
+    /// for Triton's frontend.
+    pub fn default_for(flavour: super::Flavour) -> Policy {
+        match flavour {
+            super::Flavour::Vllm | super::Flavour::Trtllm => Policy::Scored,
+            super::Flavour::TritonOpenai => Policy::LeastOutstanding,
+        }
+    }
+
     pub const NAMES: &'static str =
         "round-robin, least-outstanding, load-aware, prefix-affinity, scored";
 
