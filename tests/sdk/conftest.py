@@ -136,6 +136,22 @@ class Demo:
     def create_key(self, spec: dict) -> str:
         return self.admin("POST", "/admin/keys", spec)["key"]
 
+    def fresh_key(self, name: str, **spec) -> str:
+        """A key of its own, so /admin/usage's per-key numbers are one test's alone."""
+        return self.create_key({"name": f"{name}-{time.monotonic_ns()}", **spec})
+
+    def wait_usage(self, prefix: str, requests: int) -> dict:
+        """The usage of the key named `prefix…` once it counts `requests` (usage settles in the
+        proxy's logging phase, just after the last byte)."""
+        end = time.monotonic() + 5
+        while True:
+            keys = self.admin("GET", "/admin/usage")["keys"]
+            usage = next((v for k, v in keys.items() if k.startswith(prefix)), None)
+            if usage and usage["requests"] >= requests:
+                return usage
+            assert time.monotonic() < end, "usage not settled in time"
+            time.sleep(0.02)
+
     def sim_port(self, fixed: int) -> int:
         return self.ports[fixed]
 

@@ -20,33 +20,9 @@ def sdk(demo, key, retries=0, **kwargs):
     )
 
 
-def fresh_key(demo, name, **spec):
-    """A key of its own, so /admin/usage's per-key numbers are this test's alone."""
-    return demo.create_key({"name": f"{name}-{time.monotonic_ns()}", **spec})
-
-
-def key_usage(demo, key_name_prefix):
-    keys = demo.admin("GET", "/admin/usage")["keys"]
-    return next(v for k, v in keys.items() if k.startswith(key_name_prefix))
-
-
-def wait_usage(demo, prefix, requests):
-    """Usage settles in the proxy's logging phase, just after the last byte."""
-    end = time.monotonic() + 5
-    while True:
-        try:
-            usage = key_usage(demo, prefix)
-            if usage["requests"] >= requests:
-                return usage
-        except StopIteration:
-            pass
-        assert time.monotonic() < end, "usage not settled in time"
-        time.sleep(0.02)
-
-
 def test_create_reaches_the_replica_with_its_served_name_and_is_metered(demo):
     demo.reset_sims()
-    client = sdk(demo, fresh_key(demo, "msg-create"))
+    client = sdk(demo, demo.fresh_key("msg-create"))
     message = client.messages.create(model=MODEL, max_tokens=12, messages=MESSAGES)
     assert message.type == "message" and message.role == "assistant"
     assert message.content[0].type == "text" and message.content[0].text.strip()
@@ -60,7 +36,7 @@ def test_create_reaches_the_replica_with_its_served_name_and_is_metered(demo):
     # anthropic-version is passed through; the client's key never reaches a replica.
     assert record["headers"]["anthropic-version"]
     assert "x-api-key" not in record["headers"]
-    usage = wait_usage(demo, "msg-create", 1)
+    usage = demo.wait_usage("msg-create", 1)
     assert usage["prompt_tokens"] == message.usage.input_tokens
     assert usage["completion_tokens"] == 12
 
@@ -76,7 +52,7 @@ def in_flight(demo):
 
 
 def test_stream_is_incremental_and_its_usage_is_what_was_metered(demo):
-    client = sdk(demo, fresh_key(demo, "msg-stream"))
+    client = sdk(demo, demo.fresh_key("msg-stream"))
     texts, generating_at_first_text = [], None
     # 40 tokens 25 ms apart (the demo's --decode-ms): about a second of generation.
     with client.messages.stream(model=MODEL, max_tokens=40, messages=MESSAGES) as stream:
@@ -90,13 +66,13 @@ def test_stream_is_incremental_and_its_usage_is_what_was_metered(demo):
     assert final.content[0].text == "".join(texts)
     assert final.stop_reason == "max_tokens"
     assert final.model == MODEL, "message_start names the alias"
-    usage = wait_usage(demo, "msg-stream", 1)
+    usage = demo.wait_usage("msg-stream", 1)
     assert final.usage.output_tokens == usage["completion_tokens"] == 40
     assert final.usage.input_tokens == usage["prompt_tokens"] > 0
 
 
 def test_tool_use_input_json_deltas_are_byte_identical_to_the_replica(demo):
-    client = sdk(demo, fresh_key(demo, "msg-tool"))
+    client = sdk(demo, demo.fresh_key("msg-tool"))
     tools = [{"name": "get_weather", "description": "Weather of a city",
               "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]
     request = {"max_tokens": 8, "messages": MESSAGES, "tools": tools,
@@ -129,7 +105,7 @@ def test_tool_use_input_json_deltas_are_byte_identical_to_the_replica(demo):
 
 
 def test_count_tokens(demo):
-    client = sdk(demo, fresh_key(demo, "msg-count"))
+    client = sdk(demo, demo.fresh_key("msg-count"))
     counted = client.messages.count_tokens(model=MODEL, messages=MESSAGES, system="Be brief.")
     message = client.messages.create(model=MODEL, max_tokens=1, messages=MESSAGES, system="Be brief.")
     assert counted.input_tokens == message.usage.input_tokens > 0
@@ -174,7 +150,7 @@ def test_unknown_model_and_a_cluster_without_messages_are_not_found_errors(demo)
 
 
 def test_rate_limit_error_then_retry_after_retry_after_succeeds(demo):
-    client = sdk(demo, key := fresh_key(demo, "msg-rpm", limits={"requests_per_minute": 60}))
+    client = sdk(demo, key := demo.fresh_key("msg-rpm", limits={"requests_per_minute": 60}))
     refused = None
     # count_tokens spends the same requests-per-minute bucket and answers at once.
     for _ in range(200):
@@ -204,7 +180,7 @@ def test_rate_limit_error_then_retry_after_retry_after_succeeds(demo):
 
 
 def test_client_request_id_comes_back_beside_ours(demo):
-    client = sdk(demo, fresh_key(demo, "msg-id"))
+    client = sdk(demo, demo.fresh_key("msg-id"))
     raw = client.messages.with_raw_response.create(
         model=MODEL, max_tokens=4, messages=MESSAGES,
         extra_headers={"X-Request-ID": "claude-code/42"},

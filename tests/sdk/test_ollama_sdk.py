@@ -2,7 +2,6 @@
 chat/completions): list, chat streamed and not, generate, and ResponseError for an unknown
 model and a bad key. The key goes as `Authorization: Bearer`, as the client sends it."""
 
-import time
 
 import httpx
 import ollama
@@ -20,45 +19,29 @@ def client(demo, key):
     )
 
 
-def fresh_key(demo, name, **spec):
-    return demo.create_key({"name": f"{name}-{time.monotonic_ns()}", **spec})
-
-
-def key_usage(demo, prefix, requests):
-    """Usage settles in the proxy's logging phase, just after the last byte."""
-    end = time.monotonic() + 5
-    while True:
-        keys = demo.admin("GET", "/admin/usage")["keys"]
-        usage = next((v for k, v in keys.items() if k.startswith(prefix)), None)
-        if usage and usage["requests"] >= requests:
-            return usage
-        assert time.monotonic() < end, "usage not settled in time"
-        time.sleep(0.02)
-
-
 def test_list_shows_the_aliases_the_key_may_use(demo):
-    only = fresh_key(demo, "ol-list", models=[MODEL])
+    only = demo.fresh_key("ol-list", models=[MODEL])
     names = [m.model for m in client(demo, only).list().models]
     assert names == [MODEL]
-    everything = [m.model for m in client(demo, fresh_key(demo, "ol-all")).list().models]
+    everything = [m.model for m in client(demo, demo.fresh_key("ol-all")).list().models]
     assert MODEL in everything and len(everything) > 1
 
 
 def test_chat_not_streamed_is_metered_as_its_eval_count(demo):
-    c = client(demo, fresh_key(demo, "ol-chat"))
+    c = client(demo, demo.fresh_key("ol-chat"))
     reply = c.chat(model=MODEL, messages=MESSAGES, options={"num_predict": 8})
     assert reply.model == MODEL
     assert reply.done and reply.done_reason == "length"
     assert reply.message.role == "assistant" and reply.message.content.strip()
     assert reply.eval_count == 8
     assert reply.total_duration > 0
-    usage = key_usage(demo, "ol-chat", 1)
+    usage = demo.wait_usage("ol-chat", 1)
     assert usage["completion_tokens"] == reply.eval_count
     assert usage["prompt_tokens"] == reply.prompt_eval_count
 
 
 def test_chat_streams_incrementally_and_ends_with_done(demo):
-    c = client(demo, fresh_key(demo, "ol-stream"))
+    c = client(demo, demo.fresh_key("ol-stream"))
     parts = list(c.chat(model=MODEL, messages=MESSAGES, stream=True, options={"num_predict": 12}))
     assert len(parts) >= 3
     assert all(not p.done for p in parts[:-1])
@@ -67,12 +50,12 @@ def test_chat_streams_incrementally_and_ends_with_done(demo):
     last = parts[-1]
     assert last.done and last.eval_count == 12
     assert all(p.model == MODEL for p in parts), "every line names the alias"
-    usage = key_usage(demo, "ol-stream", 1)
+    usage = demo.wait_usage("ol-stream", 1)
     assert usage["completion_tokens"] == 12
 
 
 def test_generate_streamed_and_not(demo):
-    c = client(demo, fresh_key(demo, "ol-gen"))
+    c = client(demo, demo.fresh_key("ol-gen"))
     reply = c.generate(model=MODEL, prompt="Once upon a time", options={"num_predict": 5})
     assert reply.done and reply.response.strip() and reply.eval_count == 5
     parts = list(c.generate(model=MODEL, prompt="Once", stream=True, options={"num_predict": 4}))
@@ -81,7 +64,7 @@ def test_generate_streamed_and_not(demo):
 
 
 def test_unknown_model_and_bad_key_raise_response_error(demo):
-    c = client(demo, fresh_key(demo, "ol-err"))
+    c = client(demo, demo.fresh_key("ol-err"))
     with pytest.raises(ollama.ResponseError) as e:
         c.chat(model="no-such-model", messages=MESSAGES)
     assert e.value.status_code == 404
@@ -100,7 +83,7 @@ def test_unknown_model_and_bad_key_raise_response_error(demo):
 
 def test_client_request_id_comes_back_beside_ours(demo):
     """The ollama client hides response headers: the same call by httpx, which it is built on."""
-    key = fresh_key(demo, "ol-id")
+    key = demo.fresh_key("ol-id")
     reply = httpx.post(
         f"http://127.0.0.1:{demo.proxy_port}/api/chat",
         headers={"Authorization": f"Bearer {key}", "X-Request-ID": "open-webui/9"},

@@ -3,7 +3,6 @@ the Responses API through; stored responses live on the replica that created the
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-import time
 import urllib.error
 import urllib.request
 
@@ -21,23 +20,6 @@ def sdk(demo, key, retries=0):
     )
 
 
-def fresh_key(demo, name):
-    """A key of its own, so /admin/usage's per-key numbers are this test's alone."""
-    return demo.create_key({"name": f"{name}-{time.monotonic_ns()}"})
-
-
-def wait_usage(demo, prefix, requests):
-    """Usage settles in the proxy's logging phase, just after the last byte."""
-    end = time.monotonic() + 5
-    while True:
-        keys = demo.admin("GET", "/admin/usage")["keys"]
-        usage = next((v for k, v in keys.items() if k.startswith(prefix)), None)
-        if usage and usage["requests"] >= requests:
-            return usage
-        assert time.monotonic() < end, "usage not settled in time"
-        time.sleep(0.02)
-
-
 def creator_of(demo, response_id):
     """The demo replica (fixed port) whose simulator stores `response_id` (asked directly)."""
     found = []
@@ -53,13 +35,13 @@ def creator_of(demo, response_id):
 
 
 def test_create_is_metered_and_retrieve_reaches_the_creating_replica(demo):
-    client = sdk(demo, fresh_key(demo, "resp-create"))
+    client = sdk(demo, demo.fresh_key("resp-create"))
     response = client.responses.create(model=MODEL, input=INPUT, max_output_tokens=8)
     assert response.object == "response" and response.status == "completed"
     assert response.output_text.strip()
     assert response.usage.output_tokens == 8
     assert response.model == MODEL, "the alias, not the served name"
-    usage = wait_usage(demo, "resp-create", 1)
+    usage = demo.wait_usage("resp-create", 1)
     assert usage["prompt_tokens"] == response.usage.input_tokens
     assert usage["completion_tokens"] == response.usage.output_tokens
     # Retrieve: routed to the one replica that stored it (the other would answer 404).
@@ -68,11 +50,11 @@ def test_create_is_metered_and_retrieve_reaches_the_creating_replica(demo):
         again = client.responses.retrieve(response.id)
         assert again.id == response.id and again.output_text == response.output_text
     # Reading it back is not new usage.
-    assert wait_usage(demo, "resp-create", 5)["completion_tokens"] == 8
+    assert demo.wait_usage("resp-create", 5)["completion_tokens"] == 8
 
 
 def test_stream_usage_is_what_was_metered(demo):
-    client = sdk(demo, fresh_key(demo, "resp-stream"))
+    client = sdk(demo, demo.fresh_key("resp-stream"))
     deltas, completed = [], None
     with client.responses.stream(model=MODEL, input=INPUT, max_output_tokens=10) as stream:
         for event in stream:
@@ -85,13 +67,13 @@ def test_stream_usage_is_what_was_metered(demo):
     assert len(deltas) == 10 and completed is not None
     assert completed.output_text == "".join(deltas)
     assert completed.model == MODEL
-    usage = wait_usage(demo, "resp-stream", 1)
+    usage = demo.wait_usage("resp-stream", 1)
     assert usage["prompt_tokens"] == completed.usage.input_tokens
     assert usage["completion_tokens"] == completed.usage.output_tokens == 10
 
 
 def test_previous_response_id_follows_the_conversation_to_its_replica(demo):
-    client = sdk(demo, fresh_key(demo, "resp-follow"))
+    client = sdk(demo, demo.fresh_key("resp-follow"))
     # Idle replicas are chosen by latency; concurrent creates spread over both.
     with ThreadPoolExecutor(max_workers=4) as pool:
         firsts = list(pool.map(
@@ -109,8 +91,8 @@ def test_previous_response_id_follows_the_conversation_to_its_replica(demo):
 
 
 def test_unknown_previous_response_and_another_keys_id_are_not_found(demo):
-    alice = sdk(demo, fresh_key(demo, "resp-alice"))
-    bob = sdk(demo, fresh_key(demo, "resp-bob"))
+    alice = sdk(demo, demo.fresh_key("resp-alice"))
+    bob = sdk(demo, demo.fresh_key("resp-bob"))
     mine = alice.responses.create(model=MODEL, input=INPUT, max_output_tokens=2)
     with pytest.raises(openai.NotFoundError) as caught:
         bob.responses.retrieve(mine.id)
@@ -122,7 +104,7 @@ def test_unknown_previous_response_and_another_keys_id_are_not_found(demo):
 
 
 def test_client_request_id_comes_back_beside_ours(demo):
-    client = sdk(demo, fresh_key(demo, "resp-id"))
+    client = sdk(demo, demo.fresh_key("resp-id"))
     raw = client.responses.with_raw_response.create(
         model=MODEL, input=INPUT, max_output_tokens=4,
         extra_headers={"X-Request-ID": "codex-run/7"},
