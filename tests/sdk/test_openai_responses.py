@@ -2,7 +2,6 @@
 the Responses API through; stored responses live on the replica that created them)."""
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 import urllib.error
 import urllib.request
 
@@ -74,14 +73,24 @@ def test_stream_usage_is_what_was_metered(demo):
 
 def test_previous_response_id_follows_the_conversation_to_its_replica(demo):
     client = sdk(demo, demo.fresh_key("resp-follow"))
-    # Idle replicas are chosen by latency; concurrent creates spread over both.
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        firsts = list(pool.map(
-            lambda _: client.responses.create(model=MODEL, input=INPUT, max_output_tokens=4),
-            range(4),
-        ))
+
+    def replica(fixed):
+        return f"/admin/replicas/vllm-a/127.0.0.1:{demo.sim_port(fixed)}"
+
+    # Two conversations started on each replica (the other drained meanwhile), whatever the
+    # policy would have chosen.
+    firsts = []
+    for only, other in ((8101, 8102), (8102, 8101)):
+        demo.admin("POST", replica(other) + "/drain")
+        try:
+            firsts += [
+                client.responses.create(model=MODEL, input=f"{INPUT} {n}", max_output_tokens=4)
+                for n in range(2)
+            ]
+        finally:
+            demo.admin("POST", replica(other) + "/undrain")
     holders = {first.id: creator_of(demo, first.id) for first in firsts}
-    assert set(holders.values()) == {8101, 8102}, "both replicas created responses"
+    assert sorted(holders.values()) == [8101, 8101, 8102, 8102], holders
     for first in firsts:
         follow = client.responses.create(
             model=MODEL, input="And then?", previous_response_id=first.id, max_output_tokens=4,
