@@ -28,31 +28,33 @@ pub const INDEX_CAPACITY: usize = 4096;
 /// Chained hashes of the full blocks of `text`, at most [`MAX_BLOCKS`]. A trailing partial
 /// block is left out (engines cache full blocks only).
 pub fn block_hashes(text: &[u8]) -> Vec<u64> {
-    let mut parent: u64 = 0x8422_2325_cbf2_9ce4;
-    text.chunks_exact(BLOCK_BYTES)
-        .take(MAX_BLOCKS)
-        .map(|block| {
-            let mut h = parent;
-            for &b in block {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            parent = mix64(h);
-            parent
-        })
-        .collect()
+    joined_block_hashes(&[text])
 }
 
 /// [`block_hashes`] of the concatenation of `parts` (e.g. a body's `system` then its
-/// `messages`), copying at most the [`MAX_BLOCKS`] blocks that get hashed.
+/// `messages`), hashed where they lie: nothing is copied, and hashing stops after
+/// [`MAX_BLOCKS`] blocks (this runs per request under `scored`).
 pub fn joined_block_hashes(parts: &[&[u8]]) -> Vec<u64> {
-    let limit = MAX_BLOCKS * BLOCK_BYTES;
-    let mut text = Vec::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>().min(limit));
-    for part in parts {
-        let room = limit - text.len();
-        text.extend_from_slice(&part[..part.len().min(room)]);
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity((total / BLOCK_BYTES).min(MAX_BLOCKS));
+    let mut parent: u64 = 0x8422_2325_cbf2_9ce4;
+    let mut h = parent;
+    let mut filled = 0;
+    for &b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        filled += 1;
+        if filled == BLOCK_BYTES {
+            parent = mix64(h);
+            out.push(parent);
+            if out.len() == MAX_BLOCKS {
+                break;
+            }
+            h = parent;
+            filled = 0;
+        }
     }
-    block_hashes(&text)
+    out
 }
 
 /// One replica's recently routed blocks.
@@ -131,6 +133,22 @@ mod tests {
         whole.extend_from_slice(&b);
         assert_eq!(joined_block_hashes(&[&a, &b]), block_hashes(&whole));
         assert_eq!(joined_block_hashes(&[]), Vec::<u64>::new());
+        // The chain, block by block over one contiguous text (the definition).
+        let mut parent: u64 = 0x8422_2325_cbf2_9ce4;
+        let expected: Vec<u64> = whole
+            .chunks_exact(BLOCK_BYTES)
+            .take(MAX_BLOCKS)
+            .map(|block| {
+                let mut h = parent;
+                for &byte in block {
+                    h ^= u64::from(byte);
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                parent = mix64(h);
+                parent
+            })
+            .collect();
+        assert_eq!(joined_block_hashes(&[&a, &b]), expected);
     }
 
     #[test]
