@@ -130,6 +130,8 @@ impl ProxyHttp for TokenGate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let version = session.req_header().version;
+        // Before the client can see the DELETE's answer (and ask again), the id is forgotten.
+        responses::forget_deleted(&self.state, ctx, response.status.as_u16());
         ctx.timed(|ctx| client_response::on_response_header(response, ctx, version))
     }
 

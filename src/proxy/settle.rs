@@ -32,7 +32,6 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         .as_ref()
         .map_or_else(|| "-".to_string(), |r| r.cluster.name.clone());
     settle_usage(state, ctx, &model);
-    super::responses::forget_deleted(state, ctx, status);
     // Releases the replica slot and the cluster's in-flight gauge.
     ctx.attempt.in_flight = None;
     ctx.admission.in_flight_gauge = None;
