@@ -10,7 +10,7 @@
 #   SKIP_BUILD=1 BIN=/path/to/release bash bench/instructions.sh
 #   SCENARIOS="small stream" N1=200 N2=1200 bash bench/instructions.sh
 #
-# Ports: PORT_BASE (default 24500) … +5. Needs valgrind (Debian: apt-get install valgrind).
+# KEEP=DIR keeps the callgrind outputs there. Ports: PORT_BASE (default 24500) … +5. Needs valgrind (Debian: apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,7 +29,13 @@ command -v valgrind >/dev/null || { log "valgrind missing (apt-get install valgr
 
 RUN=$(mktemp -d)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$RUN"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # KEEP=DIR keeps the callgrind outputs (callgrind_annotate --inclusive=yes DIR/cg.*).
+  [[ -z ${KEEP:-} ]] || cp "$RUN"/cg.* "$KEEP"/ 2>/dev/null || true
+  rm -rf "$RUN"
+}
 trap cleanup EXIT
 wait_port() { for _ in $(seq 1200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; log "port $1 never opened"; exit 1; }
 
