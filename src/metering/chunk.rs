@@ -6,6 +6,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::fmt;
 
+use super::chunk_skim::EventFacts;
+
 /// One streamed event: OpenAI/vLLM/trtllm chat or completion chunk, or a Triton
 /// `generate_stream` response.
 #[derive(Deserialize)]
@@ -81,6 +83,42 @@ impl Delta {
                 .map(|f| f.name.map_or(0, |t| t.0) + f.arguments.map_or(0, |t| t.0))
                 .sum(),
         )
+    }
+}
+
+impl<'a> Chunk<'a> {
+    /// What this event contributes to the meter (the same facts
+    /// [`super::chunk_skim::skim`] reads from ordinary chunks without serde).
+    pub(crate) fn facts(&self) -> EventFacts<'_> {
+        let mut facts = EventFacts {
+            has_choices: self.choices.as_ref().is_some_and(|c| !c.is_empty()),
+            empty_choices: self.choices.as_ref().is_some_and(Vec::is_empty),
+            usage: self.usage,
+            error: self.error.is_some(),
+            ..EventFacts::default()
+        };
+        for choice in self.choices.iter().flatten() {
+            let mut chars = choice.text.map_or(0, |t| t.0);
+            if let Some(delta) = &choice.delta {
+                chars += delta.text_chars();
+                if let Some(tool_chars) = delta.tool_call_chars() {
+                    facts.tool_call_deltas += 1;
+                    facts.tool_call_chars += tool_chars;
+                }
+            }
+            if chars > 0 {
+                facts.content_deltas += 1;
+                facts.text_chars += chars;
+            }
+            if let Some(reason) = &choice.finish_reason {
+                facts.finishes.push((choice.index, reason.as_str()));
+            }
+        }
+        if let Some(text) = self.text_output.filter(|t| t.0 > 0) {
+            facts.content_deltas += 1;
+            facts.text_chars += text.0;
+        }
+        facts
     }
 }
 

@@ -37,6 +37,9 @@ pub mod anthropic;
 #[cfg(test)]
 mod anthropic_tests;
 pub mod chunk;
+mod chunk_skim;
+#[cfg(test)]
+mod chunk_skim_tests;
 pub mod json;
 pub mod path_scan;
 pub mod response;

@@ -5,6 +5,7 @@
 //! gaps between token-bearing events, and tells the caller which events to strip or rewrite.
 
 use super::chunk::{Chunk, WireUsage};
+use super::chunk_skim::skim;
 use super::usage::{
     estimate_completion_tokens, ChoiceFinish, GapSummary, UpstreamErrorInfo, UsageRecord,
     UsageSource,
@@ -106,48 +107,36 @@ impl StreamMeter {
         if self.done_seen {
             return EventVerdict::Keep;
         }
-        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
-            self.unparsable_events += 1;
-            return EventVerdict::Keep;
+        let parsed: Chunk<'_>;
+        let facts = match skim(data) {
+            Some(facts) => facts,
+            None => {
+                let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+                    self.unparsable_events += 1;
+                    return EventVerdict::Keep;
+                };
+                parsed = chunk;
+                parsed.facts()
+            }
         };
-        let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
-        let mut token_event = false;
-        for choice in chunk.choices.iter().flatten() {
-            let mut chars = choice.text.map_or(0, |t| t.0);
-            if let Some(delta) = &choice.delta {
-                chars += delta.text_chars();
-                if let Some(tool_chars) = delta.tool_call_chars() {
-                    self.tool_call_deltas += 1;
-                    self.text_chars += tool_chars;
-                    token_event = true;
-                }
-            }
-            if chars > 0 {
-                self.content_deltas += 1;
-                self.text_chars += chars;
-                token_event = true;
-            }
-            if let Some(reason) = &choice.finish_reason {
-                self.record_finish(choice.index, reason);
-            }
+        self.content_deltas += facts.content_deltas;
+        self.tool_call_deltas += facts.tool_call_deltas;
+        self.text_chars += facts.text_chars + facts.tool_call_chars;
+        for &(index, reason) in &facts.finishes {
+            self.record_finish(index, reason);
         }
-        if let Some(text) = chunk.text_output.filter(|t| t.0 > 0) {
-            self.content_deltas += 1;
-            self.text_chars += text.0;
-            token_event = true;
-        }
-        if token_event {
+        if facts.token_event() {
             self.token_at(now);
         }
-        if let Some(usage) = chunk.usage {
+        if let Some(usage) = facts.usage {
             self.last_usage = Some(usage);
-            self.usage_on_content_chunks |= has_choices;
-            if chunk.choices.as_ref().is_some_and(Vec::is_empty) {
+            self.usage_on_content_chunks |= facts.has_choices;
+            if facts.empty_choices {
                 self.usage_only_chunks += 1;
                 return EventVerdict::UsageOnly;
             }
         }
-        if chunk.error.is_some() {
+        if facts.error {
             if let Some((error, replacement)) = normalize_stream_error_event(data) {
                 self.upstream_error = Some(UpstreamErrorInfo {
                     message: error
