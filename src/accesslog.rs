@@ -120,14 +120,30 @@ fn writer(mut out: Box<dyn Write + Send>) {
 /// Queue one entry; never blocks on I/O.
 pub fn write(entry: &Entry) {
     let Some(buffer) = pending() else { return };
-    let Ok(mut line) = serde_json::to_vec(entry) else {
-        return;
-    };
-    line.push(b'\n');
-    match buffer.lock() {
-        Ok(mut pending) if pending.len() + line.len() <= MAX_BUFFERED => {
-            pending.extend_from_slice(&line)
+    // One line buffer per worker thread, kept: no allocation and no regrowth per request.
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        if serde_json::to_writer(&mut *line, entry).is_err() {
+            return;
         }
-        _ => crate::metrics::ACCESS_LOG_DROPPED.inc(),
-    }
+        line.push(b'\n');
+        match buffer.lock() {
+            Ok(mut pending) if pending.len() + line.len() <= MAX_BUFFERED => {
+                pending.extend_from_slice(line)
+            }
+            _ => crate::metrics::ACCESS_LOG_DROPPED.inc(),
+        }
+        if line.capacity() > MAX_KEPT_LINE {
+            *line = Vec::with_capacity(LINE_CAPACITY);
+        }
+    });
+}
+
+const LINE_CAPACITY: usize = 1024;
+/// A line longer than this (many tags) is not kept for the next request.
+const MAX_KEPT_LINE: usize = 16 * 1024;
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(LINE_CAPACITY));
 }

@@ -44,8 +44,12 @@ impl EventFacts<'_> {
 
 /// The facts of an ordinary chunk, or `None`: let serde decide.
 pub(crate) fn skim(data: &[u8]) -> Option<EventFacts<'_>> {
-    // Checked once for the whole event, so no string needs its own check.
-    std::str::from_utf8(data).ok()?;
+    // Checked once for the whole event, so no string needs its own check. Control bytes are
+    // refused inside strings and rare between tokens (a compact chunk has none): serde's call.
+    let (non_ascii, control) = scan_bytes(data);
+    if control || (non_ascii && std::str::from_utf8(data).is_err()) {
+        return None;
+    }
     let mut cur = Cursor { data, pos: 0 };
     let mut facts = EventFacts::default();
     let mut seen = [false; 4];
@@ -191,8 +195,8 @@ impl<'a> Cursor<'a> {
         }
         loop {
             self.expect(b'"')?;
-            let key = self.raw_str()?;
-            if !key.is_ascii() || key.contains(&b'\\') {
+            let (key, escaped) = self.raw_str()?;
+            if escaped || !key.is_ascii() {
                 return None;
             }
             self.ws();
@@ -208,17 +212,18 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// The raw bytes of a string whose opening quote was read, escapes checked (as serde
-    /// checks them), control characters refused; the cursor ends after the closing quote.
-    fn raw_str(&mut self) -> Option<&'a [u8]> {
+    /// The raw bytes of a string whose opening quote was read, and whether it holds escapes
+    /// (checked as serde checks them); the cursor ends after the closing quote.
+    fn raw_str(&mut self) -> Option<(&'a [u8], bool)> {
         let start = self.pos;
+        let mut escaped = false;
         loop {
-            let at = self.pos + memchr2(b'"', b'\\', self.data.get(self.pos..)?)?;
+            let at = self.pos + find_quote_or_backslash(self.data.get(self.pos..)?)?;
             self.pos = at + 1;
             if self.data[at] == b'"' {
-                let raw = &self.data[start..at];
-                return (!raw.iter().fold(false, |c, &b| c | (b < 0x20))).then_some(raw);
+                return Some((&self.data[start..at], escaped));
             }
+            escaped = true;
             match self.next()? {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
                 b'u' => {
@@ -241,7 +246,7 @@ impl<'a> Cursor<'a> {
     fn text_or_null(&mut self) -> Option<u64> {
         match self.next()? {
             b'n' => self.literal(b"ull").map(|()| 0),
-            b'"' => self.raw_str().map(decoded_chars),
+            b'"' => self.raw_str().map(|(raw, _)| decoded_chars(raw)),
             _ => None,
         }
     }
@@ -251,8 +256,8 @@ impl<'a> Cursor<'a> {
         match self.next()? {
             b'n' => self.literal(b"ull").map(|()| None),
             b'"' => {
-                let raw = self.raw_str()?;
-                if raw.contains(&b'\\') {
+                let (raw, escaped) = self.raw_str()?;
+                if escaped {
                     return None;
                 }
                 std::str::from_utf8(raw).ok().map(Some)
@@ -379,4 +384,59 @@ fn decoded_chars(raw: &[u8]) -> u64 {
 
 fn lead_bytes(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| (b as i8) >= -0x40).count() as u64
+}
+
+/// Repeats a byte in every lane of a word.
+const fn lanes(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// The high bit of each lane whose byte is below `n` (n ≤ 128); the lowest marked lane is
+/// exact (higher ones may be false after a true one, which the callers never read).
+fn lanes_below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(lanes(n)) & !word & lanes(0x80)
+}
+
+/// Eight bytes (exactly) as one little-endian word.
+fn word(bytes: &[u8]) -> u64 {
+    let mut lane = [0u8; 8];
+    lane.copy_from_slice(bytes);
+    u64::from_le_bytes(lane)
+}
+
+/// The index of the first `"` or `\` — eight bytes per step (a chunk's strings are short,
+/// where memchr's set-up costs more than it saves), memchr beyond 64 bytes.
+pub(crate) fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while at + 8 <= bytes.len() && at < 64 {
+        let w = word(&bytes[at..at + 8]);
+        let hits = lanes_below(w ^ lanes(b'"'), 1) | lanes_below(w ^ lanes(b'\\'), 1);
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let rest = &bytes[at..];
+    let found = if rest.len() < 8 {
+        rest.iter().position(|&b| b == b'"' || b == b'\\')
+    } else {
+        memchr2(b'"', b'\\', rest)
+    };
+    found.map(|i| i + at)
+}
+
+/// Whether the event holds non-ASCII bytes (then its UTF-8 is checked) and whether it holds
+/// a byte below 0x20 — eight bytes per step.
+pub(crate) fn scan_bytes(data: &[u8]) -> (bool, bool) {
+    let (mut high, mut control) = (0u64, 0u64);
+    let mut words = data.chunks_exact(8);
+    for w in words.by_ref().map(word) {
+        high |= w & lanes(0x80);
+        control |= lanes_below(w, 0x20);
+    }
+    let tail = words.remainder();
+    (
+        high != 0 || !tail.is_ascii(),
+        control != 0 || tail.iter().any(|&b| b < 0x20),
+    )
 }

@@ -274,3 +274,31 @@ proptest! {
         agrees(&bytes);
     }
 }
+
+#[test]
+fn word_scans_find_the_first_quote_or_backslash_and_any_control_byte() {
+    use super::chunk_skim::{find_quote_or_backslash, scan_bytes};
+    for len in 0..80 {
+        for at in 0..len {
+            for mark in [b'"', b'\\'] {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = mark;
+                if at + 1 < len {
+                    bytes[at + 1..]
+                        .iter_mut()
+                        .step_by(3)
+                        .for_each(|b| *b = b'"');
+                }
+                assert_eq!(find_quote_or_backslash(&bytes), Some(at), "{len} {at}");
+                let mut control = vec![0xc3u8; len];
+                control[at] = 0x1f;
+                assert_eq!(scan_bytes(&control), (len > 1, true), "{len} {at}");
+                control[at] = 0x20;
+                assert_eq!(scan_bytes(&control), (len > 1, false), "{len} {at}");
+                let plain = vec![b'~'; len];
+                assert_eq!(scan_bytes(&plain), (false, false));
+            }
+        }
+        assert_eq!(find_quote_or_backslash(&vec![0xffu8; len]), None);
+    }
+}
