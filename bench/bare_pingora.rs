@@ -37,6 +37,10 @@ struct Args {
     /// tokengate's default (0: `client_read_buffer_bytes`) so the two are equally tuned.
     #[arg(long)]
     read_buffer_bytes: Option<usize>,
+    /// Pingora's `work_stealing` (default true): `--work-stealing false` gives each worker
+    /// thread its own runtime, as tokengate's `[server] work_stealing = false` does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    work_stealing: bool,
 }
 
 struct Bare(Arc<LoadBalancer<RoundRobin>>);
@@ -65,6 +69,7 @@ fn main() {
     };
     let conf = ServerConf {
         threads: args.threads,
+        work_stealing: args.work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: format!("/tmp/bare-pingora-{}.pid", std::process::id()),

@@ -56,6 +56,7 @@ pub fn run(config_path: &Path, flags: RunFlags) -> Result<(), ConfigError> {
     };
     let conf = ServerConf {
         threads: server_settings.threads,
+        work_stealing: server_settings.work_stealing,
         grace_period_seconds: Some(server_settings.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(server_settings.graceful_shutdown_timeout_seconds),
         pid_file: server_settings.pid_file.clone(),

@@ -127,6 +127,9 @@ fn listener_changes(old: &Config, new: &Config) -> Vec<String> {
     if a.threads != b.threads {
         changed.push("server.threads".to_string());
     }
+    if a.work_stealing != b.work_stealing {
+        changed.push("server.work_stealing".to_string());
+    }
     changed
 }
 
@@ -182,5 +185,22 @@ requests_per_minute = 1
         let d = diff(&parse(text("round-robin")), &parse(text("scored")));
         assert_eq!(d.clusters.changed, vec!["a"]);
         assert!(d.replicas.is_empty());
+    }
+
+    #[test]
+    fn worker_settings_need_an_upgrade() {
+        let old = super::super::parse("[server]\nlisten=[\"127.0.0.1:1\"]\n", Path::new("t.toml"))
+            .unwrap();
+        let new = super::super::parse(
+            "[server]\nlisten=[\"127.0.0.1:1\"]\nwork_stealing=false\nthreads=3\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(old.server.work_stealing && !new.server.work_stealing);
+        let d = diff(&old, &new);
+        assert_eq!(
+            d.needs_upgrade,
+            vec!["server.threads", "server.work_stealing"]
+        );
     }
 }

@@ -77,6 +77,10 @@ pub struct ServerSection {
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
     pub threads: Spanned<usize>,
+    /// Pingora's work stealing between the worker threads (one shared runtime); `false`
+    /// gives each thread its own runtime.
+    #[serde(default = "default_work_stealing")]
+    pub work_stealing: bool,
     #[serde(default = "default_max_request_body_bytes")]
     pub max_request_body_bytes: Spanned<u64>,
     /// Request-body bytes all requests together may hold in memory; default a quarter of the
@@ -307,6 +311,9 @@ fn default_admin_listen() -> Spanned<String> {
 }
 fn default_threads() -> Spanned<usize> {
     spanned(2)
+}
+fn default_work_stealing() -> bool {
+    true
 }
 fn default_max_request_body_bytes() -> Spanned<u64> {
     spanned(16 * 1024 * 1024)

@@ -21,6 +21,8 @@ pub struct ServerSettings {
     pub h2c: bool,
     pub admin_listen: SocketAddr,
     pub threads: usize,
+    /// Pingora's `work_stealing` (one runtime shared by the worker threads).
+    pub work_stealing: bool,
     pub max_request_body_bytes: u64,
     /// Request-body bytes in memory: all requests, and one key's.
     pub body_budget: crate::ratelimit::body_budget::BudgetLimits,

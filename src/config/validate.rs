@@ -205,6 +205,7 @@ impl Validator<'_> {
             h2c: s.h2c,
             admin_listen,
             threads: threads.max(1),
+            work_stealing: s.work_stealing,
             max_request_body_bytes: max_body,
             body_budget,
             connect_timeout: self.positive_ms(&s.connect_timeout_ms, "server.connect_timeout_ms"),
