@@ -148,6 +148,42 @@ impl Pieces {
     }
 }
 
+fn refused(refusal: BudgetRefusal) -> ApiError {
+    match refusal {
+        BudgetRefusal::Busy => ApiError::BodyBudgetBusy,
+        BudgetRefusal::NeverFits { limit } => ApiError::BodyTooLargeStreaming { limit },
+    }
+}
+
+/// A malformed chunked body is the client's fault (400); anything else on the client side means
+/// the client is gone.
+fn read_error(mut e: Box<pingora_core::Error>) -> BodyReadError {
+    if e.etype().as_str() == "InvalidChunk" {
+        return BodyReadError::Reject(ApiError::InvalidRequestFraming(
+            "malformed chunked request body".to_string(),
+        ));
+    }
+    e.as_down();
+    BodyReadError::Client(e)
+}
+
+fn declared_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+pub fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,40 +219,4 @@ mod tests {
         want.extend_from_slice(b"}");
         assert_eq!(body, want);
     }
-}
-
-fn refused(refusal: BudgetRefusal) -> ApiError {
-    match refusal {
-        BudgetRefusal::Busy => ApiError::BodyBudgetBusy,
-        BudgetRefusal::NeverFits { limit } => ApiError::BodyTooLargeStreaming { limit },
-    }
-}
-
-/// A malformed chunked body is the client's fault (400); anything else on the client side means
-/// the client is gone.
-fn read_error(mut e: Box<pingora_core::Error>) -> BodyReadError {
-    if e.etype().as_str() == "InvalidChunk" {
-        return BodyReadError::Reject(ApiError::InvalidRequestFraming(
-            "malformed chunked request body".to_string(),
-        ));
-    }
-    e.as_down();
-    BodyReadError::Client(e)
-}
-
-fn declared_length(session: &Session) -> Option<u64> {
-    session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-}
-
-pub fn expects_continue(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
