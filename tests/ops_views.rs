@@ -104,6 +104,16 @@ async fn recent_requests_filter_bound_and_match_the_access_log() {
     for _ in 0..3 {
         assert_eq!(send_chat(&proxy, "m", &alice).await, 200);
     }
+    // A record's time is taken when its line is logged, which can be after the client has its
+    // answer: wait for alice's three lines, then for the millisecond clock to move on, so the
+    // `since` boundary falls strictly between alice's records and bob's.
+    eventually(
+        Duration::from_secs(5),
+        "alice's requests logged",
+        || async { (proxy.access_log().len() == 3).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let before_bob = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     assert_eq!(send_chat(&proxy, "m", &bob).await, 200);
     assert_eq!(send_chat(&proxy, "no-such-model", &bob).await, 404);
