@@ -3,11 +3,25 @@
 //!
 //! A tiny state machine tracks depth, strings and escapes across pieces, recognises keys of the
 //! top-level object and copies only the bytes of the `usage` and `error` values (each bounded).
-//! String contents are skipped with memchr. Keys are compared as raw bytes (no upstream escapes
+//! String contents are skipped with memchr and other runs of unstructural bytes by a table, so
+//! the state machine sees only the bytes that change it. Keys are compared as raw bytes (no upstream escapes
 //! ASCII keys). The input is not validated; malformed input yields no usage, never a panic.
 
 use super::chunk::WireUsage;
 use memchr::memchr2;
+
+/// Bytes that can change the state outside a string below the top level; `step` only copies
+/// the others.
+const STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut k = 0;
+    let set = *b"\"{}[],:";
+    while k < set.len() {
+        table[set[k] as usize] = true;
+        k += 1;
+    }
+    table
+};
 
 /// Default bound on a captured value.
 pub const DEFAULT_MAX_CAPTURE_BYTES: usize = 64 * 1024;
@@ -75,15 +89,42 @@ impl JsonUsageScanner {
         self.bytes += piece.len() as u64;
         let mut i = 0;
         while i < piece.len() && !self.done {
-            // Fast path: skip the inside of strings we neither capture nor compare.
-            if self.in_string && !self.escape && !self.in_key && self.capturing.is_none() {
-                match memchr2(b'"', b'\\', &piece[i..]) {
-                    Some(k) => i += k,
-                    None => return,
+            // Runs of bytes `step` would only copy (string contents, numbers, literals, blanks)
+            // are skipped, or copied, a slice at a time; `step` sees the bytes that change the
+            // state. Keys, escapes and the top level go byte by byte (they are few).
+            if self.depth > 0 && !self.escape && !self.in_key {
+                let rest = &piece[i..];
+                let run = if self.in_string {
+                    memchr2(b'"', b'\\', rest).unwrap_or(rest.len())
+                } else {
+                    rest.iter()
+                        .position(|&b| STRUCTURAL[usize::from(b)])
+                        .unwrap_or(rest.len())
+                };
+                self.capture_run(&rest[..run]);
+                i += run;
+                if i == piece.len() {
+                    return;
                 }
             }
             self.step(piece[i]);
             i += 1;
+        }
+    }
+
+    /// What `capture` does for each byte of `run`, at once.
+    fn capture_run(&mut self, run: &[u8]) {
+        let Some(target) = self.capturing else {
+            return;
+        };
+        let max = self.max_capture;
+        let buffer = self.buffer(target);
+        if buffer.len() + run.len() <= max {
+            buffer.extend_from_slice(run);
+        } else {
+            *buffer = Vec::new();
+            self.capturing = None;
+            self.overflowed = true;
         }
     }
 
@@ -225,6 +266,7 @@ impl JsonUsageScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn scan(pieces: &[&[u8]]) -> JsonUsageScanner {
         let mut s = JsonUsageScanner::default();
@@ -232,6 +274,93 @@ mod tests {
             s.feed(p);
         }
         s
+    }
+
+    /// The scanner as it was before runs were skipped: every byte through `step`.
+    fn bytewise(max_capture: usize, pieces: &[&[u8]]) -> JsonUsageScanner {
+        let mut s = JsonUsageScanner::new(max_capture);
+        for piece in pieces {
+            s.bytes += piece.len() as u64;
+            for &b in *piece {
+                if s.done {
+                    break;
+                }
+                s.step(b);
+            }
+        }
+        s
+    }
+
+    fn fragment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            "\"",
+            "\\",
+            ":",
+            ",",
+            " ",
+            "\n",
+            "1",
+            "-2.5e3",
+            "true",
+            "null",
+            "abc",
+            "\"usage\"",
+            "\"error\"",
+            "\"usage\":",
+            "\"error\":",
+            "\"us",
+            "age\"",
+            "{\"prompt_tokens\":7,\"completion_tokens\":3}",
+            "\"x\\\"y\"",
+            "é",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Skipping runs changes nothing: the whole state (captures, depth, flags, counts)
+        /// equals the byte-by-byte machine's, for any input cut into any pieces.
+        #[test]
+        fn runs_give_the_bytewise_state(
+            body in prop::collection::vec(fragment(), 0..40).prop_map(|f| f.concat()),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..4),
+            max_capture in prop::sample::select(vec![0usize, 1, 5, 12, 40, 64 * 1024]),
+        ) {
+            let bytes = body.as_bytes();
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            at.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut from = 0;
+            for cut in at {
+                pieces.push(&bytes[from..cut]);
+                from = cut;
+            }
+            pieces.push(&bytes[from..]);
+            let mut fast = JsonUsageScanner::new(max_capture);
+            for piece in &pieces {
+                fast.feed(piece);
+            }
+            let slow = bytewise(max_capture, &pieces);
+            prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+        }
+    }
+
+    #[test]
+    fn corpus_bodies_give_the_bytewise_state_split_anywhere() {
+        let body = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"there\" {[,:]}","tool_calls":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"total_tokens":19,"completion_tokens":7,"prompt_tokens_details":null},"prompt_logprobs":null}"#;
+        for i in 0..=body.len() {
+            let mut fast = JsonUsageScanner::default();
+            fast.feed(&body[..i]);
+            fast.feed(&body[i..]);
+            let slow = bytewise(DEFAULT_MAX_CAPTURE_BYTES, &[&body[..i], &body[i..]]);
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "split {i}");
+            assert_eq!(fast.usage().map(|u| u.total()), Some(19));
+        }
     }
 
     #[test]
