@@ -37,16 +37,24 @@ use bytes::{Bytes, BytesMut};
 const MAX_KEY: usize = 32;
 
 /// Bytes that change the scan outside strings at depth 0 or beyond level 2.
-const NESTED_STRUCTURE: [bool; 256] = {
+const NESTED_STRUCTURE: [bool; 256] = byte_set(b"\"{}[]\n\r");
+
+/// Bytes that change the scan outside strings at levels 1 and 2 (the others are numbers,
+/// literals and blanks, which `structural` treats alike).
+const OUTER_STRUCTURE: [bool; 256] = byte_set(b"\"{}[]:,\n\r");
+/// Bytes that end a run of a key's bytes (SSE: a line end resets the scan).
+const KEY_STOPS_SSE: [bool; 256] = byte_set(b"\"\\\n\r");
+const KEY_STOPS_JSON: [bool; 256] = byte_set(b"\"\\");
+
+const fn byte_set(bytes: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut k = 0;
-    let bytes = *b"\"{}[]\n\r";
     while k < bytes.len() {
         table[bytes[k] as usize] = true;
         k += 1;
     }
     table
-};
+}
 
 /// Where the `model` to rewrite sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +166,12 @@ impl ModelRewriter {
     /// One piece of the body: `None` when it passes unchanged, else what the client gets
     /// instead (the alias spliced in, or the piece minus a candidate value still held).
     pub fn rewrite(&mut self, input: &[u8]) -> Option<Bytes> {
+        self.rewrite_runs::<true>(input)
+    }
+
+    /// `RUNS`: keys and the outer levels' numbers and literals are taken a run at a time
+    /// (`false`, byte by byte, is the reference the tests hold the fast scan to).
+    fn rewrite_runs<const RUNS: bool>(&mut self, input: &[u8]) -> Option<Bytes> {
         let mut out: Option<BytesMut> = self.scan.holding.then(BytesMut::new);
         // `input[pending..i]` passed the scan and is not yet copied to `out`.
         let mut pending = 0;
@@ -168,7 +182,12 @@ impl ModelRewriter {
                 pending = i;
                 continue;
             }
-            match self.next_to_scan(input, i) {
+            let next = if RUNS {
+                self.advance(input, i)
+            } else {
+                self.next_to_scan(input, i)
+            };
+            match next {
                 Some(next) => i = next,
                 None => break,
             }
@@ -207,6 +226,38 @@ impl ModelRewriter {
             Some(0)
         };
         found.map(|n| i + n)
+    }
+
+    /// [`Self::next_to_scan`], and what `step` would do with the bytes it skips is done for
+    /// a whole run at once: a key's bytes are kept (up to `MAX_KEY + 1`), and at the outer
+    /// levels a number or literal clears the key's pending value.
+    fn advance(&mut self, input: &[u8], i: usize) -> Option<usize> {
+        let s = self.scan;
+        if s.done || s.escape || (s.in_string && !s.string_is_key) {
+            return self.next_to_scan(input, i);
+        }
+        let rest = &input[i..];
+        if s.in_string {
+            let stops = match self.framing {
+                Framing::Sse => &KEY_STOPS_SSE,
+                Framing::Json => &KEY_STOPS_JSON,
+            };
+            let run = rest.iter().position(|&b| stops[usize::from(b)]);
+            let taken = run.unwrap_or(rest.len());
+            let room = (MAX_KEY + 1).saturating_sub(self.key.len());
+            self.key.extend_from_slice(&rest[..taken.min(room)]);
+            return run.map(|n| i + n);
+        }
+        if s.depth == 0 || s.depth > 2 {
+            return self.next_to_scan(input, i);
+        }
+        let run = rest.iter().position(|&b| OUTER_STRUCTURE[usize::from(b)]);
+        let skipped = &rest[..run.unwrap_or(rest.len())];
+        if skipped.iter().any(|&b| b != b' ' && b != b'\t') {
+            self.scan.awaiting_value = false;
+            self.scan.after_key = false;
+        }
+        run.map(|n| i + n)
     }
 
     /// The body ended: a value still held (a cut body) goes out as it came.

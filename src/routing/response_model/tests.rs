@@ -290,6 +290,63 @@ proptest! {
     }
 }
 
+/// The body through the run-at-a-time scan and through the byte-by-byte reference: what the
+/// client gets and the state left behind.
+fn fast_and_reference(shape: Shape, framing: Framing, pieces: &[&[u8]]) -> [(Vec<u8>, String); 2] {
+    let mut fast = rewriter(shape, framing);
+    let mut reference = rewriter(shape, framing);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for piece in pieces {
+        a.extend_from_slice(
+            &fast
+                .rewrite_runs::<true>(piece)
+                .unwrap_or_else(|| Bytes::copy_from_slice(piece)),
+        );
+        b.extend_from_slice(
+            &reference
+                .rewrite_runs::<false>(piece)
+                .unwrap_or_else(|| Bytes::copy_from_slice(piece)),
+        );
+    }
+    let (state_a, state_b) = (format!("{fast:?}"), format!("{reference:?}"));
+    a.extend_from_slice(&fast.finish().unwrap_or_default());
+    b.extend_from_slice(&reference.finish().unwrap_or_default());
+    [(a, state_a), (b, state_b)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Taking runs at once changes nothing: output and state equal the byte-by-byte scan's,
+    /// on structured streams and on arbitrary bytes (long keys, numbers, blanks, CRs), split
+    /// anywhere.
+    #[test]
+    fn runs_match_the_byte_by_byte_scan(
+        picks in prop::collection::vec(0usize..64, 1..8),
+        noise in prop::collection::vec(
+            prop::sample::select(b"{}[]\":,\\ \t\r\nmodelsag/-x0123456789etrunl".to_vec()), 0..300),
+        long_key in any::<bool>(),
+        cuts in prop::collection::vec(0usize..10_000, 0..8),
+        anthropic in any::<bool>(),
+        sse in any::<bool>(),
+    ) {
+        let (shape, events) = if anthropic {
+            (Shape::Anthropic, ANTHROPIC_EVENTS)
+        } else {
+            (Shape::OpenAi, OPENAI_EVENTS)
+        };
+        let framing = if sse { Framing::Sse } else { Framing::Json };
+        let (mut input, _) = stream_of(events, &picks);
+        if long_key {
+            input.insert_str(0, &format!("{{\"{}\":1,\"model\":\"{SERVED}\"}}\n", "k".repeat(40)));
+        }
+        let mut bytes = input.into_bytes();
+        bytes.extend_from_slice(&noise);
+        let [fast, reference] = fast_and_reference(shape, framing, &split_at(&bytes, &cuts));
+        prop_assert_eq!(fast, reference);
+    }
+}
+
 #[test]
 fn any_served_name_of_the_replica_is_the_alias_again() {
     // vLLM with `--served-model-name first second` answers `second` requests with `first`.
