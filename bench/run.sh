@@ -8,7 +8,7 @@
 #   QUICK=1 bash bench/run.sh    # quick: 2 rounds, smaller counts, ~3 min
 #
 # Overrides (environment): ROUNDS, SLOW_STREAMS, SLOW_TOKENS, DUR (seconds per measurement),
-# C1_N, C64_N, STREAM_N, BIG_N, PORT_BASE, SKIP_BUILD=1, SKIP_NGINX=1.
+# C1_N, C64_N, STREAM_N, BIG_N, PORT_BASE, SKIP_BUILD=1, SKIP_NGINX=1, BIN (release binaries' dir).
 # The machine may be shared: peers alternate within each round (direct, nginx, bare Pingora,
 # tokengate, then again), medians over rounds are reported, and every absolute figure comes
 # with its ratio to direct and to bare Pingora.
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BENCH=$ROOT/bench
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}
 OUT=$BENCH/results
 mkdir -p "$OUT"
 
