@@ -8,6 +8,10 @@
 
 use std::sync::LazyLock;
 
+use crate::routing::Endpoint;
+
+pub mod handles;
+
 use prometheus::{
     register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
     register_int_gauge_vec, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -278,42 +282,74 @@ pub static CLIENT_HEADER_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
-/// `2xx`, `4xx`, ...; `none` when no response was written (client gone).
-pub fn status_class(status: u16) -> &'static str {
+/// The `status_class` label's values, indexed by `status_class_index`.
+pub const STATUS_CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "client_closed", "4xx", "5xx", "none"];
+
+/// Index into `STATUS_CLASSES`: `none` when no response was written (client gone).
+pub fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
         // nginx's "client closed request": the client left before the answer was complete.
-        499 => "client_closed",
-        400..=498 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        499 => 3,
+        400..=498 => 4,
+        500..=599 => 5,
+        _ => 6,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `2xx`, `4xx`, ...; `none` when no response was written (client gone).
+pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+/// One finished request, through its route's handles when it has them (`handles`), else by
+/// label lookup (no route yet: a 401, a bad body; or a rule sent the model elsewhere).
 pub fn record_request(
-    key: &str,
-    model: &str,
-    cluster: &str,
-    endpoint: &str,
+    request: RequestLabels<'_>,
     status: u16,
     seconds: f64,
+    route: Option<&handles::RouteMetrics>,
 ) {
-    REQUESTS
-        .with_label_values(&[model, cluster, endpoint, status_class(status)])
-        .inc();
+    match (route, request.endpoint) {
+        (Some(route), Some(endpoint)) => route.requests(endpoint, status).inc(),
+        _ => REQUESTS
+            .with_label_values(&[
+                request.model,
+                request.cluster,
+                request.endpoint.map_or("-", Endpoint::as_str),
+                status_class(status),
+            ])
+            .inc(),
+    }
     KEY_REQUESTS
-        .with_label_values(&[key, status_class(status)])
+        .with_label_values(&[request.key, status_class(status)])
         .inc();
-    REQUEST_DURATION
-        .with_label_values(&[model])
-        .observe(seconds);
+    match route {
+        Some(route) => route.duration().observe(seconds),
+        None => REQUEST_DURATION
+            .with_label_values(&[request.model])
+            .observe(seconds),
+    }
+}
+
+/// The labels of one request's series.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLabels<'a> {
+    pub key: &'a str,
+    pub model: &'a str,
+    pub cluster: &'a str,
+    pub endpoint: Option<Endpoint>,
 }
 
 /// Record one request's metered usage.
-pub fn record_usage(key: &str, model: &str, usage: &crate::metering::UsageRecord) {
+pub fn record_usage(
+    key: &str,
+    model: &str,
+    usage: &crate::metering::UsageRecord,
+    route: Option<&handles::RouteMetrics>,
+) {
     let source = usage.source.as_str();
     if usage.prompt_tokens > 0 {
         TOKENS
@@ -326,17 +362,26 @@ pub fn record_usage(key: &str, model: &str, usage: &crate::metering::UsageRecord
             .inc_by(usage.completion_tokens);
     }
     if usage.truncated {
-        TRUNCATED_STREAMS.with_label_values(&[model]).inc();
+        match route {
+            Some(route) => route.truncated().inc(),
+            None => TRUNCATED_STREAMS.with_label_values(&[model]).inc(),
+        }
     }
     if let Some(ttft) = usage.ttft {
-        TIME_TO_FIRST_TOKEN
-            .with_label_values(&[model])
-            .observe(ttft.as_secs_f64());
+        match route {
+            Some(route) => route.ttft().observe(ttft.as_secs_f64()),
+            None => TIME_TO_FIRST_TOKEN
+                .with_label_values(&[model])
+                .observe(ttft.as_secs_f64()),
+        }
     }
     if let Some(mean) = usage.inter_token.mean() {
-        INTER_TOKEN_LATENCY
-            .with_label_values(&[model])
-            .observe(mean.as_secs_f64());
+        match route {
+            Some(route) => route.inter_token().observe(mean.as_secs_f64()),
+            None => INTER_TOKEN_LATENCY
+                .with_label_values(&[model])
+                .observe(mean.as_secs_f64()),
+        }
     }
 }
 

@@ -30,12 +30,16 @@ pub struct ClusterRuntime {
     pub balancer: Balancer,
     /// The admission queue, when the cluster has `queue = { .. }`.
     pub queue: Option<Arc<queues::ClusterQueue>>,
+    /// The cluster's metric series (`metrics::handles`).
+    pub metrics: Arc<metrics::handles::ClusterMetrics>,
 }
 
 /// Everything a request reads, immutable.
 pub struct Snapshot {
     pub config: Config,
     pub clusters: HashMap<String, ClusterRuntime>,
+    /// Each model alias's metric series on its cluster, by alias.
+    pub route_metrics: HashMap<String, metrics::handles::RouteMetrics>,
     pub generation: u64,
 }
 
@@ -49,6 +53,17 @@ impl Deref for Snapshot {
 impl Snapshot {
     pub fn runtime(&self, cluster: &str) -> Option<&ClusterRuntime> {
         self.clusters.get(cluster)
+    }
+
+    /// The series of `model` on `cluster`, unless a rule sent the model elsewhere.
+    pub fn route_metrics(
+        &self,
+        model: &str,
+        cluster: &str,
+    ) -> Option<&metrics::handles::RouteMetrics> {
+        self.route_metrics
+            .get(model)
+            .filter(|m| m.is_for(model, cluster))
     }
 }
 
@@ -125,15 +140,25 @@ fn build_snapshot(
                     .balance
                     .queue
                     .map(|q| queues.get_or_insert(&cluster.name, q.max_depth)),
+                metrics: Arc::new(metrics::handles::ClusterMetrics::new(&cluster.name)),
             },
         );
     }
+    let route_metrics = config
+        .routes
+        .iter()
+        .map(|(alias, route)| {
+            let series = metrics::handles::RouteMetrics::new(alias, &route.cluster.name);
+            (alias.clone(), series)
+        })
+        .collect();
     // Removed replicas leave the registry: no new request can pick them, in-flight ones hold
     // their state until they finish (drain).
     fleet.retain(&live);
     Snapshot {
         config,
         clusters,
+        route_metrics,
         generation,
     }
 }

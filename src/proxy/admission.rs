@@ -448,7 +448,8 @@ fn rewrite(
 
 /// Hand an admitted request to the upstream phases.
 fn start_upstream(session: &mut Session, ctx: &mut RequestCtx, plan: Plan) {
-    ctx.admission.in_flight_gauge = Some(InFlightGauge::hold(&plan.route.cluster.name));
+    ctx.admission.in_flight_gauge =
+        Some(InFlightGauge::hold(&ctx.config, &plan.route.cluster.name));
     ctx.admission.route = Some(plan.route);
     ctx.admission.reservation = plan.reservation.main;
     ctx.admission.class_reservation = plan.reservation.class;

@@ -157,27 +157,24 @@ pub struct Outcome {
     pub stream_error: Option<String>,
 }
 
-/// One request counted in `tokengate_in_flight{cluster}` for as long as this lives.
-pub struct InFlightGauge {
-    cluster: String,
-}
+/// One request counted in `tokengate_in_flight_requests{cluster}` for as long as this lives.
+pub struct InFlightGauge(prometheus::IntGauge);
 
 impl InFlightGauge {
-    pub fn hold(cluster: &str) -> InFlightGauge {
-        crate::metrics::IN_FLIGHT
-            .with_label_values(&[cluster])
-            .inc();
-        InFlightGauge {
-            cluster: cluster.to_string(),
-        }
+    /// Through the snapshot's handle for `cluster` (looked up only for a cluster it lacks).
+    pub fn hold(snapshot: &Snapshot, cluster: &str) -> InFlightGauge {
+        let gauge = snapshot.runtime(cluster).map_or_else(
+            || crate::metrics::IN_FLIGHT.with_label_values(&[cluster]),
+            |c| c.metrics.in_flight().clone(),
+        );
+        gauge.inc();
+        InFlightGauge(gauge)
     }
 }
 
 impl Drop for InFlightGauge {
     fn drop(&mut self) {
-        crate::metrics::IN_FLIGHT
-            .with_label_values(&[&self.cluster])
-            .dec();
+        self.0.dec();
     }
 }
 

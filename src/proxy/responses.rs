@@ -33,7 +33,7 @@ pub fn admit_stored(
         return Err(not_found().into());
     }
     check_replica(ctx, &route, &at, &id)?;
-    ctx.admission.in_flight_gauge = Some(InFlightGauge::hold(&route.cluster.name));
+    ctx.admission.in_flight_gauge = Some(InFlightGauge::hold(&ctx.config, &route.cluster.name));
     ctx.admission.route = Some(route);
     ctx.admission.pinned_replica = Some(at.replica.to_string());
     ctx.admission.stored_id = Some(id);

@@ -50,7 +50,13 @@ fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
         let mut usage = meter.finish(Instant::now());
         // The client cut it, not the replica: the stream is not "truncated".
         usage.truncated &= !ctx.outcome.client_closed;
-        metrics::record_usage(ctx.key_label(), model, &usage);
+        let cluster = ctx
+            .admission
+            .route
+            .as_ref()
+            .map_or("-", |r| r.cluster.name.as_str());
+        let route = ctx.config.route_metrics(model, cluster);
+        metrics::record_usage(ctx.key_label(), model, &usage, route);
         // A whole stream's first-to-last-token time: how long it held a batch slot after its
         // prefill (cut streams would understate it).
         if !usage.truncated && !ctx.outcome.client_closed && usage.inter_token.count > 0 {
@@ -108,9 +114,13 @@ fn record_metrics(
             .inc();
     }
     if ctx.attempt.count > 1 {
-        metrics::RETRIES
-            .with_label_values(&[cluster])
-            .inc_by((ctx.attempt.count - 1) as u64);
+        let retries = (ctx.attempt.count - 1) as u64;
+        match ctx.config.runtime(cluster) {
+            Some(runtime) => runtime.metrics.retries().inc_by(retries),
+            None => metrics::RETRIES
+                .with_label_values(&[cluster])
+                .inc_by(retries),
+        }
     }
     let kind = if ctx.outcome.stream_error.is_some() {
         Some("stream_error")
@@ -124,19 +134,16 @@ fn record_metrics(
             .with_label_values(&[cluster, kind])
             .inc();
     }
-    let endpoint = ctx.endpoint.map_or("-", Endpoint::as_str);
-    metrics::record_request(
-        ctx.key_label(),
+    let labels = metrics::RequestLabels {
+        key: ctx.key_label(),
         model,
         cluster,
-        endpoint,
-        status,
-        duration.as_secs_f64(),
-    );
+        endpoint: ctx.endpoint,
+    };
+    let route = ctx.config.route_metrics(model, cluster);
+    metrics::record_request(labels, status, duration.as_secs_f64(), route);
     if let Some(endpoint) = ctx.endpoint {
-        metrics::PROXY_OVERHEAD
-            .with_label_values(&[endpoint.as_str()])
-            .observe(ctx.timing.overhead.as_secs_f64());
+        metrics::handles::proxy_overhead(endpoint).observe(ctx.timing.overhead.as_secs_f64());
     }
 }
 

@@ -72,6 +72,32 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order (`index` is the position here).
+    pub const ALL: [Endpoint; 17] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::ListModels,
+        Endpoint::RetrieveModel,
+        Endpoint::Messages,
+        Endpoint::CountTokens,
+        Endpoint::Responses,
+        Endpoint::RetrieveResponse,
+        Endpoint::DeleteResponse,
+        Endpoint::CancelResponse,
+        Endpoint::OllamaTags,
+        Endpoint::OllamaVersion,
+        Endpoint::OllamaShow,
+        Endpoint::OllamaChat,
+        Endpoint::OllamaGenerate,
+        Endpoint::Health,
+    ];
+
+    /// A dense index, for tables with a slot per endpoint.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Endpoints answered by a replica (and so routed by the body's `model`).
     pub fn is_proxied(self) -> bool {
         matches!(
