@@ -10,18 +10,23 @@
 use super::chunk::WireUsage;
 use memchr::memchr2;
 
-/// Bytes that can change the state outside a string below the top level; `step` only copies
-/// the others.
-const STRUCTURAL: [bool; 256] = {
+/// Bytes that can change the state outside a string in the top-level object; `step` only
+/// copies the others.
+const STRUCTURAL: [bool; 256] = byte_table(b"\"{}[],:");
+
+/// The same deeper down, where commas and colons change nothing (only the top-level object's
+/// keys and values are tracked).
+const NESTED_STRUCTURAL: [bool; 256] = byte_table(b"\"{}[]");
+
+const fn byte_table(set: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut k = 0;
-    let set = *b"\"{}[],:";
     while k < set.len() {
         table[set[k] as usize] = true;
         k += 1;
     }
     table
-};
+}
 
 /// Default bound on a captured value.
 pub const DEFAULT_MAX_CAPTURE_BYTES: usize = 64 * 1024;
@@ -97,8 +102,13 @@ impl JsonUsageScanner {
                 let run = if self.in_string {
                     memchr2(b'"', b'\\', rest).unwrap_or(rest.len())
                 } else {
+                    let table = if self.depth == 1 {
+                        &STRUCTURAL
+                    } else {
+                        &NESTED_STRUCTURAL
+                    };
                     rest.iter()
-                        .position(|&b| STRUCTURAL[usize::from(b)])
+                        .position(|&b| table[usize::from(b)])
                         .unwrap_or(rest.len())
                 };
                 self.capture_run(&rest[..run]);
