@@ -21,7 +21,9 @@ use crate::ratelimit::{
     estimate_request_tokens, AdmissionRequest, GlobalLimits, KeyLimits, KeyTicket, ModelLimits,
     RateLimited, Reservation,
 };
-use crate::routing::body::{BodyScan, RequestFacts, RewritePlan, StreamUsage};
+use crate::routing::body::{
+    BodyEdit, BodyScan, RequestBody, RequestFacts, RewritePlan, StreamUsage,
+};
 use crate::routing::{self, Endpoint, Protocol};
 use crate::state::AppState;
 
@@ -92,7 +94,7 @@ pub async fn admit(state: &AppState, session: &mut Session, ctx: &mut RequestCtx
                 let config = ctx.config.clone();
                 let key = ctx.admission.key.clone();
                 let visible = |alias: &str| key.as_ref().is_none_or(|k| k.allows_model(alias));
-                super::ollama::show(&config, visible, &body).map_err(Refusal::from)
+                super::ollama::show(&config, visible, body.as_slice()).map_err(Refusal::from)
             });
             match shown {
                 Ok(body) => answer(session, ctx, body).await,
@@ -266,7 +268,7 @@ async fn plan(
     };
     let client_body = read_body(state, session, ctx).await?;
     let client_body = super::ollama::translate_request(ctx, endpoint, client_body)?;
-    let scan = BodyScan::parse(&client_body).map_err(ApiError::from)?;
+    let scan = BodyScan::parse(client_body.as_slice()).map_err(ApiError::from)?;
     let facts = routing::endpoint_facts(endpoint, &scan);
     let facts = &*facts;
     routing::check_body(endpoint, facts).map_err(ApiError::from)?;
@@ -284,14 +286,15 @@ async fn plan(
     } else {
         Vec::new()
     };
-    let upstream_body = rewrite(ctx, &scan, &route, decision.body_sets);
+    let edits = rewrite(ctx, &scan, &route, decision.body_sets);
+    let needs_replay = client_body.len() > PINGORA_REPLAY_LIMIT || session.retry_buffer_truncated();
     Ok(Plan {
         route,
         reservation,
         prefix_key,
         prefix_blocks,
-        upstream_body,
-        needs_replay: client_body.len() > PINGORA_REPLAY_LIMIT || session.retry_buffer_truncated(),
+        upstream_body: client_body.apply(&edits),
+        needs_replay,
     })
 }
 
@@ -301,7 +304,7 @@ async fn read_body(
     state: &AppState,
     session: &mut Session,
     ctx: &mut RequestCtx,
-) -> Result<Bytes, Refusal> {
+) -> Result<RequestBody, Refusal> {
     let server = &ctx.config.server;
     let limits = body::BodyLimits {
         max_bytes: server.max_request_body_bytes,
@@ -423,7 +426,7 @@ fn admit_key_early(
     state.limiter.admit_key(&request, now).map(Some)
 }
 
-/// Step 6: the body the replica gets. OpenAI streams are metered from the upstream's own
+/// Step 6: the edits that make the body the replica gets. OpenAI streams are metered from the upstream's own
 /// usage chunk: ask for it, and strip it again unless the client asked for it itself.
 /// Messages streams always carry usage (`message_start`, `message_delta`): nothing to add.
 fn rewrite(
@@ -431,7 +434,7 @@ fn rewrite(
     scan: &BodyScan<'_>,
     route: &Route,
     body_sets: Vec<(String, String)>,
-) -> Bytes {
+) -> Vec<BodyEdit> {
     let facts = scan.facts();
     ctx.admission.stream = facts.stream == Some(true);
     ctx.admission.prompt_bytes = facts.prompt_bytes;
@@ -443,7 +446,7 @@ fn rewrite(
         plan = plan.set_field_raw(&key, raw);
     }
     ctx.admission.strip_usage = plan.stream_usage() == StreamUsage::Injected;
-    plan.apply()
+    plan.body_edits()
 }
 
 /// Hand an admitted request to the upstream phases.

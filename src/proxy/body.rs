@@ -7,6 +7,7 @@ use pingora_proxy::Session;
 
 use crate::errors::ApiError;
 use crate::ratelimit::body_budget::{BodyLease, BudgetLimits, BudgetRefusal};
+use crate::routing::body::{RequestBody, SpareBody};
 
 /// Why the body could not be read.
 pub enum BodyReadError {
@@ -39,7 +40,7 @@ pub async fn read_bounded(
     session: &mut Session,
     limits: &BodyLimits,
     lease: &mut BodyLease,
-) -> Result<Bytes, BodyReadError> {
+) -> Result<RequestBody, BodyReadError> {
     let limit = limits.max_bytes;
     let declared = declared_length(session);
     if let Some(size) = declared {
@@ -132,19 +133,20 @@ impl Pieces {
         }
     }
 
-    fn into_body(mut self) -> Bytes {
+    fn into_body(mut self) -> RequestBody {
         if !self.tail.is_empty() {
             let tail = std::mem::take(&mut self.tail).freeze();
             self.pieces.push(tail);
         }
         if self.pieces.len() <= 1 {
-            return self.pieces.pop().unwrap_or_default();
+            return RequestBody::Whole(self.pieces.pop().unwrap_or_default());
         }
-        let mut body = BytesMut::with_capacity(self.len);
+        // Joined with room around it: the model rewrite then edits it in place.
+        let mut body = SpareBody::with_capacity(self.len);
         for piece in &self.pieces {
             body.extend_from_slice(piece);
         }
-        body.freeze()
+        RequestBody::Spare(body)
     }
 }
 
@@ -195,7 +197,7 @@ mod tests {
         }
         let stored = all.pieces.len() + usize::from(!all.tail.is_empty());
         assert_eq!(all.len(), pieces.iter().map(|p| p.len()).sum::<usize>());
-        (all.into_body(), stored)
+        (all.into_body().into_bytes(), stored)
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::fleet::Surface;
 use crate::ollama::local::{self, ModelInfo};
 use crate::ollama::response::Started;
 use crate::ollama::{Api, Clock, JsonReply, NdjsonStream, Upstream};
+use crate::routing::body::RequestBody;
 use crate::routing::Endpoint;
 
 /// An admitted Ollama call: which one, and the model as the client named it.
@@ -55,11 +56,14 @@ fn clock() -> Clock {
 pub fn translate_request(
     ctx: &mut RequestCtx,
     endpoint: Endpoint,
-    body: Bytes,
-) -> std::result::Result<Bytes, ApiError> {
+    body: RequestBody,
+) -> std::result::Result<RequestBody, ApiError> {
     let (api, translated) = match endpoint {
-        Endpoint::OllamaChat => (Api::Chat, crate::ollama::translate_chat(&body)?),
-        Endpoint::OllamaGenerate => (Api::Generate, crate::ollama::translate_generate(&body)?),
+        Endpoint::OllamaChat => (Api::Chat, crate::ollama::translate_chat(body.as_slice())?),
+        Endpoint::OllamaGenerate => (
+            Api::Generate,
+            crate::ollama::translate_generate(body.as_slice())?,
+        ),
         _ => return Ok(body),
     };
     ctx.admission.ollama = Some(OllamaCall {
@@ -67,7 +71,7 @@ pub fn translate_request(
         model: translated.model,
         upstream: translated.upstream,
     });
-    Ok(Bytes::from(translated.body))
+    Ok(RequestBody::Whole(Bytes::from(translated.body)))
 }
 
 fn info<'a>(config: &'a Config, route: &'a Route) -> ModelInfo<'a> {

@@ -22,8 +22,10 @@
 //!   `json` module used by vLLM and trtllm-serve; [`RewritePlan::set_field`]
 //!   replaces **every** occurrence, so a clamp cannot be bypassed by duplicates.
 //! * [`RewritePlan`] produces the upstream body from the original bytes plus a
-//!   few non-overlapping edits, writing into one exact-size allocation.
-//!   Every byte outside the edited spans is copied unchanged.
+//!   few non-overlapping edits, writing into one exact-size allocation
+//!   ([`RewritePlan::apply`]), or hands the edits over ([`RewritePlan::body_edits`])
+//!   for [`RequestBody::apply`], which edits a joined body in place.
+//!   Every byte outside the edited spans is kept unchanged.
 //!
 //! ```ignore
 //! let scan = BodyScan::parse(&body)?;
@@ -51,9 +53,11 @@
 
 mod rewrite;
 mod scan;
+mod spare;
 
 pub use rewrite::*;
 pub use scan::*;
+pub use spare::*;
 
 #[cfg(test)]
 mod tests;

@@ -129,6 +129,15 @@ impl<'s, 'a> RewritePlan<'s, 'a> {
         Bytes::from(out)
     }
 
+    /// The edits [`apply`](Self::apply) makes, owned, for [`RequestBody::apply`](super::RequestBody::apply)
+    /// (which may edit the body in place once the scan's borrow of it has ended).
+    pub fn body_edits(&self) -> Vec<super::BodyEdit> {
+        self.edits()
+            .into_iter()
+            .map(|edit| (edit.span, edit.text.into_owned().into_bytes()))
+            .collect()
+    }
+
     fn field(&self, key: &str) -> Option<&str> {
         self.fields
             .iter()
