@@ -13,6 +13,9 @@ pub const HEADROOM: usize = 4096;
 /// Room after it, for the edits after the longest run (`stream_options` added at the end).
 pub const TAILROOM: usize = 4096;
 
+/// Bodies from this size get the room (it is then at most an eighth of the body).
+pub const MIN_SPARE_BODY: usize = 64 * 1024;
+
 /// One edit of the body: the span it replaces (empty: an insert) and what goes there.
 pub type BodyEdit = (Range<usize>, Vec<u8>);
 
@@ -25,8 +28,15 @@ pub struct SpareBody {
 
 impl SpareBody {
     /// Room for a `len`-byte body (the pieces' sum, already read: never a declared length).
+    /// Bodies under [`MIN_SPARE_BODY`] get no room (their copy is cheap, and 8 KiB each
+    /// would weigh on many small open requests): they are edited in place only when the
+    /// edits do not grow them.
     pub fn with_capacity(len: usize) -> SpareBody {
-        SpareBody::with_room(len, HEADROOM, TAILROOM)
+        if len < MIN_SPARE_BODY {
+            SpareBody::with_room(len, 0, 0)
+        } else {
+            SpareBody::with_room(len, HEADROOM, TAILROOM)
+        }
     }
 
     fn with_room(len: usize, head: usize, tail: usize) -> SpareBody {
@@ -214,12 +224,22 @@ mod tests {
             "1,".repeat(50_000) + "1"
         );
         let spare = spare(body.as_bytes(), HEADROOM, TAILROOM);
+        assert!(body.len() >= MIN_SPARE_BODY);
         let run_at = spare.as_slice()[20..].as_ptr();
         let edits = vec![(9..12, br#""served-model-name""#.to_vec())];
         let out = spare.apply(&edits);
         assert_eq!(out, body.replacen(r#""m""#, r#""served-model-name""#, 1));
         // The run after the edit was not copied: it is still at its address.
         assert_eq!(out[9 + 19 + 8..].as_ptr(), run_at);
+    }
+
+    #[test]
+    fn small_bodies_get_no_room() {
+        let small = SpareBody::with_capacity(1000);
+        assert_eq!((small.start, small.buf.capacity()), (0, 1000));
+        let large = SpareBody::with_capacity(MIN_SPARE_BODY);
+        assert_eq!(large.start, HEADROOM);
+        assert!(large.buf.capacity() >= HEADROOM + MIN_SPARE_BODY + TAILROOM);
     }
 
     #[test]
