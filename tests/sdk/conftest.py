@@ -19,6 +19,49 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("TOKENGATE_BIN", ROOT / "target" / "debug" / "tokengate"))
 ANY_PORT = "127.0.0.1:0"
+CANARY_RULES = ROOT / "lua-free-rules" / "50-canary.toml"
+
+MASK = (1 << 64) - 1
+
+
+def stable_hash(salt: int, data: bytes) -> int:
+    """src/rules/action.rs `stable_hash` (FNV-1a, then SplitMix64's finaliser): what a sticky
+    `split` hashes a key name with."""
+    h = 0xCBF29CE484222325 ^ salt
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & MASK
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & MASK
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & MASK
+    return h ^ (h >> 31)
+
+
+def split_cluster(rule: dict, key_name: str) -> str:
+    """The cluster a sticky-by-key `split` rule sends `key_name` to (src/rules/action.rs)."""
+    (action,) = [a for a in rule["actions"] if "split" in a]
+    assert action.get("sticky", "key") == "key", action
+    total = sum(arm["weight"] for arm in action["split"])
+    bucket = stable_hash(stable_hash(0, rule["name"].encode()), key_name.encode()) % total
+    upper = 0
+    for arm in action["split"]:
+        upper += arm["weight"]
+        if bucket < upper:
+            return arm["cluster"]
+    raise AssertionError("unreachable: bucket < total")
+
+
+def canary_rule() -> dict:
+    """The demo's canary split, checked against its own shipped [[tests]] so that this copy of
+    the hash cannot drift from the proxy's unnoticed."""
+    rules = tomllib.loads(CANARY_RULES.read_text())
+    (rule,) = rules["rules"]
+    for case in rules.get("tests", []):
+        want = case["expect"].get("route_cluster")
+        body = json.loads(case["request"]["body"])
+        if want and body.get("model") == rule["when"]["equals"]:
+            assert split_cluster(rule, case["request"]["key"]["name"]) == want, case["name"]
+    return rule
 
 
 def start_sim(args: list) -> tuple:
@@ -137,8 +180,15 @@ class Demo:
         return self.admin("POST", "/admin/keys", spec)["key"]
 
     def fresh_key(self, name: str, **spec) -> str:
-        """A key of its own, so /admin/usage's per-key numbers are one test's alone."""
-        return self.create_key({"name": f"{name}-{time.monotonic_ns()}", **spec})
+        """A key of its own, so /admin/usage's per-key numbers are one test's alone. Its name
+        keeps it on the stable side of the demo's 10 % canary (sticky by key name): the tests
+        that count `vllm-a`'s replicas would otherwise see one run in ten go to
+        `vllm-canary`, whose replica 8102 no drain of `vllm-a` touches."""
+        rule = canary_rule()
+        while True:
+            unique = f"{name}-{time.monotonic_ns()}"
+            if split_cluster(rule, unique) == "vllm-a":
+                return self.create_key({"name": unique, **spec})
 
     def wait_usage(self, prefix: str, requests: int) -> dict:
         """The usage of the key named `prefix…` once it counts `requests` (usage settles in the
