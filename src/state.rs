@@ -31,7 +31,7 @@ pub struct ClusterRuntime {
     /// The admission queue, when the cluster has `queue = { .. }`.
     pub queue: Option<Arc<queues::ClusterQueue>>,
     /// The cluster's metric series (`metrics::handles`).
-    pub metrics: Arc<metrics::handles::ClusterMetrics>,
+    pub metrics: metrics::handles::ClusterMetrics,
 }
 
 /// Everything a request reads, immutable.
@@ -140,7 +140,7 @@ fn build_snapshot(
                     .balance
                     .queue
                     .map(|q| queues.get_or_insert(&cluster.name, q.max_depth)),
-                metrics: Arc::new(metrics::handles::ClusterMetrics::new(&cluster.name)),
+                metrics: metrics::handles::ClusterMetrics::new(&cluster.name),
             },
         );
     }

@@ -426,8 +426,8 @@ fn admit_key_early(
     state.limiter.admit_key(&request, now).map(Some)
 }
 
-/// Step 6: the edits that make the body the replica gets. OpenAI streams are metered from the upstream's own
-/// usage chunk: ask for it, and strip it again unless the client asked for it itself.
+/// Step 6: the edits that make the body the replica gets. OpenAI streams are metered from the
+/// upstream's own usage chunk: ask for it, and strip it again unless the client asked for it.
 /// Messages streams always carry usage (`message_start`, `message_delta`): nothing to add.
 fn rewrite(
     ctx: &mut RequestCtx,

@@ -31,13 +31,21 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
         .route
         .as_ref()
         .map_or_else(|| "-".to_string(), |r| r.cluster.name.clone());
-    settle_usage(state, ctx, &model);
+    // The route's series, looked up once for the usage and the request metrics.
+    let snapshot = ctx.config.clone();
+    let route = snapshot.route_metrics(&model, &cluster);
+    settle_usage(state, ctx, &model, route);
     // Releases the replica slot and the cluster's in-flight gauge.
     ctx.attempt.in_flight = None;
     ctx.admission.in_flight_gauge = None;
     ctx.admission.key_ticket = None;
     let duration = ctx.started.elapsed();
-    record_metrics(ctx, e, &model, &cluster, status, duration);
+    let series = Series {
+        model: &model,
+        cluster: &cluster,
+        route,
+    };
+    record_metrics(ctx, e, series, status, duration);
     let entry = access_log_entry(session, e, ctx, model, cluster, status, duration);
     accesslog::write(&entry);
     state.recent.push(entry);
@@ -45,17 +53,16 @@ pub fn settle(state: &AppState, session: &Session, e: Option<&Error>, ctx: &mut 
 
 /// Finish metering and reconcile the admission estimate with what was metered (a cut stream:
 /// what was seen; never reached a replica: nothing).
-fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
+fn settle_usage(
+    state: &AppState,
+    ctx: &mut RequestCtx,
+    model: &str,
+    route: Option<&metrics::handles::RouteMetrics>,
+) {
     if let Some(meter) = ctx.reply.meter.as_mut() {
         let mut usage = meter.finish(Instant::now());
         // The client cut it, not the replica: the stream is not "truncated".
         usage.truncated &= !ctx.outcome.client_closed;
-        let cluster = ctx
-            .admission
-            .route
-            .as_ref()
-            .map_or("-", |r| r.cluster.name.as_str());
-        let route = ctx.config.route_metrics(model, cluster);
         metrics::record_usage(ctx.key_label(), model, &usage, route);
         // A whole stream's first-to-last-token time: how long it held a batch slot after its
         // prefill (cut streams would understate it).
@@ -100,14 +107,25 @@ fn settle_usage(state: &AppState, ctx: &mut RequestCtx, model: &str) {
     }
 }
 
+/// A request's model and cluster labels and, when the snapshot has them, their handles.
+struct Series<'a> {
+    model: &'a str,
+    cluster: &'a str,
+    route: Option<&'a metrics::handles::RouteMetrics>,
+}
+
 fn record_metrics(
     ctx: &RequestCtx,
     e: Option<&Error>,
-    model: &str,
-    cluster: &str,
+    series: Series<'_>,
     status: u16,
     duration: std::time::Duration,
 ) {
+    let Series {
+        model,
+        cluster,
+        route,
+    } = series;
     if let Some(failure) = ctx.outcome.failure.as_ref() {
         metrics::LOCAL_ERRORS
             .with_label_values(&[failure.metric_code()])
@@ -140,7 +158,6 @@ fn record_metrics(
         cluster,
         endpoint: ctx.endpoint,
     };
-    let route = ctx.config.route_metrics(model, cluster);
     metrics::record_request(labels, status, duration.as_secs_f64(), route);
     if let Some(endpoint) = ctx.endpoint {
         metrics::handles::proxy_overhead(endpoint).observe(ctx.timing.overhead.as_secs_f64());

@@ -112,21 +112,15 @@ impl<'s, 'a> RewritePlan<'s, 'a> {
         output_len(self.scan.body.len(), &self.edits())
     }
 
-    /// Build the upstream body: one exact-size allocation.
+    /// Build the upstream body: one exact-size allocation (the edits applied as
+    /// [`RequestBody::apply`](super::RequestBody::apply) applies them to a body it must copy).
     pub fn apply(&self) -> Bytes {
         let body = self.scan.body;
-        let edits = self.edits();
-        let len = output_len(body.len(), &edits);
-        let mut out = Vec::with_capacity(len);
-        let mut cursor = 0;
-        for edit in &edits {
-            out.extend_from_slice(&body[cursor..edit.span.start]);
-            out.extend_from_slice(edit.text.as_bytes());
-            cursor = edit.span.end;
-        }
-        out.extend_from_slice(&body[cursor..]);
-        debug_assert_eq!(out.len(), len);
-        Bytes::from(out)
+        Bytes::from(super::spare::assemble(
+            body,
+            0..body.len(),
+            &self.body_edits(),
+        ))
     }
 
     /// The edits [`apply`](Self::apply) makes, owned, for [`RequestBody::apply`](super::RequestBody::apply)

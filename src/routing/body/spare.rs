@@ -147,7 +147,7 @@ fn longest_run(len: usize, edits: &[BodyEdit]) -> (usize, Range<usize>) {
 }
 
 /// `body[range]` with the `edits` inside it applied, into a new exact-size buffer.
-fn assemble(body: &[u8], range: Range<usize>, edits: &[BodyEdit]) -> Vec<u8> {
+pub(super) fn assemble(body: &[u8], range: Range<usize>, edits: &[BodyEdit]) -> Vec<u8> {
     let size = edits.iter().fold(range.len(), |size, (span, text)| {
         size - span.len() + text.len()
     });
